@@ -1,0 +1,512 @@
+//! A dark store's stock: lines of lots, reservations, and the ledger deltas they produce.
+//!
+//! Stock of one SKU in one store is a set of lots. A lot has units on hand, units reserved by open
+//! orders, and perhaps an expiry time. Units of an expired lot are never sold. Allocation (for a
+//! reservation or a write-off) takes the first-expiring lot first; lots without expiry come last.
+//!
+//! Every change returns the [`LotDelta`]s it made. The caller writes them to the ledger; summing the
+//! ledger per lot rebuilds the stock exactly ([`StoreStock::restore_lot`]).
+//!
+//! Invariants, per lot: `0 <= reserved <= on_hand`. A reservation is all or nothing.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use crate::Millis;
+
+/// A server-assigned lot id, unique across all stores.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct LotId(pub i64);
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lot {
+    pub id: LotId,
+    pub expires_at: Option<Millis>,
+    pub on_hand: i64,
+    pub reserved: i64,
+}
+
+impl Lot {
+    pub fn is_expired(&self, now: Millis) -> bool {
+        self.expires_at.is_some_and(|t| t <= now)
+    }
+
+    /// Units on hand that no order holds.
+    pub fn free(&self) -> i64 {
+        self.on_hand - self.reserved
+    }
+
+    /// First-expiring first; no expiry last; then oldest lot first.
+    fn fefo_key(&self) -> (Millis, LotId) {
+        (self.expires_at.unwrap_or(Millis::MAX), self.id)
+    }
+}
+
+/// One SKU's lots in one store, kept in first-expiry-first-out order.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StockLine {
+    lots: Vec<Lot>,
+}
+
+/// The totals of a line, as the API reports them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LineTotals {
+    pub on_hand: i64,
+    pub reserved: i64,
+    /// Unreserved units of unexpired lots: what can be sold now.
+    pub available: i64,
+}
+
+impl StockLine {
+    pub fn lots(&self) -> &[Lot] {
+        &self.lots
+    }
+
+    pub fn totals(&self, now: Millis) -> LineTotals {
+        let mut t = LineTotals { on_hand: 0, reserved: 0, available: 0 };
+        for lot in &self.lots {
+            t.on_hand += lot.on_hand;
+            t.reserved += lot.reserved;
+            if !lot.is_expired(now) {
+                t.available += lot.free();
+            }
+        }
+        t
+    }
+
+    pub fn available(&self, now: Millis) -> i64 {
+        self.lots.iter().filter(|l| !l.is_expired(now)).map(Lot::free).sum()
+    }
+
+    /// The earliest expiry among lots that still have units, if any.
+    pub fn next_expiry(&self) -> Option<Millis> {
+        self.lots.iter().filter(|l| l.on_hand > 0).filter_map(|l| l.expires_at).min()
+    }
+
+    fn insert_lot(&mut self, lot: Lot) {
+        let at = self.lots.partition_point(|l| l.fefo_key() < lot.fefo_key());
+        self.lots.insert(at, lot);
+    }
+
+    fn lot_mut(&mut self, id: LotId) -> Option<&mut Lot> {
+        self.lots.iter_mut().find(|l| l.id == id)
+    }
+
+    fn drop_empty_lots(&mut self) {
+        self.lots.retain(|l| l.on_hand != 0 || l.reserved != 0);
+    }
+}
+
+/// A change to one lot: what the ledger records.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LotDelta {
+    pub sku: Arc<str>,
+    pub lot: LotId,
+    pub expires_at: Option<Millis>,
+    pub d_on_hand: i64,
+    pub d_reserved: i64,
+}
+
+/// One requested line of a reservation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Want<'a> {
+    pub sku: &'a str,
+    pub qty: i64,
+}
+
+/// A line a reservation could not fill.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Shortfall {
+    pub sku: String,
+    pub requested: i64,
+    pub available: i64,
+}
+
+/// Why a stock adjustment was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AdjustError {
+    /// The delta would take on-hand below what is reserved (or below zero).
+    BelowReserved { on_hand: i64, reserved: i64 },
+    /// A zero delta changes nothing and is refused.
+    ZeroDelta,
+}
+
+/// Stock of every SKU in one store, sorted by SKU.
+#[derive(Debug, Clone, Default)]
+pub struct StoreStock {
+    lines: BTreeMap<Arc<str>, StockLine>,
+}
+
+impl StoreStock {
+    pub fn new() -> StoreStock {
+        StoreStock::default()
+    }
+
+    pub fn line(&self, sku: &str) -> Option<&StockLine> {
+        self.lines.get(sku)
+    }
+
+    pub fn lines(&self) -> impl Iterator<Item = (&Arc<str>, &StockLine)> {
+        self.lines.iter()
+    }
+
+    pub fn n_lines(&self) -> usize {
+        self.lines.len()
+    }
+
+    /// SKUs strictly after `after` (all when None) with units available now, in SKU order.
+    pub fn available_after<'a>(
+        &'a self,
+        after: Option<&str>,
+        now: Millis,
+    ) -> impl Iterator<Item = (&'a Arc<str>, i64)> + 'a {
+        use std::ops::Bound;
+        let lower = match after {
+            Some(a) => Bound::Excluded(a),
+            None => Bound::Unbounded,
+        };
+        self.lines
+            .range::<str, _>((lower, Bound::Unbounded))
+            .map(move |(sku, line)| (sku, line.available(now)))
+            .filter(|(_, available)| *available > 0)
+    }
+
+    fn line_entry(&mut self, sku: &str) -> &mut StockLine {
+        if !self.lines.contains_key(sku) {
+            self.lines.insert(Arc::from(sku), StockLine::default());
+        }
+        self.lines.get_mut(sku).expect("inserted above")
+    }
+
+    fn sku_key(&self, sku: &str) -> Arc<str> {
+        self.lines.get_key_value(sku).map(|(k, _)| k.clone()).unwrap_or_else(|| Arc::from(sku))
+    }
+
+    /// Reserves every line or none. Each line takes units from the first-expiring unexpired lots.
+    /// Duplicate SKUs in `wants` are summed for the check.
+    pub fn reserve(&mut self, wants: &[Want<'_>], now: Millis) -> Result<Vec<LotDelta>, Vec<Shortfall>> {
+        let mut shortfalls = Vec::new();
+        for (i, want) in wants.iter().enumerate() {
+            if wants[..i].iter().any(|w| w.sku == want.sku) {
+                continue;
+            }
+            let requested: i64 = wants.iter().filter(|w| w.sku == want.sku).map(|w| w.qty).sum();
+            let available = self.lines.get(want.sku).map_or(0, |l| l.available(now));
+            if requested > available {
+                shortfalls.push(Shortfall { sku: want.sku.to_owned(), requested, available });
+            }
+        }
+        if !shortfalls.is_empty() {
+            return Err(shortfalls);
+        }
+        let mut deltas = Vec::new();
+        for want in wants {
+            let key = self.sku_key(want.sku);
+            let line = self.lines.get_mut(want.sku).expect("checked above");
+            let mut left = want.qty;
+            for lot in line.lots.iter_mut().filter(|l| !l.is_expired(now)) {
+                if left == 0 {
+                    break;
+                }
+                let take = lot.free().min(left);
+                if take > 0 {
+                    lot.reserved += take;
+                    left -= take;
+                    deltas.push(LotDelta {
+                        sku: key.clone(),
+                        lot: lot.id,
+                        expires_at: lot.expires_at,
+                        d_on_hand: 0,
+                        d_reserved: take,
+                    });
+                }
+            }
+            debug_assert_eq!(left, 0);
+        }
+        Ok(deltas)
+    }
+
+    /// Undoes reservations (an order cancelled or expired). `held` are the reservation deltas.
+    pub fn release(&mut self, held: &[LotDelta]) -> Vec<LotDelta> {
+        self.settle(held, false)
+    }
+
+    /// Turns reservations into sales: the units leave the store (an order picked up).
+    pub fn sell(&mut self, held: &[LotDelta]) -> Vec<LotDelta> {
+        self.settle(held, true)
+    }
+
+    fn settle(&mut self, held: &[LotDelta], sold: bool) -> Vec<LotDelta> {
+        let mut out = Vec::with_capacity(held.len());
+        for h in held.iter().filter(|h| h.d_reserved > 0) {
+            let Some(line) = self.lines.get_mut(&*h.sku) else { continue };
+            let Some(lot) = line.lot_mut(h.lot) else { continue };
+            let qty = h.d_reserved.min(lot.reserved);
+            lot.reserved -= qty;
+            if sold {
+                lot.on_hand -= qty;
+            }
+            out.push(LotDelta {
+                sku: h.sku.clone(),
+                lot: h.lot,
+                expires_at: h.expires_at,
+                d_on_hand: if sold { -qty } else { 0 },
+                d_reserved: -qty,
+            });
+            line.drop_empty_lots();
+        }
+        out
+    }
+
+    /// Changes on-hand stock. A positive delta arrives as a new lot `new_lot` (with `expires_at`);
+    /// a negative one is taken from free units, expired lots first, then first-expiring.
+    pub fn adjust(
+        &mut self,
+        sku: &str,
+        delta: i64,
+        new_lot: LotId,
+        expires_at: Option<Millis>,
+        now: Millis,
+    ) -> Result<Vec<LotDelta>, AdjustError> {
+        if delta == 0 {
+            return Err(AdjustError::ZeroDelta);
+        }
+        let key = self.sku_key(sku);
+        if delta > 0 {
+            let line = self.line_entry(sku);
+            line.insert_lot(Lot { id: new_lot, expires_at, on_hand: delta, reserved: 0 });
+            return Ok(vec![LotDelta { sku: key, lot: new_lot, expires_at, d_on_hand: delta, d_reserved: 0 }]);
+        }
+        let line = match self.lines.get_mut(sku) {
+            Some(line) => line,
+            None => return Err(AdjustError::BelowReserved { on_hand: 0, reserved: 0 }),
+        };
+        let totals = line.totals(now);
+        let free: i64 = totals.on_hand - totals.reserved;
+        if -delta > free {
+            return Err(AdjustError::BelowReserved { on_hand: totals.on_hand, reserved: totals.reserved });
+        }
+        let mut left = -delta;
+        let mut deltas = Vec::new();
+        // Expired lots first (their units cannot be sold anyway), then FEFO order.
+        let mut order: Vec<usize> = (0..line.lots.len()).collect();
+        order.sort_by_key(|&i| !line.lots[i].is_expired(now));
+        for i in order {
+            if left == 0 {
+                break;
+            }
+            let lot = &mut line.lots[i];
+            let take = lot.free().min(left);
+            if take > 0 {
+                lot.on_hand -= take;
+                left -= take;
+                deltas.push(LotDelta {
+                    sku: key.clone(),
+                    lot: lot.id,
+                    expires_at: lot.expires_at,
+                    d_on_hand: -take,
+                    d_reserved: 0,
+                });
+            }
+        }
+        line.drop_empty_lots();
+        Ok(deltas)
+    }
+
+    /// Writes off the free units of every lot that has expired at `now`.
+    pub fn expire(&mut self, now: Millis) -> Vec<LotDelta> {
+        let mut deltas = Vec::new();
+        for (sku, line) in self.lines.iter_mut() {
+            for lot in line.lots.iter_mut().filter(|l| l.is_expired(now) && l.free() > 0) {
+                deltas.push(LotDelta {
+                    sku: sku.clone(),
+                    lot: lot.id,
+                    expires_at: lot.expires_at,
+                    d_on_hand: -lot.free(),
+                    d_reserved: 0,
+                });
+                lot.on_hand = lot.reserved;
+            }
+            line.drop_empty_lots();
+        }
+        deltas
+    }
+
+    /// Rebuilds a lot from ledger sums (start-up). Empty lots are skipped.
+    pub fn restore_lot(&mut self, sku: &str, lot: LotId, expires_at: Option<Millis>, on_hand: i64, reserved: i64) {
+        if on_hand == 0 && reserved == 0 {
+            return;
+        }
+        self.line_entry(sku).insert_lot(Lot { id: lot, expires_at, on_hand, reserved });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const T0: Millis = 1_700_000_000_000;
+    const HOUR: Millis = 3_600_000;
+
+    /// Builds a store from `(sku, lot, expires_in_hours, on_hand)` rows.
+    fn store(rows: &[(&str, i64, Option<i64>, i64)]) -> StoreStock {
+        let mut s = StoreStock::new();
+        for &(sku, lot, exp, qty) in rows {
+            s.adjust(sku, qty, LotId(lot), exp.map(|h| T0 + h * HOUR), T0).unwrap();
+        }
+        s
+    }
+
+    fn avail(s: &StoreStock, sku: &str, now: Millis) -> i64 {
+        s.line(sku).map_or(0, |l| l.available(now))
+    }
+
+    #[test]
+    fn reservation_is_all_or_nothing() {
+        // (wants, expect ok, milk available after, bread available after)
+        let cases: Vec<(Vec<(&str, i64)>, bool, i64, i64)> = vec![
+            (vec![("milk", 2), ("bread", 1)], true, 3, 1),
+            (vec![("milk", 5), ("bread", 2)], true, 0, 0),
+            (vec![("milk", 6), ("bread", 1)], false, 5, 2),
+            (vec![("milk", 1), ("eggs", 1)], false, 5, 2),
+            (vec![("milk", 3), ("milk", 3)], false, 5, 2),
+            (vec![("milk", 3), ("milk", 2)], true, 0, 2),
+        ];
+        for (wants, ok, milk_after, bread_after) in cases {
+            let mut s = store(&[("milk", 1, None, 5), ("bread", 2, None, 2)]);
+            let wants: Vec<Want> = wants.iter().map(|&(sku, qty)| Want { sku, qty }).collect();
+            let result = s.reserve(&wants, T0);
+            assert_eq!(result.is_ok(), ok, "{wants:?}");
+            assert_eq!(avail(&s, "milk", T0), milk_after, "{wants:?}");
+            assert_eq!(avail(&s, "bread", T0), bread_after, "{wants:?}");
+        }
+    }
+
+    #[test]
+    fn shortfall_reports_each_short_line() {
+        let mut s = store(&[("milk", 1, None, 2)]);
+        let err = s
+            .reserve(&[Want { sku: "milk", qty: 3 }, Want { sku: "eggs", qty: 1 }], T0)
+            .unwrap_err();
+        assert_eq!(
+            err,
+            vec![
+                Shortfall { sku: "milk".into(), requested: 3, available: 2 },
+                Shortfall { sku: "eggs".into(), requested: 1, available: 0 },
+            ]
+        );
+    }
+
+    #[test]
+    fn allocation_takes_first_expiring_lot_first() {
+        // Lot 1 expires in 48 h, lot 2 in 24 h, lot 3 never: 2 then 1 then 3.
+        let mut s = store(&[("milk", 1, Some(48), 2), ("milk", 2, Some(24), 2), ("milk", 3, None, 2)]);
+        let deltas = s.reserve(&[Want { sku: "milk", qty: 5 }], T0).unwrap();
+        let got: Vec<(i64, i64)> = deltas.iter().map(|d| (d.lot.0, d.d_reserved)).collect();
+        assert_eq!(got, vec![(2, 2), (1, 2), (3, 1)]);
+    }
+
+    #[test]
+    fn expired_units_are_never_sold() {
+        let s0 = store(&[("milk", 1, Some(1), 3), ("milk", 2, Some(10), 2)]);
+        // (now, available, can reserve 3)
+        let cases = [(T0, 5, true), (T0 + HOUR - 1, 5, true), (T0 + HOUR, 2, false), (T0 + 10 * HOUR, 0, false)];
+        for (now, available, can) in cases {
+            let mut s = s0.clone();
+            assert_eq!(avail(&s, "milk", now), available, "now={now}");
+            assert_eq!(s.reserve(&[Want { sku: "milk", qty: 3 }], now).is_ok(), can, "now={now}");
+        }
+    }
+
+    #[test]
+    fn expire_writes_off_free_units_only() {
+        let mut s = store(&[("milk", 1, Some(1), 3)]);
+        s.reserve(&[Want { sku: "milk", qty: 1 }], T0).unwrap();
+        let deltas = s.expire(T0 + HOUR);
+        assert_eq!(deltas.len(), 1);
+        assert_eq!(deltas[0].d_on_hand, -2);
+        let t = s.line("milk").unwrap().totals(T0 + HOUR);
+        assert_eq!((t.on_hand, t.reserved, t.available), (1, 1, 0));
+        // Expiring again changes nothing.
+        assert!(s.expire(T0 + 2 * HOUR).is_empty());
+    }
+
+    #[test]
+    fn release_and_sell() {
+        let mut s = store(&[("milk", 1, None, 5)]);
+        let held = s.reserve(&[Want { sku: "milk", qty: 2 }], T0).unwrap();
+        let mut released = s.clone();
+        released.release(&held);
+        let t = released.line("milk").unwrap().totals(T0);
+        assert_eq!((t.on_hand, t.reserved, t.available), (5, 0, 5));
+        let sold = s.sell(&held);
+        assert_eq!(sold[0].d_on_hand, -2);
+        let t = s.line("milk").unwrap().totals(T0);
+        assert_eq!((t.on_hand, t.reserved, t.available), (3, 0, 3));
+    }
+
+    #[test]
+    fn adjust_table() {
+        // (delta, expected result ok, on_hand after) with 5 on hand and 3 reserved.
+        let cases = [(2, true, 7), (-2, true, 3), (-3, false, 5), (0, false, 5), (-100, false, 5)];
+        for (delta, ok, on_hand) in cases {
+            let mut s = store(&[("milk", 1, None, 5)]);
+            s.reserve(&[Want { sku: "milk", qty: 3 }], T0).unwrap();
+            let r = s.adjust("milk", delta, LotId(9), None, T0);
+            assert_eq!(r.is_ok(), ok, "delta {delta}");
+            assert_eq!(s.line("milk").unwrap().totals(T0).on_hand, on_hand, "delta {delta}");
+        }
+    }
+
+    #[test]
+    fn write_off_takes_expired_lots_first() {
+        let mut s = store(&[("milk", 1, None, 2), ("milk", 2, Some(1), 2)]);
+        let deltas = s.adjust("milk", -1, LotId(9), None, T0 + 2 * HOUR).unwrap();
+        assert_eq!(deltas[0].lot, LotId(2));
+    }
+
+    #[test]
+    fn ledger_sums_rebuild_the_same_stock() {
+        let mut s = store(&[("milk", 1, Some(5), 4), ("milk", 2, None, 3), ("bread", 3, None, 1)]);
+        let mut ledger: Vec<LotDelta> = Vec::new();
+        for (sku, line) in s.lines() {
+            for lot in line.lots() {
+                ledger.push(LotDelta {
+                    sku: sku.clone(),
+                    lot: lot.id,
+                    expires_at: lot.expires_at,
+                    d_on_hand: lot.on_hand,
+                    d_reserved: 0,
+                });
+            }
+        }
+        let held = s.reserve(&[Want { sku: "milk", qty: 5 }], T0).unwrap();
+        ledger.extend(held.iter().cloned());
+        ledger.extend(s.sell(&held[..1]));
+        ledger.extend(s.adjust("bread", -1, LotId(0), None, T0).unwrap());
+        let mut sums: BTreeMap<(Arc<str>, LotId), (Option<Millis>, i64, i64)> = BTreeMap::new();
+        for d in &ledger {
+            let e = sums.entry((d.sku.clone(), d.lot)).or_insert((d.expires_at, 0, 0));
+            e.1 += d.d_on_hand;
+            e.2 += d.d_reserved;
+        }
+        let mut rebuilt = StoreStock::new();
+        for ((sku, lot), (exp, on_hand, reserved)) in sums {
+            rebuilt.restore_lot(&sku, lot, exp, on_hand, reserved);
+        }
+        for (sku, line) in s.lines() {
+            let rebuilt_lots = rebuilt.line(sku).map(|l| l.lots().to_vec()).unwrap_or_default();
+            assert_eq!(rebuilt_lots, line.lots().to_vec(), "{sku}");
+        }
+        assert!(rebuilt.line("bread").is_none());
+    }
+
+    #[test]
+    fn available_after_pages_in_sku_order() {
+        let s = store(&[("c", 1, None, 1), ("a", 2, None, 1), ("b", 3, None, 1), ("d", 4, Some(-1), 1)]);
+        let all: Vec<&str> = s.available_after(None, T0).map(|(k, _)| &**k).collect();
+        assert_eq!(all, ["a", "b", "c"]);
+        let after_a: Vec<&str> = s.available_after(Some("a"), T0).map(|(k, _)| &**k).collect();
+        assert_eq!(after_a, ["b", "c"]);
+    }
+}
