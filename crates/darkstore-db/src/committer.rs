@@ -1,0 +1,103 @@
+//! Group commit: one task owns all writes and commits whatever queued up meanwhile as one
+//! transaction.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+
+use crate::{Db, DbError, Write};
+
+struct Job {
+    writes: Vec<Write>,
+    done: oneshot::Sender<Result<(), DbError>>,
+}
+
+/// Counters of the commit task, read by `/metrics`.
+#[derive(Debug, Default)]
+pub struct CommitStats {
+    pub transactions: AtomicU64,
+    pub jobs: AtomicU64,
+    pub failures: AtomicU64,
+    /// Total microseconds spent in commits.
+    pub commit_micros: AtomicU64,
+    /// Jobs waiting in the queue right now.
+    pub queued: AtomicU64,
+}
+
+/// A handle that queues writes for the commit task. Cheap to clone.
+#[derive(Clone)]
+pub struct Committer {
+    tx: mpsc::Sender<Job>,
+    stats: Arc<CommitStats>,
+}
+
+impl Committer {
+    /// Starts the commit task. It stops once every `Committer` clone is dropped and the queue is
+    /// drained; await the handle to know the last commit is done.
+    pub fn spawn(db: Db, max_batch: usize, queue: usize) -> (Committer, JoinHandle<()>) {
+        let (tx, rx) = mpsc::channel(queue);
+        let stats = Arc::new(CommitStats::default());
+        let handle = tokio::spawn(run(db, rx, max_batch.max(1), stats.clone()));
+        (Committer { tx, stats }, handle)
+    }
+
+    pub fn stats(&self) -> &CommitStats {
+        &self.stats
+    }
+
+    /// Commits `writes` (in one transaction with whatever else is queued) and returns once they
+    /// are durable.
+    pub async fn commit(&self, writes: Vec<Write>) -> Result<(), DbError> {
+        if writes.is_empty() {
+            return Ok(());
+        }
+        let (done, wait) = oneshot::channel();
+        self.stats.queued.fetch_add(1, Ordering::Relaxed);
+        if self.tx.send(Job { writes, done }).await.is_err() {
+            self.stats.queued.fetch_sub(1, Ordering::Relaxed);
+            return Err(DbError::Closed);
+        }
+        wait.await.unwrap_or(Err(DbError::Closed))
+    }
+}
+
+async fn run(db: Db, mut rx: mpsc::Receiver<Job>, max_batch: usize, stats: Arc<CommitStats>) {
+    let mut jobs: Vec<Job> = Vec::with_capacity(max_batch);
+    while let Some(first) = rx.recv().await {
+        jobs.push(first);
+        while jobs.len() < max_batch {
+            match rx.try_recv() {
+                Ok(job) => jobs.push(job),
+                Err(_) => break,
+            }
+        }
+        stats.queued.fetch_sub(jobs.len() as u64, Ordering::Relaxed);
+        let started = Instant::now();
+        let result = db.write_batch(jobs.iter().flat_map(|j| j.writes.iter())).await;
+        stats.commit_micros.fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+        stats.transactions.fetch_add(1, Ordering::Relaxed);
+        stats.jobs.fetch_add(jobs.len() as u64, Ordering::Relaxed);
+        if let Err(e) = &result {
+            stats.failures.fetch_add(1, Ordering::Relaxed);
+            tracing::error!(error = %e, jobs = jobs.len(), "group commit failed");
+            if jobs.len() > 1 {
+                // One bad job must not fail the others: retry each alone.
+                for job in jobs.drain(..) {
+                    let result = db.write_batch(job.writes.iter()).await;
+                    stats.transactions.fetch_add(1, Ordering::Relaxed);
+                    if result.is_err() {
+                        stats.failures.fetch_add(1, Ordering::Relaxed);
+                    }
+                    let _ = job.done.send(result);
+                }
+            }
+        }
+        for job in jobs.drain(..) {
+            // A caller that went away no longer needs the answer.
+            let _ = job.done.send(result.clone());
+        }
+    }
+}

@@ -1,0 +1,212 @@
+//! Reading everything back at start-up, so the in-memory state can be rebuilt.
+
+use sqlx::Row;
+
+use crate::{Db, DbError};
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoreRow {
+    pub id: String,
+    pub name: String,
+    pub lat: f64,
+    pub lng: f64,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProductRow {
+    pub sku: String,
+    pub name: String,
+    pub category: String,
+    pub price_minor: i64,
+    pub low_stock_threshold: i64,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct RiderRow {
+    pub id: String,
+    pub name: String,
+    pub store_id: Option<String>,
+}
+
+/// A lot's stock: the sums of its ledger rows.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LotSum {
+    pub store_id: String,
+    pub sku: String,
+    pub lot_id: i64,
+    pub expires_at: Option<i64>,
+    pub on_hand: i64,
+    pub reserved: i64,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct OrderLineRow {
+    pub sku: String,
+    pub qty: i64,
+    pub price_minor: i64,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct OrderRow {
+    pub id: String,
+    pub customer_id: String,
+    pub idempotency_key: String,
+    pub request_hash: String,
+    pub store_id: String,
+    pub lat: f64,
+    pub lng: f64,
+    pub status: String,
+    pub rider_id: Option<String>,
+    pub eta_minutes: i64,
+    pub created_at: i64,
+    pub updated_at: i64,
+    pub hold_expires_at: Option<i64>,
+    pub lines: Vec<OrderLineRow>,
+}
+
+/// Units an open order still holds in one lot.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OrderHold {
+    pub order_id: String,
+    pub sku: String,
+    pub lot_id: i64,
+    pub expires_at: Option<i64>,
+    pub reserved: i64,
+}
+
+/// Everything the server keeps in memory, as stored.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Snapshot {
+    pub stores: Vec<StoreRow>,
+    pub products: Vec<ProductRow>,
+    pub riders: Vec<RiderRow>,
+    /// Lots with anything on hand or reserved.
+    pub lots: Vec<LotSum>,
+    /// Orders, oldest first, with their lines.
+    pub orders: Vec<OrderRow>,
+    /// What open orders hold, from the ledger.
+    pub holds: Vec<OrderHold>,
+    /// The largest lot id ever used (0 when none).
+    pub max_lot_id: i64,
+}
+
+impl Db {
+    /// Reads the whole state back.
+    pub async fn load(&self) -> Result<Snapshot, DbError> {
+        let mut snap = Snapshot::default();
+        for r in sqlx::query("SELECT id, name, lat, lng FROM stores ORDER BY id").fetch_all(&self.pool).await? {
+            snap.stores.push(StoreRow { id: r.try_get(0)?, name: r.try_get(1)?, lat: r.try_get(2)?, lng: r.try_get(3)? });
+        }
+        for r in sqlx::query("SELECT sku, name, category, price_minor, low_stock_threshold FROM products ORDER BY sku")
+            .fetch_all(&self.pool)
+            .await?
+        {
+            snap.products.push(ProductRow {
+                sku: r.try_get(0)?,
+                name: r.try_get(1)?,
+                category: r.try_get(2)?,
+                price_minor: r.try_get(3)?,
+                low_stock_threshold: r.try_get(4)?,
+            });
+        }
+        for r in sqlx::query("SELECT id, name, store_id FROM riders ORDER BY id").fetch_all(&self.pool).await? {
+            snap.riders.push(RiderRow { id: r.try_get(0)?, name: r.try_get(1)?, store_id: r.try_get(2)? });
+        }
+        for r in sqlx::query(
+            "SELECT store_id, sku, lot_id, MAX(expires_at), CAST(SUM(d_on_hand) AS BIGINT), CAST(SUM(d_reserved) AS BIGINT) \
+             FROM stock_ledger GROUP BY store_id, sku, lot_id ORDER BY lot_id",
+        )
+        .fetch_all(&self.pool)
+        .await?
+        {
+            let lot = LotSum {
+                store_id: r.try_get(0)?,
+                sku: r.try_get(1)?,
+                lot_id: r.try_get(2)?,
+                expires_at: r.try_get(3)?,
+                on_hand: r.try_get(4)?,
+                reserved: r.try_get(5)?,
+            };
+            snap.max_lot_id = snap.max_lot_id.max(lot.lot_id);
+            if lot.on_hand != 0 || lot.reserved != 0 {
+                snap.lots.push(lot);
+            }
+        }
+        let mut lines: std::collections::HashMap<String, Vec<OrderLineRow>> = std::collections::HashMap::new();
+        for r in sqlx::query("SELECT order_id, sku, qty, price_minor FROM order_lines ORDER BY order_id, line_no")
+            .fetch_all(&self.pool)
+            .await?
+        {
+            let order_id: String = r.try_get(0)?;
+            lines.entry(order_id).or_default().push(OrderLineRow {
+                sku: r.try_get(1)?,
+                qty: r.try_get(2)?,
+                price_minor: r.try_get(3)?,
+            });
+        }
+        for r in sqlx::query(
+            "SELECT id, customer_id, idempotency_key, request_hash, store_id, lat, lng, status, rider_id, eta_minutes, \
+             created_at, updated_at, hold_expires_at FROM orders ORDER BY created_at, id",
+        )
+        .fetch_all(&self.pool)
+        .await?
+        {
+            let id: String = r.try_get(0)?;
+            let order_lines = lines.remove(&id).unwrap_or_default();
+            snap.orders.push(OrderRow {
+                id,
+                customer_id: r.try_get(1)?,
+                idempotency_key: r.try_get(2)?,
+                request_hash: r.try_get(3)?,
+                store_id: r.try_get(4)?,
+                lat: r.try_get(5)?,
+                lng: r.try_get(6)?,
+                status: r.try_get(7)?,
+                rider_id: r.try_get(8)?,
+                eta_minutes: r.try_get(9)?,
+                created_at: r.try_get(10)?,
+                updated_at: r.try_get(11)?,
+                hold_expires_at: r.try_get(12)?,
+                lines: order_lines,
+            });
+        }
+        for r in sqlx::query(
+            "SELECT l.order_id, l.sku, l.lot_id, MAX(l.expires_at), CAST(SUM(l.d_reserved) AS BIGINT) \
+             FROM stock_ledger l JOIN orders o ON o.id = l.order_id \
+             WHERE o.status IN ('pending_payment', 'confirmed', 'packed', 'assigned') \
+             GROUP BY l.order_id, l.sku, l.lot_id HAVING SUM(l.d_reserved) > 0 ORDER BY l.order_id, l.lot_id",
+        )
+        .fetch_all(&self.pool)
+        .await?
+        {
+            snap.holds.push(OrderHold {
+                order_id: r.try_get(0)?,
+                sku: r.try_get(1)?,
+                lot_id: r.try_get(2)?,
+                expires_at: r.try_get(3)?,
+                reserved: r.try_get(4)?,
+            });
+        }
+        Ok(snap)
+    }
+
+    /// The status history of an order, oldest first: (status, rider, ts).
+    pub async fn order_events(&self, order_id: &str) -> Result<Vec<(String, Option<String>, i64)>, DbError> {
+        let rows = sqlx::query("SELECT status, rider_id, ts FROM order_events WHERE order_id = $1 ORDER BY id")
+            .bind(order_id)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.into_iter().map(|r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?))).collect()
+    }
+
+    /// Per (store, sku): on-hand and reserved summed over the whole ledger, for audits.
+    pub async fn ledger_totals(&self) -> Result<Vec<(String, String, i64, i64)>, DbError> {
+        let rows = sqlx::query(
+            "SELECT store_id, sku, CAST(SUM(d_on_hand) AS BIGINT), CAST(SUM(d_reserved) AS BIGINT) \
+             FROM stock_ledger GROUP BY store_id, sku ORDER BY store_id, sku",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter().map(|r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?, r.try_get(3)?))).collect()
+    }
+}

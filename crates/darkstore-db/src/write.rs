@@ -1,0 +1,259 @@
+//! What the server writes, and how a batch of writes becomes a few multi-row statements.
+
+use sqlx::any::AnyArguments;
+use sqlx::{Any, Arguments, Encode, Type};
+
+use crate::{Db, DbError};
+
+/// One stock movement: a row of the ledger.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LedgerRow {
+    pub store_id: String,
+    pub sku: String,
+    pub lot_id: i64,
+    pub expires_at: Option<i64>,
+    /// restock | reserve | release | sale | damage | expiry | count
+    pub kind: &'static str,
+    pub d_on_hand: i64,
+    pub d_reserved: i64,
+    pub order_id: Option<String>,
+    pub ts: i64,
+}
+
+/// A new order with its lines.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewOrder {
+    pub id: String,
+    pub customer_id: String,
+    pub idempotency_key: String,
+    pub request_hash: String,
+    pub store_id: String,
+    pub lat: f64,
+    pub lng: f64,
+    pub status: &'static str,
+    pub eta_minutes: i64,
+    pub created_at: i64,
+    pub hold_expires_at: Option<i64>,
+    /// (sku, qty, price_minor)
+    pub lines: Vec<(String, i64, i64)>,
+}
+
+/// An order moving to a new status.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OrderStatusChange {
+    pub order_id: String,
+    pub status: &'static str,
+    pub rider_id: Option<String>,
+    pub ts: i64,
+}
+
+/// Everything the server persists.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Write {
+    Store { id: String, name: String, lat: f64, lng: f64, ts: i64 },
+    Product { sku: String, name: String, category: String, price_minor: i64, low_stock_threshold: i64, ts: i64 },
+    Rider { id: String, name: String, store_id: Option<String>, ts: i64 },
+    Ledger(LedgerRow),
+    Order(NewOrder),
+    Status(OrderStatusChange),
+}
+
+/// Rows per multi-row statement: keeps bind parameters well under both backends' limits.
+const ROWS_PER_STATEMENT: usize = 500;
+
+/// A multi-row `INSERT … VALUES ($1, $2), ($3, $4) …` with its arguments.
+struct MultiInsert {
+    sql: String,
+    args: AnyArguments<'static>,
+    n_params: usize,
+}
+
+impl MultiInsert {
+    fn new(head: &str) -> MultiInsert {
+        MultiInsert { sql: format!("{head} VALUES "), args: AnyArguments::default(), n_params: 0 }
+    }
+
+    fn row(&mut self) -> RowBuilder<'_> {
+        if self.n_params > 0 {
+            self.sql.push_str(", ");
+        }
+        self.sql.push('(');
+        RowBuilder { insert: self, first: true }
+    }
+
+    async fn execute(mut self, tx: &mut sqlx::AnyConnection, tail: &str) -> Result<(), DbError> {
+        self.sql.push_str(tail);
+        sqlx::query_with(&self.sql, self.args).execute(tx).await?;
+        Ok(())
+    }
+}
+
+struct RowBuilder<'a> {
+    insert: &'a mut MultiInsert,
+    first: bool,
+}
+
+impl RowBuilder<'_> {
+    fn bind<T: 'static + Send + Encode<'static, Any> + Type<Any>>(mut self, value: T) -> Self {
+        self.insert.n_params += 1;
+        if !self.first {
+            self.insert.sql.push_str(", ");
+        }
+        self.first = false;
+        self.insert.sql.push('$');
+        self.insert.sql.push_str(&self.insert.n_params.to_string());
+        // Encoding into AnyArguments only fails for types Any cannot carry, which we never bind.
+        let _ = self.insert.args.add(value);
+        self
+    }
+}
+
+impl Drop for RowBuilder<'_> {
+    fn drop(&mut self) {
+        self.insert.sql.push(')');
+    }
+}
+
+impl Db {
+    /// Writes a batch in one transaction. Rows of each kind go in multi-row statements, in the
+    /// order stores, products, riders, orders, order lines, ledger, events, status updates, so
+    /// a batch may create an order and move it on.
+    pub async fn write_batch<'a>(&self, writes: impl IntoIterator<Item = &'a Write>) -> Result<(), DbError> {
+        let mut tx = self.pool.begin().await?;
+        let conn: &mut sqlx::AnyConnection = &mut tx;
+
+        // Upserts keep only the last write of each key: PostgreSQL refuses to update one row twice
+        // in a statement.
+        let mut stores: Vec<&Write> = Vec::new();
+        let mut products: Vec<&Write> = Vec::new();
+        let mut riders: Vec<&Write> = Vec::new();
+        let mut orders: Vec<&NewOrder> = Vec::new();
+        let mut ledger: Vec<&LedgerRow> = Vec::new();
+        let mut statuses: Vec<&OrderStatusChange> = Vec::new();
+        for w in writes {
+            match w {
+                Write::Store { id, .. } => replace_or_push(&mut stores, w, |o| matches!(o, Write::Store { id: i, .. } if i == id)),
+                Write::Product { sku, .. } => {
+                    replace_or_push(&mut products, w, |o| matches!(o, Write::Product { sku: s, .. } if s == sku))
+                }
+                Write::Rider { id, .. } => replace_or_push(&mut riders, w, |o| matches!(o, Write::Rider { id: i, .. } if i == id)),
+                Write::Ledger(row) => ledger.push(row),
+                Write::Order(order) => orders.push(order),
+                Write::Status(change) => statuses.push(change),
+            }
+        }
+
+        for chunk in stores.chunks(ROWS_PER_STATEMENT) {
+            let mut q = MultiInsert::new("INSERT INTO stores (id, name, lat, lng, updated_at)");
+            for w in chunk {
+                if let Write::Store { id, name, lat, lng, ts } = w {
+                    q.row().bind(id.clone()).bind(name.clone()).bind(*lat).bind(*lng).bind(*ts);
+                }
+            }
+            q.execute(conn, " ON CONFLICT (id) DO UPDATE SET name = excluded.name, lat = excluded.lat, lng = excluded.lng, updated_at = excluded.updated_at").await?;
+        }
+        for chunk in products.chunks(ROWS_PER_STATEMENT) {
+            let mut q = MultiInsert::new("INSERT INTO products (sku, name, category, price_minor, low_stock_threshold, updated_at)");
+            for w in chunk {
+                if let Write::Product { sku, name, category, price_minor, low_stock_threshold, ts } = w {
+                    q.row()
+                        .bind(sku.clone())
+                        .bind(name.clone())
+                        .bind(category.clone())
+                        .bind(*price_minor)
+                        .bind(*low_stock_threshold)
+                        .bind(*ts);
+                }
+            }
+            q.execute(conn, " ON CONFLICT (sku) DO UPDATE SET name = excluded.name, category = excluded.category, price_minor = excluded.price_minor, low_stock_threshold = excluded.low_stock_threshold, updated_at = excluded.updated_at").await?;
+        }
+        for chunk in riders.chunks(ROWS_PER_STATEMENT) {
+            let mut q = MultiInsert::new("INSERT INTO riders (id, name, store_id, updated_at)");
+            for w in chunk {
+                if let Write::Rider { id, name, store_id, ts } = w {
+                    q.row().bind(id.clone()).bind(name.clone()).bind(store_id.clone()).bind(*ts);
+                }
+            }
+            q.execute(conn, " ON CONFLICT (id) DO UPDATE SET name = excluded.name, store_id = excluded.store_id, updated_at = excluded.updated_at").await?;
+        }
+        for chunk in orders.chunks(ROWS_PER_STATEMENT) {
+            let mut q = MultiInsert::new(
+                "INSERT INTO orders (id, customer_id, idempotency_key, request_hash, store_id, lat, lng, status, eta_minutes, created_at, updated_at, hold_expires_at)",
+            );
+            let mut events = MultiInsert::new("INSERT INTO order_events (order_id, status, ts)");
+            for o in chunk {
+                q.row()
+                    .bind(o.id.clone())
+                    .bind(o.customer_id.clone())
+                    .bind(o.idempotency_key.clone())
+                    .bind(o.request_hash.clone())
+                    .bind(o.store_id.clone())
+                    .bind(o.lat)
+                    .bind(o.lng)
+                    .bind(o.status)
+                    .bind(o.eta_minutes)
+                    .bind(o.created_at)
+                    .bind(o.created_at)
+                    .bind(o.hold_expires_at);
+                events.row().bind(o.id.clone()).bind(o.status).bind(o.created_at);
+            }
+            q.execute(conn, "").await?;
+            events.execute(conn, "").await?;
+        }
+        let lines: Vec<(&str, i64, &(String, i64, i64))> = orders
+            .iter()
+            .flat_map(|o| o.lines.iter().enumerate().map(move |(i, l)| (o.id.as_str(), i as i64, l)))
+            .collect();
+        for chunk in lines.chunks(ROWS_PER_STATEMENT) {
+            let mut q = MultiInsert::new("INSERT INTO order_lines (order_id, line_no, sku, qty, price_minor)");
+            for (order_id, line_no, (sku, qty, price)) in chunk {
+                q.row().bind(order_id.to_string()).bind(*line_no).bind(sku.clone()).bind(*qty).bind(*price);
+            }
+            q.execute(conn, "").await?;
+        }
+        for chunk in ledger.chunks(ROWS_PER_STATEMENT) {
+            let mut q = MultiInsert::new(
+                "INSERT INTO stock_ledger (store_id, sku, lot_id, expires_at, kind, d_on_hand, d_reserved, order_id, ts)",
+            );
+            for r in chunk {
+                q.row()
+                    .bind(r.store_id.clone())
+                    .bind(r.sku.clone())
+                    .bind(r.lot_id)
+                    .bind(r.expires_at)
+                    .bind(r.kind)
+                    .bind(r.d_on_hand)
+                    .bind(r.d_reserved)
+                    .bind(r.order_id.clone())
+                    .bind(r.ts);
+            }
+            q.execute(conn, "").await?;
+        }
+        for chunk in statuses.chunks(ROWS_PER_STATEMENT) {
+            let mut events = MultiInsert::new("INSERT INTO order_events (order_id, status, rider_id, ts)");
+            for s in chunk {
+                events.row().bind(s.order_id.clone()).bind(s.status).bind(s.rider_id.clone()).bind(s.ts);
+            }
+            events.execute(conn, "").await?;
+        }
+        // Status updates run in order, one statement each: an order may move twice in one batch.
+        for s in &statuses {
+            sqlx::query("UPDATE orders SET status = $1, rider_id = $2, updated_at = $3 WHERE id = $4")
+                .bind(s.status)
+                .bind(s.rider_id.clone())
+                .bind(s.ts)
+                .bind(s.order_id.clone())
+                .execute(&mut *conn)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+}
+
+fn replace_or_push<'a>(list: &mut Vec<&'a Write>, w: &'a Write, same_key: impl Fn(&Write) -> bool) {
+    match list.iter_mut().find(|o| same_key(o)) {
+        Some(slot) => *slot = w,
+        None => list.push(w),
+    }
+}

@@ -1,0 +1,147 @@
+//! The storage story, run on SQLite always and on PostgreSQL when `DARKSTORE_TEST_POSTGRES` is set.
+
+use darkstore_db::scratch::ScratchDb;
+use darkstore_db::{Committer, Db, LedgerRow, NewOrder, OrderStatusChange, Write};
+
+fn ledger(store: &str, sku: &str, lot: i64, kind: &'static str, d_on_hand: i64, d_reserved: i64, order: Option<&str>) -> Write {
+    Write::Ledger(LedgerRow {
+        store_id: store.into(),
+        sku: sku.into(),
+        lot_id: lot,
+        expires_at: if lot == 2 { Some(1_900_000_000_000) } else { None },
+        kind,
+        d_on_hand,
+        d_reserved,
+        order_id: order.map(str::to_owned),
+        ts: 1_000,
+    })
+}
+
+fn order(id: &str, key: &str) -> NewOrder {
+    NewOrder {
+        id: id.into(),
+        customer_id: "alice".into(),
+        idempotency_key: key.into(),
+        request_hash: "h".into(),
+        store_id: "s1".into(),
+        lat: 12.97,
+        lng: 77.64,
+        status: "confirmed",
+        eta_minutes: 9,
+        created_at: 2_000,
+        hold_expires_at: None,
+        lines: vec![("milk".into(), 2, 4500), ("bread".into(), 1, 3000)],
+    }
+}
+
+async fn story(url: &str) {
+    let db = Db::connect(url).await.expect("connect");
+    // Migrations are idempotent: connecting twice is fine.
+    let db2 = Db::connect(url).await.expect("connect again");
+    drop(db2);
+
+    assert_eq!(db.setting_or_insert("jwt_secret", "first").await.unwrap(), "first");
+    assert_eq!(db.setting_or_insert("jwt_secret", "second").await.unwrap(), "first");
+
+    let (committer, task) = Committer::spawn(db.clone(), 256, 1024);
+    committer
+        .commit(vec![
+            Write::Store { id: "s1".into(), name: "Old".into(), lat: 1.0, lng: 2.0, ts: 1 },
+            Write::Store { id: "s1".into(), name: "Indiranagar".into(), lat: 12.97, lng: 77.64, ts: 2 },
+            Write::Product { sku: "milk".into(), name: "Milk".into(), category: "dairy".into(), price_minor: 4500, low_stock_threshold: 5, ts: 1 },
+            Write::Product { sku: "bread".into(), name: "Bread".into(), category: "bakery".into(), price_minor: 3000, low_stock_threshold: 0, ts: 1 },
+            Write::Rider { id: "r1".into(), name: "Ravi".into(), store_id: Some("s1".into()), ts: 1 },
+            ledger("s1", "milk", 1, "restock", 10, 0, None),
+            ledger("s1", "milk", 2, "restock", 5, 0, None),
+            ledger("s1", "bread", 3, "restock", 4, 0, None),
+        ])
+        .await
+        .unwrap();
+
+    // Many orders at once: they share transactions.
+    let mut waits = Vec::new();
+    for i in 0..50 {
+        let c = committer.clone();
+        waits.push(tokio::spawn(async move {
+            let id = format!("o{i}");
+            let mut writes = vec![Write::Order(order(&id, &format!("k{i}")))];
+            if i == 0 {
+                writes.push(ledger("s1", "milk", 2, "reserve", 0, 2, Some(&id)));
+                writes.push(ledger("s1", "bread", 3, "reserve", 0, 1, Some(&id)));
+            }
+            c.commit(writes).await
+        }));
+    }
+    for w in waits {
+        w.await.unwrap().unwrap();
+    }
+    // A duplicate idempotency key fails alone; the job committed with it still lands.
+    let (a, b) = tokio::join!(
+        committer.commit(vec![Write::Order(order("dup", "k1"))]),
+        committer.commit(vec![Write::Order(order("o50", "k50"))])
+    );
+    assert!(a.is_err());
+    assert!(b.is_ok());
+
+    // o1 is cancelled; o0 is picked up: its reservation becomes a sale.
+    committer
+        .commit(vec![
+            Write::Status(OrderStatusChange { order_id: "o1".into(), status: "cancelled", rider_id: None, ts: 3_000 }),
+            Write::Status(OrderStatusChange { order_id: "o0".into(), status: "assigned", rider_id: Some("r1".into()), ts: 3_000 }),
+            Write::Status(OrderStatusChange { order_id: "o0".into(), status: "picked_up", rider_id: Some("r1".into()), ts: 3_001 }),
+            ledger("s1", "milk", 2, "sale", -2, -2, Some("o0")),
+            ledger("s1", "milk", 1, "damage", -1, 0, None),
+        ])
+        .await
+        .unwrap();
+
+    let snap = db.load().await.unwrap();
+    assert_eq!(snap.stores.len(), 1);
+    assert_eq!(snap.stores[0].name, "Indiranagar");
+    assert_eq!(snap.products.len(), 2);
+    assert_eq!(snap.riders[0].store_id.as_deref(), Some("s1"));
+    assert_eq!(snap.orders.len(), 51);
+    let o0 = snap.orders.iter().find(|o| o.id == "o0").unwrap();
+    assert_eq!(o0.status, "picked_up");
+    assert_eq!(o0.rider_id.as_deref(), Some("r1"));
+    assert_eq!(o0.lines.len(), 2);
+    assert_eq!(o0.lines[0].sku, "milk");
+    assert_eq!(snap.max_lot_id, 3);
+    let lot = |id: i64| snap.lots.iter().find(|l| l.lot_id == id).map(|l| (l.on_hand, l.reserved, l.expires_at));
+    assert_eq!(lot(1), Some((9, 0, None)));
+    assert_eq!(lot(2), Some((3, 0, Some(1_900_000_000_000))));
+    assert_eq!(lot(3), Some((4, 1, None)));
+    // o0 was picked up, so it holds nothing; no other order reserved anything.
+    assert!(snap.holds.is_empty(), "{:?}", snap.holds);
+    let history: Vec<String> = db.order_events("o0").await.unwrap().into_iter().map(|e| e.0).collect();
+    assert_eq!(history, ["confirmed", "assigned", "picked_up"]);
+    let totals = db.ledger_totals().await.unwrap();
+    assert_eq!(totals, vec![("s1".into(), "bread".into(), 4, 1), ("s1".into(), "milk".into(), 12, 0)]);
+
+    drop(committer);
+    task.await.unwrap();
+    db.close().await;
+}
+
+#[tokio::test]
+async fn storage_story_on_sqlite() {
+    let scratch = ScratchDb::sqlite("darkstore_story");
+    story(&scratch.url).await;
+    scratch.drop_database().await;
+}
+
+#[tokio::test]
+async fn storage_story_on_postgres() {
+    let Some(scratch) = ScratchDb::postgres("darkstore_story").await else {
+        eprintln!("DARKSTORE_TEST_POSTGRES is not set: PostgreSQL story skipped");
+        return;
+    };
+    story(&scratch.url).await;
+    scratch.drop_database().await;
+}
+
+#[tokio::test]
+async fn a_bad_url_is_a_clear_error() {
+    let err = Db::connect("mysql://nope").await.unwrap_err();
+    assert!(err.to_string().contains("neither sqlite"), "{err}");
+}
