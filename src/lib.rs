@@ -1,1 +1,215 @@
+//! darkstore: a real-time dispatch and geo-inventory server for 10-minute grocery delivery.
+//!
+//! A map of the server:
+//! - [`config`]: the command line (flags, environment variables, defaults).
+//! - [`state`]: the in-memory state (stores, catalog, stock, orders) and every operation on it;
+//!   the pure rules come from `darkstore-geoinv`, durability from `darkstore-db`.
+//! - [`http`]: the HTTP API (axum): routing, identity, rate limits, errors, handlers.
+//! - [`auth`]: HS256 bearer tokens and webhook signatures.
+//! - [`metrics`], [`ratelimit`], [`error`]: cross-cutting pieces of the HTTP edge.
+//! - [`demo`]: the demo city `darkstore demo` loads.
+//!
+//! [`start`] opens the database, rebuilds the state and binds nothing itself: the caller hands in
+//! the listener, so tests bind port 0. [`Server::run_until`] serves until the shutdown future
+//! resolves, then drains requests, stops background work and waits for the last commit.
 
+pub mod auth;
+pub mod config;
+pub mod demo;
+pub mod error;
+pub mod http;
+pub mod metrics;
+pub mod ratelimit;
+pub mod state;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use darkstore_db::{Committer, Db};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::config::ServeConfig;
+use crate::http::App;
+use crate::ratelimit::RateLimiter;
+use crate::state::{State, StateConfig, now_ms};
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The settings key under which a generated token secret is kept.
+pub const JWT_SECRET_KEY: &str = "jwt_secret";
+
+/// A started server, ready to serve.
+pub struct Server {
+    pub http_addr: SocketAddr,
+    pub mqtt_url: Option<String>,
+    pub app: Arc<App>,
+    listener: TcpListener,
+    commit_task: JoinHandle<()>,
+    background: Vec<JoinHandle<()>>,
+    stop: watch::Sender<bool>,
+}
+
+/// A fresh random secret, hex-encoded.
+pub fn random_secret() -> Result<String, BoxError> {
+    let mut bytes = [0u8; 32];
+    getrandom::fill(&mut bytes).map_err(|e| format!("no randomness: {e}"))?;
+    Ok(hex::encode(bytes))
+}
+
+/// Opens the database, rebuilds the state and prepares the HTTP listener.
+pub async fn start(config: &ServeConfig, listener: TcpListener) -> Result<Server, BoxError> {
+    let travel = config.travel_model();
+    if !travel.is_valid() {
+        return Err(
+            "invalid travel model: speed and promise must be positive, detour at least 1".into(),
+        );
+    }
+    if config.max_body_bytes < 1024 {
+        return Err("--max-body-bytes must be at least 1024".into());
+    }
+    let db = Db::connect(&config.database_url).await?;
+    let jwt_secret = match &config.jwt_secret {
+        Some(s) if s.len() >= 16 => s.clone(),
+        Some(_) => return Err("--jwt-secret must be at least 16 characters".into()),
+        None => {
+            let secret = db
+                .setting_or_insert(JWT_SECRET_KEY, &random_secret()?)
+                .await?;
+            tracing::info!(
+                "using the token secret kept in the database (`darkstore token` reads it there)"
+            );
+            secret
+        }
+    };
+    let (committer, commit_task) = Committer::spawn(db.clone(), config.commit_max_batch, 65_536);
+    let snapshot = db.load().await?;
+    tracing::info!(
+        stores = snapshot.stores.len(),
+        products = snapshot.products.len(),
+        orders = snapshot.orders.len(),
+        lots = snapshot.lots.len(),
+        "state rebuilt from the database"
+    );
+    let payment_hold_ms = config
+        .payment_webhook_secret
+        .as_ref()
+        .map(|_| (config.payment_hold_minutes.max(0.0) * 60_000.0) as i64);
+    let state = Arc::new(State::from_snapshot(
+        StateConfig {
+            travel,
+            payment_hold_ms,
+        },
+        db,
+        committer,
+        snapshot,
+    ));
+    let app = Arc::new(App {
+        state: state.clone(),
+        jwt_secret: jwt_secret.into_bytes(),
+        webhook_secret: config
+            .payment_webhook_secret
+            .clone()
+            .map(String::into_bytes),
+        limiter: RateLimiter::new(config.rate_limit_per_sec, config.rate_limit_burst),
+        max_body_bytes: config.max_body_bytes,
+        broker_ready: Arc::new(|| true),
+    });
+    let (stop, stopped) = watch::channel(false);
+    let mut background = Vec::new();
+    // Payment holds that ran out (also those that ran out while the server was down).
+    background.push(every(Duration::from_secs(1), stopped.clone(), {
+        let state = state.clone();
+        move || {
+            let state = state.clone();
+            async move { state.expire_holds(now_ms()).await }
+        }
+    }));
+    background.push(every(
+        Duration::from_secs(config.expiry_sweep_secs.max(1)),
+        stopped.clone(),
+        {
+            let state = state.clone();
+            move || {
+                let state = state.clone();
+                async move { state.expire_lots(now_ms()).await }
+            }
+        },
+    ));
+    background.push(every(Duration::from_secs(60), stopped, {
+        let app = app.clone();
+        move || {
+            let app = app.clone();
+            async move { app.limiter.prune() }
+        }
+    }));
+    Ok(Server {
+        http_addr: listener.local_addr()?,
+        mqtt_url: config.mqtt_url.clone(),
+        app,
+        listener,
+        commit_task,
+        background,
+        stop,
+    })
+}
+
+/// Runs `tick` every `period` until `stop` turns true.
+fn every<F, Fut>(period: Duration, mut stop: watch::Receiver<bool>, mut tick: F) -> JoinHandle<()>
+where
+    F: FnMut() -> Fut + Send + 'static,
+    Fut: Future<Output = ()> + Send,
+{
+    tokio::spawn(async move {
+        let mut interval = tokio::time::interval(period);
+        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = interval.tick() => tick().await,
+                _ = stop.changed() => break,
+            }
+        }
+    })
+}
+
+impl Server {
+    /// The line a launcher waits for on stdout.
+    pub fn ready_line(&self) -> String {
+        let mqtt = self.mqtt_url.as_deref().unwrap_or("none");
+        format!("darkstore ready http={} mqtt={}", self.http_addr, mqtt)
+    }
+
+    /// Serves until `shutdown` resolves, then shuts down in order: stop accepting and finish
+    /// in-flight requests, stop background work, let the last commit land.
+    pub async fn run_until(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), BoxError> {
+        let router = http::router(self.app.clone());
+        axum::serve(
+            self.listener,
+            router.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(shutdown)
+        .await?;
+        tracing::info!("http drained; stopping background work");
+        let _ = self.stop.send(true);
+        for task in self.background {
+            let _ = task.await;
+        }
+        let db = self.app.state.db.clone();
+        drop(self.app);
+        // The commit task ends when the last handle to the state (and its committer) is gone.
+        if tokio::time::timeout(Duration::from_secs(10), self.commit_task)
+            .await
+            .is_err()
+        {
+            tracing::warn!("commit queue still busy after 10 s; closing anyway");
+        }
+        db.close().await;
+        tracing::info!("shut down cleanly");
+        Ok(())
+    }
+}

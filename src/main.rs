@@ -1,1 +1,115 @@
-fn main() {}
+//! The `darkstore` binary: parse the command line, then serve, run the demo or print a token.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use darkstore::config::{Cli, Command, ServeConfig, TokenArgs};
+use darkstore::{BoxError, JWT_SECRET_KEY, auth, demo};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("darkstore: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Serve(config) => serve(config, false).await,
+            Command::Demo(config) => serve(config, true).await,
+            Command::Token(args) => token(args).await,
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("darkstore: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logs(format: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("DARKSTORE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if format == "json" {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {},
+            _ = term.recv() => {},
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+    tracing::info!("shutdown requested");
+}
+
+async fn serve(config: ServeConfig, with_demo: bool) -> Result<(), BoxError> {
+    init_logs(&config.log_format);
+    let listener = tokio::net::TcpListener::bind(config.http)
+        .await
+        .map_err(|e| format!("cannot listen on {}: {e}", config.http))?;
+    let server = darkstore::start(&config, listener).await?;
+    if with_demo {
+        demo::load_city(&server.app.state).await?;
+        let secret = String::from_utf8_lossy(&server.app.jwt_secret).into_owned();
+        demo::print_welcome(&server, &secret);
+    }
+    println!("{}", server.ready_line());
+    server.run_until(shutdown_signal()).await
+}
+
+async fn token(args: TokenArgs) -> Result<(), BoxError> {
+    let role =
+        auth::Role::parse(&args.role).ok_or("--role must be customer, staff, rider or admin")?;
+    if role == auth::Role::Staff && args.store.is_none() {
+        return Err("a staff token needs --store STORE_ID".into());
+    }
+    let ttl =
+        humantime::parse_duration(&args.ttl).map_err(|e| format!("--ttl {:?}: {e}", args.ttl))?;
+    let secret = match args.jwt_secret {
+        Some(s) => s,
+        None => {
+            let db = darkstore_db::Db::connect(&args.database_url).await?;
+            let secret = db.setting(JWT_SECRET_KEY).await?;
+            db.close().await;
+            secret.ok_or(
+                "no token secret: pass --jwt-secret, or start the server once on this database",
+            )?
+        }
+    };
+    let now = darkstore::state::now_ms() / 1000;
+    let claims = auth::Claims {
+        sub: args.sub.unwrap_or_else(|| args.role.clone()),
+        role,
+        store: args.store,
+        exp: now + ttl.as_secs() as i64,
+    };
+    println!("{}", auth::sign(secret.as_bytes(), &claims));
+    Ok(())
+}

@@ -69,7 +69,10 @@ pub fn distance_m(lat1: f64, lng1: f64, lat2: f64, lng2: f64) -> f64 {
 
 /// True when (lat, lng) are finite WGS84 degrees in range.
 pub fn valid_coordinates(lat: f64, lng: f64) -> bool {
-    lat.is_finite() && lng.is_finite() && (-90.0..=90.0).contains(&lat) && (-180.0..=180.0).contains(&lng)
+    lat.is_finite()
+        && lng.is_finite()
+        && (-90.0..=90.0).contains(&lat)
+        && (-180.0..=180.0).contains(&lng)
 }
 
 #[cfg(test)]
@@ -88,7 +91,10 @@ mod tests {
 
     #[test]
     fn picking_longer_than_promise_reaches_nothing() {
-        let model = TravelModel { picking_minutes: 12.0, ..TravelModel::default() };
+        let model = TravelModel {
+            picking_minutes: 12.0,
+            ..TravelModel::default()
+        };
         assert_eq!(model.reach_m(), 0.0);
     }
 

@@ -1,0 +1,145 @@
+//! Command line and environment: every knob has a flag, an environment variable and a default.
+
+use std::net::SocketAddr;
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "darkstore",
+    version,
+    about = "Real-time dispatch and geo-inventory server for 10-minute delivery"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the server.
+    Serve(ServeConfig),
+    /// Run the server on embedded defaults with a demo city loaded.
+    Demo(ServeConfig),
+    /// Print a signed token.
+    Token(TokenArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ServeConfig {
+    /// HTTP listen address (port 0 picks a free port).
+    #[arg(
+        long = "http",
+        env = "DARKSTORE_HTTP",
+        default_value = "127.0.0.1:8080"
+    )]
+    pub http: SocketAddr,
+
+    /// sqlite://FILE (created if missing) or postgres://…
+    #[arg(long, env = "DATABASE_URL", default_value = "sqlite://darkstore.db")]
+    pub database_url: String,
+
+    /// An external MQTT broker (mqtt://HOST:PORT); unset starts the embedded broker.
+    #[arg(long, env = "DARKSTORE_MQTT_URL")]
+    pub mqtt_url: Option<String>,
+
+    /// The embedded broker's listen address (port 0 allowed).
+    #[arg(long, env = "DARKSTORE_MQTT_LISTEN", default_value = "127.0.0.1:1883")]
+    pub mqtt_listen: SocketAddr,
+
+    /// HS256 secret for bearer tokens. Unset: a random secret is made on first start and kept in
+    /// the database, where `darkstore token` finds it.
+    #[arg(long, env = "DARKSTORE_JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<String>,
+
+    /// The delivery promise in minutes.
+    #[arg(long, env = "DARKSTORE_PROMISE_MINUTES", default_value_t = 10.0)]
+    pub promise_minutes: f64,
+
+    /// Rider speed on the road, metres per second (travel model).
+    #[arg(long, env = "DARKSTORE_RIDER_SPEED_MPS", default_value_t = 5.0)]
+    pub rider_speed_mps: f64,
+
+    /// Road distance over great-circle distance (travel model).
+    #[arg(long, env = "DARKSTORE_DETOUR_FACTOR", default_value_t = 1.4)]
+    pub detour_factor: f64,
+
+    /// Minutes from confirmation until the rider leaves the store (travel model).
+    #[arg(long, env = "DARKSTORE_PICKING_MINUTES", default_value_t = 2.0)]
+    pub picking_minutes: f64,
+
+    /// Secret of the payment provider's webhook. Set, orders wait in `pending_payment`.
+    #[arg(long, env = "DARKSTORE_PAYMENT_WEBHOOK_SECRET", hide_env_values = true)]
+    pub payment_webhook_secret: Option<String>,
+
+    /// Minutes a payment hold keeps stock before the order expires.
+    #[arg(long, env = "DARKSTORE_PAYMENT_HOLD_MINUTES", default_value_t = 15.0)]
+    pub payment_hold_minutes: f64,
+
+    /// Requests per second each client may make (0 turns rate limiting off).
+    #[arg(long, env = "DARKSTORE_RATE_LIMIT_PER_SEC", default_value_t = 100.0)]
+    pub rate_limit_per_sec: f64,
+
+    /// Requests a client may burst above its rate.
+    #[arg(long, env = "DARKSTORE_RATE_LIMIT_BURST", default_value_t = 400.0)]
+    pub rate_limit_burst: f64,
+
+    /// Largest request body accepted, in bytes.
+    #[arg(long, env = "DARKSTORE_MAX_BODY_BYTES", default_value_t = 64 * 1024)]
+    pub max_body_bytes: usize,
+
+    /// Most writers' jobs committed in one transaction.
+    #[arg(long, env = "DARKSTORE_COMMIT_MAX_BATCH", default_value_t = 1024)]
+    pub commit_max_batch: usize,
+
+    /// Seconds between sweeps that write off expired lots.
+    #[arg(long, env = "DARKSTORE_EXPIRY_SWEEP_SECS", default_value_t = 60)]
+    pub expiry_sweep_secs: u64,
+
+    /// Log format on stderr: text or json.
+    #[arg(long, env = "DARKSTORE_LOG_FORMAT", default_value = "text")]
+    pub log_format: String,
+}
+
+impl ServeConfig {
+    /// Defaults, as if no flag and no environment variable were given.
+    pub fn defaults() -> ServeConfig {
+        #[derive(Parser)]
+        struct Only {
+            #[command(flatten)]
+            config: ServeConfig,
+        }
+        Only::parse_from(["darkstore"]).config
+    }
+
+    pub fn travel_model(&self) -> darkstore_geoinv::travel::TravelModel {
+        darkstore_geoinv::travel::TravelModel {
+            rider_speed_mps: self.rider_speed_mps,
+            detour_factor: self.detour_factor,
+            picking_minutes: self.picking_minutes,
+            promise_minutes: self.promise_minutes,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct TokenArgs {
+    /// customer, staff, rider or admin.
+    #[arg(long)]
+    pub role: String,
+    /// Subject (user, rider or staff id). Defaults to the role's name.
+    #[arg(long)]
+    pub sub: Option<String>,
+    /// The store, for staff tokens.
+    #[arg(long)]
+    pub store: Option<String>,
+    /// Lifetime, e.g. 15m, 1h, 7d.
+    #[arg(long, default_value = "1h")]
+    pub ttl: String,
+    /// The secret; unset reads the one the server keeps in the database.
+    #[arg(long, env = "DARKSTORE_JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<String>,
+    /// The server's database, to find its secret.
+    #[arg(long, env = "DATABASE_URL", default_value = "sqlite://darkstore.db")]
+    pub database_url: String,
+}

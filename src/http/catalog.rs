@@ -1,0 +1,196 @@
+//! Admin: stores, products and riders.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::{AppRef, Caller, JsonBody, check_id, check_point, detached};
+use crate::auth::Role;
+use crate::error::ApiError;
+use crate::state::{PlaceError, Product, Rider};
+
+/// Longest name or category accepted.
+const MAX_TEXT: usize = 200;
+/// Largest price accepted, in minor units.
+const MAX_PRICE_MINOR: i64 = 1_000_000_000_000;
+
+fn check_text(what: &str, s: &str, max: usize) -> Result<(), ApiError> {
+    if s.trim().is_empty() || s.chars().count() > max {
+        return Err(ApiError::invalid(format!(
+            "{what} must be 1-{max} characters"
+        )));
+    }
+    Ok(())
+}
+
+fn created_or_ok(created: bool) -> StatusCode {
+    if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    }
+}
+
+#[derive(Deserialize)]
+pub struct StoreBody {
+    name: String,
+    lat: f64,
+    lng: f64,
+}
+
+pub async fn put_store(
+    State(app): State<AppRef>,
+    caller: Caller,
+    Path(store_id): Path<String>,
+    JsonBody(body): JsonBody<StoreBody>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    caller.require(&[Role::Admin])?;
+    check_id("store_id", &store_id)?;
+    check_text("name", &body.name, MAX_TEXT)?;
+    check_point(body.lat, body.lng)?;
+    let state = app.state.clone();
+    let id = store_id.clone();
+    let created =
+        detached(async move { state.put_store(&id, &body.name, body.lat, body.lng).await })
+            .await?
+            .map_err(|e| match e {
+                PlaceError::InvalidPoint => ApiError::invalid("invalid coordinates"),
+                other => ApiError::unavailable(format!("{other:?}")),
+            })?;
+    let store = app
+        .state
+        .store(&store_id)
+        .ok_or_else(|| ApiError::unavailable("store vanished"))?;
+    Ok((created_or_ok(created), Json(store_json(&app, &store))))
+}
+
+fn store_json(app: &AppRef, store: &crate::state::Store) -> Value {
+    json!({
+        "id": store.id,
+        "name": store.name,
+        "lat": store.lat,
+        "lng": store.lng,
+        "service_cells": app.state.store_cells(store.idx),
+    })
+}
+
+pub async fn get_store(
+    State(app): State<AppRef>,
+    Path(store_id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let store = app
+        .state
+        .store(&store_id)
+        .ok_or_else(|| ApiError::not_found("no such store"))?;
+    Ok(Json(store_json(&app, &store)))
+}
+
+#[derive(Deserialize)]
+pub struct ProductBody {
+    name: String,
+    category: String,
+    price_minor: i64,
+    /// Available units at or below which the line is "low stock" (default 5).
+    #[serde(default = "default_threshold")]
+    low_stock_threshold: i64,
+}
+
+fn default_threshold() -> i64 {
+    5
+}
+
+fn product_json(p: &Product) -> Value {
+    json!({
+        "sku": &*p.sku,
+        "name": p.name,
+        "category": p.category,
+        "price_minor": p.price_minor,
+        "low_stock_threshold": p.low_stock_threshold,
+    })
+}
+
+pub async fn put_product(
+    State(app): State<AppRef>,
+    caller: Caller,
+    Path(sku): Path<String>,
+    JsonBody(body): JsonBody<ProductBody>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    caller.require(&[Role::Admin])?;
+    check_id("sku", &sku)?;
+    check_text("name", &body.name, MAX_TEXT)?;
+    check_text("category", &body.category, 64)?;
+    if !(0..=MAX_PRICE_MINOR).contains(&body.price_minor) {
+        return Err(ApiError::invalid(format!(
+            "price_minor must be an integer in [0, {MAX_PRICE_MINOR}]"
+        )));
+    }
+    if !(0..=1_000_000).contains(&body.low_stock_threshold) {
+        return Err(ApiError::invalid(
+            "low_stock_threshold must be an integer in [0, 1000000]",
+        ));
+    }
+    let product = Product {
+        sku: Arc::from(sku.as_str()),
+        name: body.name,
+        category: body.category,
+        price_minor: body.price_minor,
+        low_stock_threshold: body.low_stock_threshold,
+    };
+    let json = product_json(&product);
+    let state = app.state.clone();
+    let created = detached(async move { state.put_product(product).await })
+        .await?
+        .map_err(ApiError::unavailable)?;
+    Ok((created_or_ok(created), Json(json)))
+}
+
+pub async fn get_product(
+    State(app): State<AppRef>,
+    Path(sku): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let product = app
+        .state
+        .product(&sku)
+        .ok_or_else(|| ApiError::not_found("no such sku"))?;
+    Ok(Json(product_json(&product)))
+}
+
+#[derive(Deserialize)]
+pub struct RiderBody {
+    name: String,
+    #[serde(default)]
+    store_id: Option<String>,
+}
+
+pub async fn put_rider(
+    State(app): State<AppRef>,
+    caller: Caller,
+    Path(rider_id): Path<String>,
+    JsonBody(body): JsonBody<RiderBody>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    caller.require(&[Role::Admin])?;
+    check_id("rider_id", &rider_id)?;
+    check_text("name", &body.name, MAX_TEXT)?;
+    if let Some(store_id) = &body.store_id {
+        if app.state.store(store_id).is_none() {
+            return Err(ApiError::invalid(format!(
+                "store_id {store_id:?} is not a known store"
+            )));
+        }
+    }
+    let rider = Rider {
+        id: rider_id,
+        name: body.name,
+        store_id: body.store_id,
+    };
+    let json = json!({"id": rider.id, "name": rider.name, "store_id": rider.store_id});
+    let state = app.state.clone();
+    let created = detached(async move { state.put_rider(rider).await })
+        .await?
+        .map_err(ApiError::unavailable)?;
+    Ok((created_or_ok(created), Json(json)))
+}

@@ -1,0 +1,295 @@
+//! The HTTP API: routing, the middleware every request passes (identity, rate limit, metrics,
+//! logs), and the extractors that turn bad input into precise 4xx answers.
+//!
+//! Handlers live by feature: [`catalog`] (stores, products, riders), [`stock`] (stock and
+//! availability), [`orders`] (orders and payments), [`ops`] (health, metrics, docs, dashboard).
+//! This module is the only place that knows the HTTP wire format of requests and errors.
+
+mod catalog;
+mod ops;
+mod orders;
+mod stock;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, MatchedPath, Request};
+use axum::http::StatusCode;
+use axum::http::request::Parts;
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use serde::de::DeserializeOwned;
+
+use crate::auth::{self, Claims, Role};
+use crate::error::ApiError;
+use crate::ratelimit::RateLimiter;
+use crate::state::State;
+
+/// What every handler shares.
+pub struct App {
+    pub state: Arc<State>,
+    pub jwt_secret: Vec<u8>,
+    pub webhook_secret: Option<Vec<u8>>,
+    pub limiter: RateLimiter,
+    pub max_body_bytes: usize,
+    /// Reports whether the MQTT broker is reachable (always true while none is configured).
+    pub broker_ready: Arc<dyn Fn() -> bool + Send + Sync>,
+}
+
+pub type AppRef = Arc<App>;
+
+pub fn router(app: AppRef) -> Router {
+    Router::new()
+        .route("/", get(ops::index))
+        .route("/healthz", get(ops::healthz))
+        .route("/readyz", get(ops::readyz))
+        .route("/metrics", get(ops::metrics))
+        .route("/openapi.json", get(ops::openapi))
+        .route(
+            "/v1/stores/{store_id}",
+            put(catalog::put_store).get(catalog::get_store),
+        )
+        .route(
+            "/v1/catalog/{sku}",
+            put(catalog::put_product).get(catalog::get_product),
+        )
+        .route("/v1/riders/{rider_id}", put(catalog::put_rider))
+        .route(
+            "/v1/stores/{store_id}/stock",
+            post(stock::post_stock).get(stock::get_stock),
+        )
+        .route("/v1/availability", get(stock::availability))
+        .route("/v1/orders", post(orders::place))
+        .route("/v1/orders/{id}", get(orders::get))
+        .route("/v1/orders/{id}/cancel", post(orders::cancel))
+        .route("/v1/orders/{id}/packed", post(orders::packed))
+        .route("/v1/payments/webhook", post(orders::payment_webhook))
+        .fallback(|| async { ApiError::not_found("no such endpoint") })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "invalid_request",
+                "method not allowed on this endpoint",
+            )
+        })
+        .layer(middleware::from_fn_with_state(app.clone(), edge))
+        .layer(axum::extract::DefaultBodyLimit::max(app.max_body_bytes))
+        .with_state(app)
+}
+
+/// The identity a request carries, set by [`edge`].
+#[derive(Clone, Debug)]
+enum Identity {
+    Anonymous,
+    Invalid(&'static str),
+    Token(Claims),
+}
+
+/// Every request: identify, rate-limit, time, count and log.
+async fn edge(
+    axum::extract::State(app): axum::extract::State<AppRef>,
+    mut req: Request,
+    next: Next,
+) -> Response {
+    let started = Instant::now();
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_else(|| "unmatched".to_owned());
+    let method = req.method().as_str().to_owned();
+    let identity = identify(&app, &req);
+    let client = match &identity {
+        Identity::Token(c) => format!("sub:{}", c.sub),
+        _ => match req.extensions().get::<ConnectInfo<SocketAddr>>() {
+            Some(ConnectInfo(addr)) => format!("ip:{}", addr.ip()),
+            None => "ip:unknown".to_owned(),
+        },
+    };
+    let response = if !app.limiter.allow(&client) {
+        app.state
+            .metrics
+            .rate_limited
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limited",
+            "too many requests; slow down",
+        )
+        .into_response()
+    } else {
+        req.extensions_mut().insert(identity);
+        next.run(req).await
+    };
+    let response = normalize_rejection(response).await;
+    let status = response.status().as_u16();
+    let elapsed = started.elapsed();
+    app.state
+        .metrics
+        .http(&method, &route, status, elapsed.as_secs_f64());
+    if status >= 500 {
+        tracing::error!(%method, %route, status, micros = elapsed.as_micros() as u64, "request failed");
+    } else {
+        tracing::debug!(%method, %route, status, micros = elapsed.as_micros() as u64, "request");
+    }
+    response
+}
+
+/// Axum answers some rejections itself (a body over the limit, a bad path) in plain text; give
+/// them the API's error shape.
+async fn normalize_rejection(response: Response) -> Response {
+    let is_json = response
+        .headers()
+        .get(axum::http::header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    let status = response.status();
+    if is_json || !(status.is_client_error()) || status == StatusCode::TOO_MANY_REQUESTS {
+        return response;
+    }
+    let body = axum::body::to_bytes(response.into_body(), 4096)
+        .await
+        .unwrap_or_default();
+    let message = String::from_utf8_lossy(&body).trim().to_owned();
+    let code = match status {
+        StatusCode::UNAUTHORIZED => "unauthorized",
+        StatusCode::FORBIDDEN => "forbidden",
+        StatusCode::NOT_FOUND => "not_found",
+        _ => "invalid_request",
+    };
+    ApiError::new(
+        status,
+        code,
+        if message.is_empty() {
+            status.to_string()
+        } else {
+            message
+        },
+    )
+    .into_response()
+}
+
+fn identify(app: &App, req: &Request) -> Identity {
+    let Some(value) = req.headers().get(axum::http::header::AUTHORIZATION) else {
+        return Identity::Anonymous;
+    };
+    let Some(token) = value.to_str().ok().and_then(|v| v.strip_prefix("Bearer ")) else {
+        return Identity::Invalid("the Authorization header must be `Bearer <token>`");
+    };
+    let now = crate::state::now_ms() / 1000;
+    match auth::verify(&app.jwt_secret, token.trim(), now) {
+        Ok(claims) => Identity::Token(claims),
+        Err(e) => Identity::Invalid(e.message()),
+    }
+}
+
+/// A caller with a valid token. Rejects with 401 otherwise.
+pub struct Caller(pub Claims);
+
+impl<S: Send + Sync> FromRequestParts<S> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        match parts.extensions.get::<Identity>() {
+            Some(Identity::Token(claims)) => Ok(Caller(claims.clone())),
+            Some(Identity::Invalid(why)) => Err(ApiError::unauthorized(*why)),
+            _ => Err(ApiError::unauthorized("a bearer token is required")),
+        }
+    }
+}
+
+impl Caller {
+    /// 403 unless the caller has one of `roles`.
+    pub fn require(&self, roles: &[Role]) -> Result<(), ApiError> {
+        if roles.contains(&self.0.role) {
+            Ok(())
+        } else {
+            Err(ApiError::forbidden(
+                format!("role {:?} may not do this", self.0.role).to_lowercase(),
+            ))
+        }
+    }
+
+    /// Admin, or staff of `store_id`.
+    pub fn require_store(&self, store_id: &str) -> Result<(), ApiError> {
+        match self.0.role {
+            Role::Admin => Ok(()),
+            Role::Staff if self.0.store.as_deref() == Some(store_id) => Ok(()),
+            Role::Staff => Err(ApiError::forbidden("this staff token is for another store")),
+            _ => Err(ApiError::forbidden(
+                "only staff of this store or an admin may do this",
+            )),
+        }
+    }
+}
+
+/// A JSON body with the API's errors: 400 for malformed JSON, 422 for the wrong shape, 413 over
+/// the size limit.
+pub struct JsonBody<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for JsonBody<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request<Body>, state: &S) -> Result<Self, Self::Rejection> {
+        let bytes = Bytes::from_request(req, state).await.map_err(|e| {
+            if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                ApiError::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "invalid_request",
+                    "the request body is too large",
+                )
+            } else {
+                ApiError::bad_request(e.body_text())
+            }
+        })?;
+        parse_json(&bytes).map(JsonBody)
+    }
+}
+
+pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    let value = T::deserialize(&mut de).and_then(|v| de.end().map(|_| v));
+    value.map_err(|e| match e.classify() {
+        serde_json::error::Category::Data => ApiError::invalid(format!("invalid body: {e}")),
+        _ => ApiError::bad_request(format!("malformed JSON: {e}")),
+    })
+}
+
+/// A path id that must be a valid client-chosen id (422 otherwise).
+pub fn check_id(what: &str, id: &str) -> Result<(), ApiError> {
+    if darkstore_geoinv::ids::valid_id(id) {
+        Ok(())
+    } else {
+        Err(ApiError::invalid(format!(
+            "{what} must be 1-64 characters of [A-Za-z0-9_.-]"
+        )))
+    }
+}
+
+/// Coordinates in range and finite (422 otherwise).
+pub fn check_point(lat: f64, lng: f64) -> Result<(), ApiError> {
+    if darkstore_geoinv::travel::valid_coordinates(lat, lng) {
+        Ok(())
+    } else {
+        Err(ApiError::invalid(
+            "lat must be in [-90, 90] and lng in [-180, 180]",
+        ))
+    }
+}
+
+/// RFC 3339 UTC with milliseconds.
+pub fn rfc3339(ms: i64) -> String {
+    let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms.max(0) as u64);
+    humantime::format_rfc3339_millis(t).to_string()
+}
+
+/// Runs a state change on its own task, so a client that hangs up cannot cancel it half-way
+/// (its reservation would then be committed with nobody to remember it).
+pub async fn detached<T: Send + 'static>(
+    fut: impl Future<Output = T> + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::spawn(fut).await.map_err(ApiError::unavailable)
+}

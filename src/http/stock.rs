@@ -1,0 +1,205 @@
+//! Stock of a store (staff of the store, or admin) and availability (anyone).
+
+use axum::Json;
+use axum::extract::{Path, Query, State};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::{AppRef, Caller, JsonBody, check_point, detached, rfc3339};
+use crate::error::ApiError;
+use crate::state::{LineView, StockError, now_ms};
+use darkstore_geoinv::stock::AdjustError;
+
+/// Largest stock delta accepted in one adjustment.
+const MAX_DELTA: i64 = 1_000_000;
+
+#[derive(Deserialize)]
+pub struct StockBody {
+    sku: String,
+    delta: i64,
+    reason: String,
+    /// RFC 3339 expiry of the arriving lot (positive deltas only).
+    #[serde(default)]
+    expires_at: Option<String>,
+}
+
+pub fn line_json(line: &LineView) -> Value {
+    json!({
+        "sku": line.sku,
+        "on_hand": line.totals.on_hand,
+        "reserved": line.totals.reserved,
+        "available": line.totals.available,
+        "low_stock": line.low_stock,
+        "next_expiry": line.next_expiry.map(rfc3339),
+    })
+}
+
+fn parse_time(s: &str) -> Result<i64, ApiError> {
+    let t = humantime::parse_rfc3339_weak(s).map_err(|_| {
+        ApiError::invalid("expires_at must be an RFC 3339 time, e.g. 2026-11-30T00:00:00Z")
+    })?;
+    let ms = t
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_err(|_| ApiError::invalid("expires_at is before 1970"))?;
+    Ok(ms.as_millis() as i64)
+}
+
+pub async fn post_stock(
+    State(app): State<AppRef>,
+    caller: Caller,
+    Path(store_id): Path<String>,
+    JsonBody(body): JsonBody<StockBody>,
+) -> Result<Json<Value>, ApiError> {
+    caller.require_store(&store_id)?;
+    if app.state.store(&store_id).is_none() {
+        return Err(ApiError::not_found("no such store"));
+    }
+    let reason: &'static str = match body.reason.as_str() {
+        "restock" => "restock",
+        "damage" => "damage",
+        "expiry" => "expiry",
+        "count" => "count",
+        _ => {
+            return Err(ApiError::invalid(
+                "reason must be one of restock, damage, expiry, count",
+            ));
+        }
+    };
+    if body.delta == 0 || body.delta.abs() > MAX_DELTA {
+        return Err(ApiError::invalid(format!(
+            "delta must be a non-zero integer in [-{MAX_DELTA}, {MAX_DELTA}]"
+        )));
+    }
+    if reason == "restock" && body.delta < 0 {
+        return Err(ApiError::invalid(
+            "a restock adds units: delta must be positive",
+        ));
+    }
+    if matches!(reason, "damage" | "expiry") && body.delta > 0 {
+        return Err(ApiError::invalid(
+            "damage and expiry remove units: delta must be negative",
+        ));
+    }
+    let expires_at = match &body.expires_at {
+        Some(_) if body.delta < 0 => {
+            return Err(ApiError::invalid(
+                "expires_at applies to arriving units only",
+            ));
+        }
+        Some(s) => Some(parse_time(s)?),
+        None => None,
+    };
+    let state = app.state.clone();
+    let sku = body.sku.clone();
+    let result = detached(async move {
+        state
+            .adjust_stock(&store_id, &sku, body.delta, reason, expires_at)
+            .await
+    })
+    .await?;
+    match result {
+        Ok(line) => Ok(Json(line_json(&line))),
+        Err(StockError::UnknownStore) => Err(ApiError::not_found("no such store")),
+        Err(StockError::UnknownSku) => Err(ApiError::invalid(format!(
+            "sku {:?} is not in the catalog",
+            body.sku
+        ))),
+        Err(StockError::Refused(AdjustError::BelowReserved { on_hand, reserved })) => Err(
+            ApiError::conflict("the delta would take on_hand below what is reserved")
+                .with("on_hand", json!(on_hand))
+                .with("reserved", json!(reserved)),
+        ),
+        Err(StockError::Refused(AdjustError::ZeroDelta)) => {
+            Err(ApiError::invalid("delta must not be zero"))
+        }
+        Err(StockError::Unavailable(e)) => Err(ApiError::unavailable(e)),
+    }
+}
+
+pub async fn get_stock(
+    State(app): State<AppRef>,
+    caller: Caller,
+    Path(store_id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    caller.require_store(&store_id)?;
+    let store = app
+        .state
+        .store(&store_id)
+        .ok_or_else(|| ApiError::not_found("no such store"))?;
+    let lines: Vec<Value> = app
+        .state
+        .stock_lines(&store, now_ms())
+        .iter()
+        .map(line_json)
+        .collect();
+    Ok(Json(json!({ "store_id": store.id, "lines": lines })))
+}
+
+#[derive(Deserialize)]
+pub struct AvailabilityQuery {
+    lat: Option<String>,
+    lng: Option<String>,
+    category: Option<String>,
+    limit: Option<String>,
+    after: Option<String>,
+}
+
+fn coordinate(name: &str, v: &Option<String>) -> Result<f64, ApiError> {
+    let v = v
+        .as_deref()
+        .ok_or_else(|| ApiError::invalid(format!("{name} is required")))?;
+    v.trim()
+        .parse::<f64>()
+        .map_err(|_| ApiError::invalid(format!("{name} must be a number")))
+}
+
+pub async fn availability(
+    State(app): State<AppRef>,
+    Query(q): Query<AvailabilityQuery>,
+) -> Result<Json<Value>, ApiError> {
+    let lat = coordinate("lat", &q.lat)?;
+    let lng = coordinate("lng", &q.lng)?;
+    check_point(lat, lng)?;
+    let limit = match q.limit.as_deref() {
+        None => 200,
+        Some(s) => match s.parse::<usize>() {
+            Ok(n) if (1..=1000).contains(&n) => n,
+            _ => return Err(ApiError::invalid("limit must be an integer in [1, 1000]")),
+        },
+    };
+    let page = app
+        .state
+        .availability(
+            lat,
+            lng,
+            q.category.as_deref(),
+            q.after.as_deref(),
+            limit,
+            now_ms(),
+        )
+        .map_err(|_| ApiError::invalid("lat must be in [-90, 90] and lng in [-180, 180]"))?;
+    let cell = darkstore_geoinv::area::cell_of(lat, lng)
+        .map(|c| c.to_string())
+        .ok();
+    let items: Vec<Value> = page
+        .items
+        .iter()
+        .map(|i| {
+            json!({
+                "sku": &*i.product.sku,
+                "name": i.product.name,
+                "category": i.product.category,
+                "price_minor": i.product.price_minor,
+                "available": i.available,
+            })
+        })
+        .collect();
+    Ok(Json(json!({
+        "serviceable": page.store_id.is_some(),
+        "store_id": page.store_id,
+        "eta_minutes": page.eta_minutes,
+        "h3_cell": cell,
+        "items": items,
+        "next": page.next,
+    })))
+}
