@@ -1,0 +1,210 @@
+//! Starts the real `darkstore` binary on port 0 and talks to it over HTTP.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use darkstore::auth::{self, Claims, Role};
+use serde_json::{Value, json};
+
+pub const SECRET: &str = "test-secret-0123456789abcdef";
+
+/// Indiranagar, Bengaluru.
+pub const STORE_LAT: f64 = 12.9719;
+pub const STORE_LNG: f64 = 77.6412;
+
+pub struct Server {
+    pub child: Child,
+    pub base: String,
+    pub db_url: String,
+    pub client: reqwest::Client,
+}
+
+pub fn token(role: Role, sub: &str, store: Option<&str>) -> String {
+    let exp = darkstore::state::now_ms() / 1000 + 3600;
+    auth::sign(
+        SECRET.as_bytes(),
+        &Claims {
+            sub: sub.into(),
+            role,
+            store: store.map(Into::into),
+            exp,
+        },
+    )
+}
+
+pub fn admin() -> String {
+    token(Role::Admin, "admin", None)
+}
+
+impl Server {
+    /// Starts the server on `db_url` with extra flags and waits for its ready line.
+    pub fn start(db_url: &str, extra: &[&str]) -> Server {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_darkstore"))
+            .args([
+                "serve",
+                "--http",
+                "127.0.0.1:0",
+                "--database-url",
+                db_url,
+                "--jwt-secret",
+                SECRET,
+            ])
+            .args(["--rate-limit-per-sec", "0"])
+            .args(extra)
+            .env("DARKSTORE_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start darkstore");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut lines = BufReader::new(stdout).lines();
+            if let Some(Ok(line)) = lines.next() {
+                let _ = tx.send(line);
+            }
+            // Keep draining so the child never blocks on a full pipe.
+            for _ in lines {}
+        });
+        let line = rx
+            .recv_timeout(Duration::from_secs(60))
+            .expect("darkstore printed its ready line");
+        assert!(
+            line.starts_with("darkstore ready http="),
+            "ready line: {line}"
+        );
+        let addr = line
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix("http="))
+            .expect("http=")
+            .to_owned();
+        Server {
+            child,
+            base: format!("http://{addr}"),
+            db_url: db_url.to_owned(),
+            client: reqwest::Client::builder()
+                .pool_max_idle_per_host(64)
+                .build()
+                .unwrap(),
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base, path)
+    }
+
+    pub async fn call(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> (u16, Value) {
+        let mut req = self.client.request(method.parse().unwrap(), self.url(path));
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        if let Some(b) = body {
+            req = req
+                .header("content-type", "application/json")
+                .body(b.to_string());
+        }
+        let resp = req.send().await.expect("request");
+        let status = resp.status().as_u16();
+        let text = resp.text().await.unwrap_or_default();
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
+    }
+
+    pub async fn order(&self, token: &str, key: &str, body: Value) -> (u16, Value) {
+        let resp = self
+            .client
+            .post(self.url("/v1/orders"))
+            .bearer_auth(token)
+            .header("idempotency-key", key)
+            .body(body.to_string())
+            .send()
+            .await
+            .expect("request");
+        let status = resp.status().as_u16();
+        (status, resp.json().await.unwrap_or(Value::Null))
+    }
+
+    /// One store at Indiranagar, a product, and `qty` units of it.
+    pub async fn seed(&self, store: &str, sku: &str, qty: i64) {
+        let admin = admin();
+        let (s, b) = self
+            .call(
+                "PUT",
+                &format!("/v1/stores/{store}"),
+                Some(&admin),
+                Some(json!({"name": "Indiranagar", "lat": STORE_LAT, "lng": STORE_LNG})),
+            )
+            .await;
+        assert!(s == 201 || s == 200, "{s} {b}");
+        let (s, b) = self
+            .call(
+                "PUT",
+                &format!("/v1/catalog/{sku}"),
+                Some(&admin),
+                Some(json!({"name": "Milk 1 l", "category": "dairy", "price_minor": 4500})),
+            )
+            .await;
+        assert!(s == 201 || s == 200, "{s} {b}");
+        let (s, b) = self
+            .call(
+                "POST",
+                &format!("/v1/stores/{store}/stock"),
+                Some(&admin),
+                Some(json!({"sku": sku, "delta": qty, "reason": "restock"})),
+            )
+            .await;
+        assert_eq!(s, 200, "{b}");
+    }
+
+    pub async fn stock_line(&self, store: &str, sku: &str) -> Value {
+        let (s, b) = self
+            .call(
+                "GET",
+                &format!("/v1/stores/{store}/stock"),
+                Some(&admin()),
+                None,
+            )
+            .await;
+        assert_eq!(s, 200, "{b}");
+        b["lines"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|l| l["sku"] == sku)
+            .cloned()
+            .unwrap_or(Value::Null)
+    }
+
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM, and wait for a clean exit.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        self.child.wait().expect("wait")
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+pub fn order_body(sku: &str, qty: i64) -> Value {
+    json!({"lat": STORE_LAT + 0.001, "lng": STORE_LNG, "lines": [{"sku": sku, "qty": qty}]})
+}
