@@ -1,0 +1,513 @@
+//! The role matrix and bad input, against the real server.
+
+mod common;
+
+use common::{STORE_LAT, STORE_LNG, Server, admin, order_body, token};
+use darkstore::auth::{self, Claims, Role};
+use darkstore_db::scratch::ScratchDb;
+use serde_json::{Value, json};
+
+#[tokio::test]
+async fn role_matrix() {
+    let scratch = ScratchDb::sqlite("ds_roles");
+    let server = Server::start(&scratch.url, &[]);
+    server.seed("s1", "milk", 50).await;
+    server.seed("s2", "milk", 0).await;
+    let alice = token(Role::Customer, "alice", None);
+    let (_, order) = server.order(&alice, "k1", order_body("milk", 1)).await;
+    let oid = order["id"].as_str().unwrap().to_owned();
+
+    let tokens: Vec<(&str, Option<String>)> = vec![
+        ("anonymous", None),
+        ("customer", Some(alice.clone())),
+        (
+            "other-customer",
+            Some(token(Role::Customer, "mallory", None)),
+        ),
+        ("staff", Some(token(Role::Staff, "sam", Some("s1")))),
+        ("other-staff", Some(token(Role::Staff, "sue", Some("s2")))),
+        ("rider", Some(token(Role::Rider, "r1", None))),
+        ("admin", Some(admin())),
+    ];
+    let store_body = json!({"name": "S1", "lat": STORE_LAT, "lng": STORE_LNG});
+    let product_body = json!({"name": "Milk", "category": "dairy", "price_minor": 4500});
+    let stock_body = json!({"sku": "milk", "delta": 1, "reason": "restock"});
+    // (method, path, body, expected status for each token in the order above)
+    let cases: Vec<(&str, String, Option<Value>, [u16; 7])> = vec![
+        (
+            "PUT",
+            "/v1/stores/s1".into(),
+            Some(store_body),
+            [401, 403, 403, 403, 403, 403, 200],
+        ),
+        (
+            "PUT",
+            "/v1/catalog/milk".into(),
+            Some(product_body),
+            [401, 403, 403, 403, 403, 403, 200],
+        ),
+        (
+            "PUT",
+            "/v1/riders/r1".into(),
+            Some(json!({"name": "Ravi"})),
+            [401, 403, 403, 403, 403, 403, 201],
+        ),
+        (
+            "POST",
+            "/v1/stores/s1/stock".into(),
+            Some(stock_body),
+            [401, 403, 403, 200, 403, 403, 200],
+        ),
+        (
+            "GET",
+            "/v1/stores/s1/stock".into(),
+            None,
+            [401, 403, 403, 200, 403, 403, 200],
+        ),
+        (
+            "GET",
+            format!("/v1/availability?lat={STORE_LAT}&lng={STORE_LNG}"),
+            None,
+            [200; 7],
+        ),
+        (
+            "GET",
+            format!("/v1/orders/{oid}"),
+            None,
+            [401, 200, 404, 200, 403, 403, 200],
+        ),
+        (
+            "POST",
+            "/v1/orders".into(),
+            Some(order_body("milk", 1)),
+            [401, 201, 201, 403, 403, 403, 201],
+        ),
+        ("GET", "/healthz".into(), None, [200; 7]),
+        ("GET", "/readyz".into(), None, [200; 7]),
+        ("GET", "/metrics".into(), None, [200; 7]),
+        ("GET", "/openapi.json".into(), None, [200; 7]),
+    ];
+    for (method, path, body, expected) in &cases {
+        for ((who, tok), want) in tokens.iter().zip(expected) {
+            let (status, got) = if path == "/v1/orders" && tok.is_some() {
+                server
+                    .order(
+                        tok.as_ref().unwrap(),
+                        &format!("matrix-{who}"),
+                        body.clone().unwrap(),
+                    )
+                    .await
+            } else {
+                server
+                    .call(method, path, tok.as_deref(), body.clone())
+                    .await
+            };
+            assert_eq!(status, *want, "{who} {method} {path}: {got}");
+            if status >= 400 {
+                assert!(
+                    got["error"].is_string() && got["message"].is_string(),
+                    "{who} {method} {path}: {got}"
+                );
+            }
+        }
+    }
+    // Packing and cancelling: other staff and strangers cannot touch the order.
+    let outsiders = [
+        (token(Role::Customer, "mallory", None), 404),
+        (token(Role::Staff, "sue", Some("s2")), 403),
+        (token(Role::Rider, "r1", None), 403),
+    ];
+    for (tok, want) in &outsiders {
+        let (s, _) = server
+            .call("POST", &format!("/v1/orders/{oid}/cancel"), Some(tok), None)
+            .await;
+        assert_eq!(s, *want);
+        let (s, _) = server
+            .call("POST", &format!("/v1/orders/{oid}/packed"), Some(tok), None)
+            .await;
+        assert_eq!(s, 403);
+    }
+    let (s, _) = server
+        .call(
+            "POST",
+            &format!("/v1/orders/{oid}/packed"),
+            Some(&alice),
+            None,
+        )
+        .await;
+    assert_eq!(s, 403, "a customer cannot pack");
+    let (s, _) = server
+        .call(
+            "POST",
+            &format!("/v1/orders/{oid}/packed"),
+            Some(&tokens[3].1.clone().unwrap()),
+            None,
+        )
+        .await;
+    assert_eq!(s, 200, "staff of the store packs");
+    scratch.drop_database().await;
+}
+
+#[tokio::test]
+async fn bad_tokens_are_401() {
+    let scratch = ScratchDb::sqlite("ds_tokens");
+    let server = Server::start(&scratch.url, &[]);
+    server.seed("s1", "milk", 5).await;
+    let expired = auth::sign(
+        common::SECRET.as_bytes(),
+        &Claims {
+            sub: "alice".into(),
+            role: Role::Customer,
+            store: None,
+            exp: 1_000,
+        },
+    );
+    let forged = auth::sign(
+        b"not-the-server-secret",
+        &Claims {
+            sub: "alice".into(),
+            role: Role::Admin,
+            store: None,
+            exp: i64::MAX / 2,
+        },
+    );
+    for (what, tok) in [
+        ("expired", expired.as_str()),
+        ("forged", forged.as_str()),
+        ("garbage", "abc.def"),
+    ] {
+        let (s, body) = server
+            .call("GET", "/v1/stores/s1/stock", Some(tok), None)
+            .await;
+        assert_eq!(
+            (s, body["error"].as_str()),
+            (401, Some("unauthorized")),
+            "{what}: {body}"
+        );
+    }
+    let resp = server
+        .client
+        .get(server.url("/v1/stores/s1/stock"))
+        .header("authorization", "Basic abc")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 401);
+    scratch.drop_database().await;
+}
+
+#[tokio::test]
+async fn bad_input_is_a_precise_4xx_and_changes_nothing() {
+    let scratch = ScratchDb::sqlite("ds_bad");
+    let server = Server::start(&scratch.url, &[]);
+    server.seed("s1", "milk", 10).await;
+    let alice = token(Role::Customer, "alice", None);
+    let admin = admin();
+    let line = |sku: &str, qty: Value| json!({"lat": STORE_LAT, "lng": STORE_LNG, "lines": [{"sku": sku, "qty": qty}]});
+    // Orders: (what, raw body, status, code)
+    let orders: Vec<(&str, String, u16, &str)> = vec![
+        ("lat out of range", json!({"lat": 91.0, "lng": 0.0, "lines": [{"sku": "milk", "qty": 1}]}).to_string(), 422, "invalid_request"),
+        ("lng out of range", json!({"lat": 0.0, "lng": -181.0, "lines": [{"sku": "milk", "qty": 1}]}).to_string(), 422, "invalid_request"),
+        ("lat as string", json!({"lat": "12.9", "lng": 77.6, "lines": [{"sku": "milk", "qty": 1}]}).to_string(), 422, "invalid_request"),
+        ("lat missing", json!({"lng": 77.6, "lines": [{"sku": "milk", "qty": 1}]}).to_string(), 422, "invalid_request"),
+        ("NaN", r#"{"lat": NaN, "lng": 77.6, "lines": []}"#.into(), 400, "invalid_request"),
+        ("unknown sku", line("caviar", json!(1)).to_string(), 422, "invalid_request"),
+        ("bad sku", line("milk/../x", json!(1)).to_string(), 422, "invalid_request"),
+        ("zero qty", line("milk", json!(0)).to_string(), 422, "invalid_request"),
+        ("negative qty", line("milk", json!(-3)).to_string(), 422, "invalid_request"),
+        ("fractional qty", line("milk", json!(1.5)).to_string(), 422, "invalid_request"),
+        ("absurd qty", line("milk", json!(1e30)).to_string(), 422, "invalid_request"),
+        ("large qty", line("milk", json!(1_000_001)).to_string(), 422, "invalid_request"),
+        ("no lines", json!({"lat": STORE_LAT, "lng": STORE_LNG, "lines": []}).to_string(), 422, "invalid_request"),
+        (
+            "duplicate sku",
+            json!({"lat": STORE_LAT, "lng": STORE_LNG, "lines": [{"sku": "milk", "qty": 1}, {"sku": "milk", "qty": 1}]}).to_string(),
+            422,
+            "invalid_request",
+        ),
+        ("malformed json", "{\"lat\": 12.9,".into(), 400, "invalid_request"),
+        ("trailing garbage", format!("{} x", line("milk", json!(1))), 400, "invalid_request"),
+        ("too far away", json!({"lat": 19.07, "lng": 72.87, "lines": [{"sku": "milk", "qty": 1}]}).to_string(), 422, "not_serviceable"),
+        ("more than in stock", line("milk", json!(11)).to_string(), 409, "insufficient_stock"),
+        ("oversized body", format!("{{\"pad\": \"{}\"}}", "x".repeat(70 * 1024)), 413, "invalid_request"),
+    ];
+    for (i, (what, body, status, code)) in orders.iter().enumerate() {
+        let resp = server
+            .client
+            .post(server.url("/v1/orders"))
+            .bearer_auth(&alice)
+            .header("idempotency-key", format!("bad-{i}"))
+            .body(body.clone())
+            .send()
+            .await
+            .unwrap();
+        let got_status = resp.status().as_u16();
+        let got: Value = resp.json().await.unwrap_or(Value::Null);
+        assert_eq!(
+            (got_status, got["error"].as_str()),
+            (*status, Some(*code)),
+            "{what}: {got}"
+        );
+    }
+    // No Idempotency-Key: 400.
+    let resp = server
+        .client
+        .post(server.url("/v1/orders"))
+        .bearer_auth(&alice)
+        .body(line("milk", json!(1)).to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 400);
+
+    // Stock: (what, body, status)
+    let stock: Vec<(&str, Value, u16)> = vec![
+        (
+            "zero delta",
+            json!({"sku": "milk", "delta": 0, "reason": "count"}),
+            422,
+        ),
+        (
+            "unknown reason",
+            json!({"sku": "milk", "delta": 1, "reason": "gift"}),
+            422,
+        ),
+        (
+            "unknown sku",
+            json!({"sku": "caviar", "delta": 1, "reason": "restock"}),
+            422,
+        ),
+        (
+            "negative restock",
+            json!({"sku": "milk", "delta": -1, "reason": "restock"}),
+            422,
+        ),
+        (
+            "fractional delta",
+            json!({"sku": "milk", "delta": 0.5, "reason": "count"}),
+            422,
+        ),
+        (
+            "bad expiry",
+            json!({"sku": "milk", "delta": 1, "reason": "restock", "expires_at": "tomorrow"}),
+            422,
+        ),
+        (
+            "below zero",
+            json!({"sku": "milk", "delta": -11, "reason": "damage"}),
+            409,
+        ),
+    ];
+    for (what, body, status) in &stock {
+        let (s, got) = server
+            .call(
+                "POST",
+                "/v1/stores/s1/stock",
+                Some(&admin),
+                Some(body.clone()),
+            )
+            .await;
+        assert_eq!(s, *status, "{what}: {got}");
+    }
+    let (s, _) = server
+        .call(
+            "POST",
+            "/v1/stores/nowhere/stock",
+            Some(&admin),
+            Some(json!({"sku": "milk", "delta": 1, "reason": "restock"})),
+        )
+        .await;
+    assert_eq!(s, 404);
+    // Reserve 4, then a write-off that would dip below reserved is 409 with the numbers.
+    let (s, _) = server.order(&alice, "ok-1", line("milk", json!(4))).await;
+    assert_eq!(s, 201);
+    let (s, got) = server
+        .call(
+            "POST",
+            "/v1/stores/s1/stock",
+            Some(&admin),
+            Some(json!({"sku": "milk", "delta": -7, "reason": "damage"})),
+        )
+        .await;
+    assert_eq!((s, got["reserved"].as_i64()), (409, Some(4)), "{got}");
+    // Nothing of the above changed the stock.
+    let l = server.stock_line("s1", "milk").await;
+    assert_eq!(
+        (
+            l["on_hand"].as_i64(),
+            l["reserved"].as_i64(),
+            l["available"].as_i64()
+        ),
+        (Some(10), Some(4), Some(6))
+    );
+
+    // Admin bodies.
+    let admin_cases: Vec<(&str, &str, Value, u16)> = vec![
+        (
+            "PUT",
+            "/v1/stores/s9",
+            json!({"name": "x", "lat": 100.0, "lng": 0.0}),
+            422,
+        ),
+        (
+            "PUT",
+            "/v1/stores/bad%20id",
+            json!({"name": "x", "lat": 1.0, "lng": 1.0}),
+            422,
+        ),
+        (
+            "PUT",
+            "/v1/stores/s9",
+            json!({"name": "", "lat": 1.0, "lng": 1.0}),
+            422,
+        ),
+        (
+            "PUT",
+            "/v1/catalog/tea",
+            json!({"name": "Tea", "category": "staples", "price_minor": -1}),
+            422,
+        ),
+        (
+            "PUT",
+            "/v1/catalog/tea",
+            json!({"name": "Tea", "category": "staples", "price_minor": 1.5}),
+            422,
+        ),
+        (
+            "PUT",
+            "/v1/riders/r9",
+            json!({"name": "R", "store_id": "nowhere"}),
+            422,
+        ),
+    ];
+    for (method, path, body, status) in &admin_cases {
+        let (s, got) = server
+            .call(method, path, Some(&admin), Some(body.clone()))
+            .await;
+        assert_eq!(s, *status, "{method} {path}: {got}");
+    }
+
+    // Availability query strings.
+    let queries = [
+        ("lat=abc&lng=77.6", 422),
+        ("lat=NaN&lng=77.6", 422),
+        ("lat=12.9", 422),
+        ("lat=95&lng=77.6", 422),
+        ("lat=12.97&lng=77.64&limit=0", 422),
+        ("lat=12.97&lng=77.64&limit=1001", 422),
+        ("lat=12.97&lng=77.64&limit=x", 422),
+        ("lat=19.07&lng=72.87", 200),
+    ];
+    for (q, status) in queries {
+        let (s, got) = server
+            .call("GET", &format!("/v1/availability?{q}"), None, None)
+            .await;
+        assert_eq!(s, status, "{q}: {got}");
+    }
+    let (_, far) = server
+        .call("GET", "/v1/availability?lat=19.07&lng=72.87", None, None)
+        .await;
+    assert_eq!(
+        (
+            far["serviceable"].as_bool(),
+            far["items"].as_array().map(Vec::len)
+        ),
+        (Some(false), Some(0))
+    );
+    let (s, got) = server.call("GET", "/v1/nope", None, None).await;
+    assert_eq!((s, got["error"].as_str()), (404, Some("not_found")));
+    scratch.drop_database().await;
+}
+
+#[tokio::test]
+async fn availability_pages_by_sku_and_hides_what_cannot_be_sold() {
+    let scratch = ScratchDb::sqlite("ds_avail");
+    let server = Server::start(&scratch.url, &[]);
+    server.seed("s1", "milk", 3).await;
+    let admin = admin();
+    for (sku, category, qty, expires) in [
+        ("apple", "fruit_veg", 5, None),
+        ("bread", "bakery", 2, None),
+        ("curd", "dairy", 4, Some("2001-01-01T00:00:00Z")),
+        ("eggs", "dairy", 0, None),
+    ] {
+        let (s, _) = server
+            .call(
+                "PUT",
+                &format!("/v1/catalog/{sku}"),
+                Some(&admin),
+                Some(json!({"name": sku, "category": category, "price_minor": 100})),
+            )
+            .await;
+        assert_eq!(s, 201);
+        if qty > 0 {
+            let mut body = json!({"sku": sku, "delta": qty, "reason": "restock"});
+            if let Some(e) = expires {
+                body["expires_at"] = json!(e);
+            }
+            let (s, got) = server
+                .call("POST", "/v1/stores/s1/stock", Some(&admin), Some(body))
+                .await;
+            assert_eq!(s, 200, "{got}");
+        }
+    }
+    let page = |q: String| {
+        let server = &server;
+        async move {
+            let (s, got) = server
+                .call(
+                    "GET",
+                    &format!("/v1/availability?lat={STORE_LAT}&lng={STORE_LNG}{q}"),
+                    None,
+                    None,
+                )
+                .await;
+            assert_eq!(s, 200, "{got}");
+            let skus: Vec<String> = got["items"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|i| i["sku"].as_str().unwrap().to_owned())
+                .collect();
+            (skus, got["next"].clone(), got)
+        }
+    };
+    // Expired curd and out-of-stock eggs never show.
+    let (all, next, body) = page(String::new()).await;
+    assert_eq!(all, ["apple", "bread", "milk"]);
+    assert_eq!(next, Value::Null);
+    assert_eq!(body["store_id"], "s1");
+    assert!(body["eta_minutes"].as_i64().unwrap() <= 10);
+    let (first, next, _) = page("&limit=2".into()).await;
+    assert_eq!(
+        (first.as_slice(), next.as_str()),
+        (&["apple".to_owned(), "bread".to_owned()][..], Some("bread"))
+    );
+    let (rest, next, _) = page("&limit=2&after=bread".into()).await;
+    assert_eq!((rest, next), (vec!["milk".to_owned()], Value::Null));
+    let (dairy, _, _) = page("&category=dairy".into()).await;
+    assert_eq!(dairy, ["milk"]);
+    scratch.drop_database().await;
+}
+
+#[tokio::test]
+async fn rate_limits_answer_429() {
+    let scratch = ScratchDb::sqlite("ds_rate");
+    // The helper turns limits off; a later flag wins.
+    let server = Server::start(
+        &scratch.url,
+        &["--rate-limit-per-sec", "1", "--rate-limit-burst", "5"],
+    );
+    let mut statuses = Vec::new();
+    for _ in 0..8 {
+        statuses.push(server.call("GET", "/healthz", None, None).await.0);
+    }
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 200).count(),
+        5,
+        "{statuses:?}"
+    );
+    let (s, body) = server.call("GET", "/healthz", None, None).await;
+    assert_eq!((s, body["error"].as_str()), (429, Some("rate_limited")));
+    scratch.drop_database().await;
+}
