@@ -77,37 +77,26 @@ pub fn sign(secret: &[u8], claims: &Claims) -> String {
 /// Verifies `token` and returns its claims; `now_secs` is the current unix time.
 pub fn verify(secret: &[u8], token: &str, now_secs: i64) -> Result<Claims, TokenError> {
     let mut parts = token.split('.');
-    let (Some(h), Some(p), Some(s), None) =
-        (parts.next(), parts.next(), parts.next(), parts.next())
-    else {
+    let (Some(h), Some(p), Some(s), None) = (parts.next(), parts.next(), parts.next(), parts.next()) else {
         return Err(TokenError::Malformed);
     };
     #[derive(Deserialize)]
     struct Header {
         alg: String,
     }
-    let header: Header = URL_SAFE_NO_PAD
-        .decode(h)
-        .ok()
-        .and_then(|b| serde_json::from_slice(&b).ok())
-        .ok_or(TokenError::Malformed)?;
+    let header: Header =
+        URL_SAFE_NO_PAD.decode(h).ok().and_then(|b| serde_json::from_slice(&b).ok()).ok_or(TokenError::Malformed)?;
     if header.alg != "HS256" {
         return Err(TokenError::UnsupportedAlgorithm);
     }
-    let sig = URL_SAFE_NO_PAD
-        .decode(s)
-        .map_err(|_| TokenError::Malformed)?;
+    let sig = URL_SAFE_NO_PAD.decode(s).map_err(|_| TokenError::Malformed)?;
     let mut mac = HmacSha256::new_from_slice(secret).expect("HMAC takes any key length");
     mac.update(h.as_bytes());
     mac.update(b".");
     mac.update(p.as_bytes());
-    mac.verify_slice(&sig)
-        .map_err(|_| TokenError::BadSignature)?;
-    let claims: Claims = URL_SAFE_NO_PAD
-        .decode(p)
-        .ok()
-        .and_then(|b| serde_json::from_slice(&b).ok())
-        .ok_or(TokenError::Malformed)?;
+    mac.verify_slice(&sig).map_err(|_| TokenError::BadSignature)?;
+    let claims: Claims =
+        URL_SAFE_NO_PAD.decode(p).ok().and_then(|b| serde_json::from_slice(&b).ok()).ok_or(TokenError::Malformed)?;
     if claims.exp <= now_secs {
         return Err(TokenError::Expired);
     }
@@ -136,12 +125,7 @@ mod tests {
     use super::*;
 
     fn claims(exp: i64) -> Claims {
-        Claims {
-            sub: "alice".into(),
-            role: Role::Customer,
-            store: None,
-            exp,
-        }
+        Claims { sub: "alice".into(), role: Role::Customer, store: None, exp }
     }
 
     #[test]
@@ -151,11 +135,7 @@ mod tests {
         let expired = sign(b"secret", &claims(1_000));
         let mut tampered = good.clone();
         tampered.replace_range(good.len() - 3.., "AAA");
-        let none_alg = format!(
-            "{}.{}.",
-            URL_SAFE_NO_PAD.encode(r#"{"alg":"none"}"#),
-            good.split('.').nth(1).unwrap()
-        );
+        let none_alg = format!("{}.{}.", URL_SAFE_NO_PAD.encode(r#"{"alg":"none"}"#), good.split('.').nth(1).unwrap());
         let cases: Vec<(&str, Result<(), TokenError>)> = vec![
             (&good, Ok(())),
             (&other_key, Err(TokenError::BadSignature)),
@@ -167,11 +147,7 @@ mod tests {
             ("", Err(TokenError::Malformed)),
         ];
         for (token, expected) in cases {
-            assert_eq!(
-                verify(b"secret", token, 1_500).map(|_| ()),
-                expected,
-                "{token}"
-            );
+            assert_eq!(verify(b"secret", token, 1_500).map(|_| ()), expected, "{token}");
         }
         assert_eq!(verify(b"secret", &good, 1_500).unwrap(), claims(2_000));
     }

@@ -5,11 +5,7 @@ use std::net::SocketAddr;
 use clap::{Args, Parser, Subcommand};
 
 #[derive(Debug, Parser)]
-#[command(
-    name = "darkstore",
-    version,
-    about = "Real-time dispatch and geo-inventory server for 10-minute delivery"
-)]
+#[command(name = "darkstore", version, about = "Real-time dispatch and geo-inventory server for 10-minute delivery")]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -28,11 +24,7 @@ pub enum Command {
 #[derive(Debug, Clone, Args)]
 pub struct ServeConfig {
     /// HTTP listen address (port 0 picks a free port).
-    #[arg(
-        long = "http",
-        env = "DARKSTORE_HTTP",
-        default_value = "127.0.0.1:8080"
-    )]
+    #[arg(long = "http", env = "DARKSTORE_HTTP", default_value = "127.0.0.1:8080")]
     pub http: SocketAddr,
 
     /// sqlite://FILE (created if missing) or postgres://…

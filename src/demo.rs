@@ -24,12 +24,7 @@ pub const STORES: [(&str, &str, f64, f64); 8] = [
 pub const RIDERS_PER_STORE: usize = 6;
 
 /// (category, shelf life in days or 0 for none, base products, variants with price multipliers)
-type Family = (
-    &'static str,
-    i64,
-    &'static [(&'static str, i64)],
-    &'static [(&'static str, i64)],
-);
+type Family = (&'static str, i64, &'static [(&'static str, i64)], &'static [(&'static str, i64)]);
 
 const FAMILIES: [Family; 8] = [
     (
@@ -203,11 +198,7 @@ pub fn catalog() -> Vec<(Product, i64)> {
                     .chars()
                     .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
                     .collect();
-                let slug = slug
-                    .split('-')
-                    .filter(|p| !p.is_empty())
-                    .collect::<Vec<_>>()
-                    .join("-");
+                let slug = slug.split('-').filter(|p| !p.is_empty()).collect::<Vec<_>>().join("-");
                 out.push((
                     Product {
                         sku: Arc::from(slug.as_str()),
@@ -242,10 +233,7 @@ pub async fn load_city(state: &Arc<State>) -> Result<(), BoxError> {
     }
     let started = std::time::Instant::now();
     for (id, name, lat, lng) in STORES {
-        state
-            .put_store(id, name, lat, lng)
-            .await
-            .map_err(|e| format!("demo store {id}: {e:?}"))?;
+        state.put_store(id, name, lat, lng).await.map_err(|e| format!("demo store {id}: {e:?}"))?;
     }
     let products = catalog();
     let mut tasks = JoinSet::new();
@@ -262,12 +250,11 @@ pub async fn load_city(state: &Arc<State>) -> Result<(), BoxError> {
         for (product, shelf_days) in &products {
             let h = spread(store_id, &product.sku);
             // One SKU in twelve is out of stock, so availability has gaps.
-            if h % 12 == 0 {
+            if h.is_multiple_of(12) {
                 continue;
             }
             let qty = 5 + (h % 56) as i64;
-            let expires_at = (*shelf_days > 0)
-                .then(|| now + shelf_days * 86_400_000 - (h % 36) as i64 * 3_600_000);
+            let expires_at = (*shelf_days > 0).then(|| now + shelf_days * 86_400_000 - (h % 36) as i64 * 3_600_000);
             let state = state.clone();
             let sku = product.sku.to_string();
             tasks.spawn(async move {
@@ -304,15 +291,7 @@ pub async fn load_city(state: &Arc<State>) -> Result<(), BoxError> {
 pub fn print_welcome(server: &Server, secret: &str) {
     let exp = now_ms() / 1000 + 7 * 86_400;
     let token = |role, sub: &str, store: Option<&str>| {
-        auth::sign(
-            secret.as_bytes(),
-            &auth::Claims {
-                sub: sub.to_owned(),
-                role,
-                store: store.map(str::to_owned),
-                exp,
-            },
-        )
+        auth::sign(secret.as_bytes(), &auth::Claims { sub: sub.to_owned(), role, store: store.map(str::to_owned), exp })
     };
     let admin = token(auth::Role::Admin, "demo-admin", None);
     let staff = token(auth::Role::Staff, "demo-staff", Some(STORES[0].0));

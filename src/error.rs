@@ -15,18 +15,11 @@ pub struct ApiError {
 
 impl ApiError {
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
-        ApiError {
-            status,
-            code,
-            message: message.into(),
-            detail: None,
-        }
+        ApiError { status, code, message: message.into(), detail: None }
     }
 
     pub fn with(mut self, key: &str, value: Value) -> ApiError {
-        self.detail
-            .get_or_insert_with(Map::new)
-            .insert(key.to_owned(), value);
+        self.detail.get_or_insert_with(Map::new).insert(key.to_owned(), value);
         self
     }
 
@@ -59,11 +52,7 @@ impl ApiError {
     /// 503 with no internal detail; the cause is logged.
     pub fn unavailable(cause: impl std::fmt::Display) -> ApiError {
         tracing::error!(%cause, "request failed: service unavailable");
-        ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "unavailable",
-            "the service is temporarily unavailable",
-        )
+        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "the service is temporarily unavailable")
     }
 }
 
@@ -77,9 +66,7 @@ impl IntoResponse for ApiError {
         }
         let mut response = (self.status, axum::Json(Value::Object(body))).into_response();
         if self.status == StatusCode::TOO_MANY_REQUESTS {
-            response
-                .headers_mut()
-                .insert("retry-after", axum::http::HeaderValue::from_static("1"));
+            response.headers_mut().insert("retry-after", axum::http::HeaderValue::from_static("1"));
         }
         response
     }

@@ -63,9 +63,7 @@ pub fn random_secret() -> Result<String, BoxError> {
 pub async fn start(config: &ServeConfig, listener: TcpListener) -> Result<Server, BoxError> {
     let travel = config.travel_model();
     if !travel.is_valid() {
-        return Err(
-            "invalid travel model: speed and promise must be positive, detour at least 1".into(),
-        );
+        return Err("invalid travel model: speed and promise must be positive, detour at least 1".into());
     }
     if config.max_body_bytes < 1024 {
         return Err("--max-body-bytes must be at least 1024".into());
@@ -75,12 +73,8 @@ pub async fn start(config: &ServeConfig, listener: TcpListener) -> Result<Server
         Some(s) if s.len() >= 16 => s.clone(),
         Some(_) => return Err("--jwt-secret must be at least 16 characters".into()),
         None => {
-            let secret = db
-                .setting_or_insert(JWT_SECRET_KEY, &random_secret()?)
-                .await?;
-            tracing::info!(
-                "using the token secret kept in the database (`darkstore token` reads it there)"
-            );
+            let secret = db.setting_or_insert(JWT_SECRET_KEY, &random_secret()?).await?;
+            tracing::info!("using the token secret kept in the database (`darkstore token` reads it there)");
             secret
         }
     };
@@ -93,26 +87,13 @@ pub async fn start(config: &ServeConfig, listener: TcpListener) -> Result<Server
         lots = snapshot.lots.len(),
         "state rebuilt from the database"
     );
-    let payment_hold_ms = config
-        .payment_webhook_secret
-        .as_ref()
-        .map(|_| (config.payment_hold_minutes.max(0.0) * 60_000.0) as i64);
-    let state = Arc::new(State::from_snapshot(
-        StateConfig {
-            travel,
-            payment_hold_ms,
-        },
-        db,
-        committer,
-        snapshot,
-    ));
+    let payment_hold_ms =
+        config.payment_webhook_secret.as_ref().map(|_| (config.payment_hold_minutes.max(0.0) * 60_000.0) as i64);
+    let state = Arc::new(State::from_snapshot(StateConfig { travel, payment_hold_ms }, db, committer, snapshot));
     let app = Arc::new(App {
         state: state.clone(),
         jwt_secret: jwt_secret.into_bytes(),
-        webhook_secret: config
-            .payment_webhook_secret
-            .clone()
-            .map(String::into_bytes),
+        webhook_secret: config.payment_webhook_secret.clone().map(String::into_bytes),
         limiter: RateLimiter::new(config.rate_limit_per_sec, config.rate_limit_burst),
         max_body_bytes: config.max_body_bytes,
         broker_ready: Arc::new(|| true),
@@ -127,17 +108,13 @@ pub async fn start(config: &ServeConfig, listener: TcpListener) -> Result<Server
             async move { state.expire_holds(now_ms()).await }
         }
     }));
-    background.push(every(
-        Duration::from_secs(config.expiry_sweep_secs.max(1)),
-        stopped.clone(),
-        {
+    background.push(every(Duration::from_secs(config.expiry_sweep_secs.max(1)), stopped.clone(), {
+        let state = state.clone();
+        move || {
             let state = state.clone();
-            move || {
-                let state = state.clone();
-                async move { state.expire_lots(now_ms()).await }
-            }
-        },
-    ));
+            async move { state.expire_lots(now_ms()).await }
+        }
+    }));
     background.push(every(Duration::from_secs(60), stopped, {
         let app = app.clone();
         move || {
@@ -183,17 +160,11 @@ impl Server {
 
     /// Serves until `shutdown` resolves, then shuts down in order: stop accepting and finish
     /// in-flight requests, stop background work, let the last commit land.
-    pub async fn run_until(
-        self,
-        shutdown: impl Future<Output = ()> + Send + 'static,
-    ) -> Result<(), BoxError> {
+    pub async fn run_until(self, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), BoxError> {
         let router = http::router(self.app.clone());
-        axum::serve(
-            self.listener,
-            router.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .with_graceful_shutdown(shutdown)
-        .await?;
+        axum::serve(self.listener, router.into_make_service_with_connect_info::<SocketAddr>())
+            .with_graceful_shutdown(shutdown)
+            .await?;
         tracing::info!("http drained; stopping background work");
         let _ = self.stop.send(true);
         for task in self.background {
@@ -202,10 +173,7 @@ impl Server {
         let db = self.app.state.db.clone();
         drop(self.app);
         // The commit task ends when the last handle to the state (and its committer) is gone.
-        if tokio::time::timeout(Duration::from_secs(10), self.commit_task)
-            .await
-            .is_err()
-        {
+        if tokio::time::timeout(Duration::from_secs(10), self.commit_task).await.is_err() {
             tracing::warn!("commit queue still busy after 10 s; closing anyway");
         }
         db.close().await;

@@ -8,10 +8,7 @@ use darkstore::{BoxError, JWT_SECRET_KEY, auth, demo};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("darkstore: cannot start the runtime: {e}");
@@ -37,9 +34,7 @@ fn main() -> ExitCode {
 fn init_logs(format: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("DARKSTORE_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     if format == "json" {
         builder.json().init();
     } else {
@@ -51,14 +46,13 @@ async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(s) => s,
-                Err(_) => {
-                    let _ = ctrl_c.await;
-                    return;
-                }
-            };
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(_) => {
+                let _ = ctrl_c.await;
+                return;
+            }
+        };
         tokio::select! {
             _ = ctrl_c => {},
             _ = term.recv() => {},
@@ -85,22 +79,18 @@ async fn serve(config: ServeConfig, with_demo: bool) -> Result<(), BoxError> {
 }
 
 async fn token(args: TokenArgs) -> Result<(), BoxError> {
-    let role =
-        auth::Role::parse(&args.role).ok_or("--role must be customer, staff, rider or admin")?;
+    let role = auth::Role::parse(&args.role).ok_or("--role must be customer, staff, rider or admin")?;
     if role == auth::Role::Staff && args.store.is_none() {
         return Err("a staff token needs --store STORE_ID".into());
     }
-    let ttl =
-        humantime::parse_duration(&args.ttl).map_err(|e| format!("--ttl {:?}: {e}", args.ttl))?;
+    let ttl = humantime::parse_duration(&args.ttl).map_err(|e| format!("--ttl {:?}: {e}", args.ttl))?;
     let secret = match args.jwt_secret {
         Some(s) => s,
         None => {
             let db = darkstore_db::Db::connect(&args.database_url).await?;
             let secret = db.setting(JWT_SECRET_KEY).await?;
             db.close().await;
-            secret.ok_or(
-                "no token secret: pass --jwt-secret, or start the server once on this database",
-            )?
+            secret.ok_or("no token secret: pass --jwt-secret, or start the server once on this database")?
         }
     };
     let now = darkstore::state::now_ms() / 1000;

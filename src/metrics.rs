@@ -8,9 +8,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use dashmap::DashMap;
 
 /// Upper bounds of the latency buckets, seconds.
-const LATENCY_BUCKETS: [f64; 14] = [
-    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
-];
+const LATENCY_BUCKETS: [f64; 14] =
+    [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
 
 #[derive(Debug, Default)]
 pub struct Histogram {
@@ -25,8 +24,7 @@ impl Histogram {
             self.buckets[i].fetch_add(1, Ordering::Relaxed);
         }
         self.count.fetch_add(1, Ordering::Relaxed);
-        self.sum_micros
-            .fetch_add((seconds * 1e6) as u64, Ordering::Relaxed);
+        self.sum_micros.fetch_add((seconds * 1e6) as u64, Ordering::Relaxed);
     }
 
     fn render(&self, out: &mut String, name: &str, labels: &str) {
@@ -34,10 +32,7 @@ impl Histogram {
         let sep = if labels.is_empty() { "" } else { "," };
         for (i, bound) in LATENCY_BUCKETS.iter().enumerate() {
             cumulative += self.buckets[i].load(Ordering::Relaxed);
-            let _ = writeln!(
-                out,
-                "{name}_bucket{{{labels}{sep}le=\"{bound}\"}} {cumulative}"
-            );
+            let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"{bound}\"}} {cumulative}");
         }
         let count = self.count.load(Ordering::Relaxed);
         let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"+Inf\"}} {count}");
@@ -107,18 +102,12 @@ impl Metrics {
         if let Some(c) = self.http_requests.get(&key) {
             c.fetch_add(1, Ordering::Relaxed);
         } else {
-            self.http_requests
-                .entry(key)
-                .or_default()
-                .fetch_add(1, Ordering::Relaxed);
+            self.http_requests.entry(key).or_default().fetch_add(1, Ordering::Relaxed);
         }
         if let Some(h) = self.http_latency.get(route) {
             h.observe(seconds);
         } else {
-            self.http_latency
-                .entry(route.to_owned())
-                .or_default()
-                .observe(seconds);
+            self.http_latency.entry(route.to_owned()).or_default().observe(seconds);
         }
     }
 
@@ -130,11 +119,8 @@ impl Metrics {
     pub fn render(&self, extra: &[(&str, &str, f64)]) -> String {
         let mut out = String::with_capacity(8192);
         out.push_str("# TYPE darkstore_http_requests_total counter\n");
-        let mut rows: Vec<_> = self
-            .http_requests
-            .iter()
-            .map(|e| (e.key().clone(), e.value().load(Ordering::Relaxed)))
-            .collect();
+        let mut rows: Vec<_> =
+            self.http_requests.iter().map(|e| (e.key().clone(), e.value().load(Ordering::Relaxed))).collect();
         rows.sort();
         for ((method, route, status), n) in rows {
             let _ = writeln!(
@@ -147,34 +133,19 @@ impl Metrics {
         routes.sort();
         for route in routes {
             if let Some(h) = self.http_latency.get(&route) {
-                h.render(
-                    &mut out,
-                    "darkstore_http_request_duration_seconds",
-                    &format!("route=\"{route}\""),
-                );
+                h.render(&mut out, "darkstore_http_request_duration_seconds", &format!("route=\"{route}\""));
             }
         }
         out.push_str("# TYPE darkstore_orders_total counter\n");
         for outcome in OrderOutcome::ALL {
             let n = self.orders[outcome as usize].load(Ordering::Relaxed);
-            let _ = writeln!(
-                out,
-                "darkstore_orders_total{{outcome=\"{}\"}} {n}",
-                outcome.name()
-            );
+            let _ = writeln!(out, "darkstore_orders_total{{outcome=\"{}\"}} {n}", outcome.name());
         }
         out.push_str("# TYPE darkstore_order_placement_seconds histogram\n");
-        self.order_latency
-            .render(&mut out, "darkstore_order_placement_seconds", "");
+        self.order_latency.render(&mut out, "darkstore_order_placement_seconds", "");
         let counters = [
-            (
-                "darkstore_stock_reservations_total{outcome=\"reserved\"}",
-                &self.reservations_ok,
-            ),
-            (
-                "darkstore_stock_reservations_total{outcome=\"insufficient\"}",
-                &self.reservations_short,
-            ),
+            ("darkstore_stock_reservations_total{outcome=\"reserved\"}", &self.reservations_ok),
+            ("darkstore_stock_reservations_total{outcome=\"insufficient\"}", &self.reservations_short),
             ("darkstore_stock_reserved_units_total", &self.reserved_units),
             ("darkstore_stock_released_units_total", &self.released_units),
             ("darkstore_order_transitions_total", &self.order_transitions),

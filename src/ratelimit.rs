@@ -18,11 +18,7 @@ pub struct RateLimiter {
 impl RateLimiter {
     /// `per_sec` of 0 (or less) turns limiting off.
     pub fn new(per_sec: f64, burst: f64) -> RateLimiter {
-        RateLimiter {
-            per_sec,
-            burst: burst.max(1.0),
-            buckets: DashMap::new(),
-        }
+        RateLimiter { per_sec, burst: burst.max(1.0), buckets: DashMap::new() }
     }
 
     /// Takes a token for `client`; false when its bucket is empty.
@@ -36,10 +32,7 @@ impl RateLimiter {
         }
         let mut bucket = match self.buckets.get_mut(client) {
             Some(b) => b,
-            None => self.buckets.entry(client.to_owned()).or_insert(Bucket {
-                tokens: self.burst,
-                last: now,
-            }),
+            None => self.buckets.entry(client.to_owned()).or_insert(Bucket { tokens: self.burst, last: now }),
         };
         let elapsed = now.saturating_duration_since(bucket.last).as_secs_f64();
         bucket.tokens = (bucket.tokens + elapsed * self.per_sec).min(self.burst);
@@ -55,14 +48,8 @@ impl RateLimiter {
     /// Forgets clients whose buckets have been full for a while, so the map stays small.
     pub fn prune(&self) {
         let now = Instant::now();
-        let refill_secs = if self.per_sec > 0.0 {
-            self.burst / self.per_sec
-        } else {
-            0.0
-        };
-        self.buckets.retain(|_, b| {
-            now.saturating_duration_since(b.last).as_secs_f64() < refill_secs + 60.0
-        });
+        let refill_secs = if self.per_sec > 0.0 { self.burst / self.per_sec } else { 0.0 };
+        self.buckets.retain(|_, b| now.saturating_duration_since(b.last).as_secs_f64() < refill_secs + 60.0);
     }
 
     pub fn n_clients(&self) -> usize {

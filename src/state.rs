@@ -20,9 +20,7 @@ use darkstore_db::{Committer, Db, LedgerRow, NewOrder, OrderStatusChange, Snapsh
 use darkstore_geoinv::Millis;
 use darkstore_geoinv::area::{InvalidPoint, ServiceAreaMap, StoreIdx};
 use darkstore_geoinv::order::OrderStatus;
-use darkstore_geoinv::stock::{
-    AdjustError, LineTotals, LotDelta, LotId, Shortfall, StoreStock, Want,
-};
+use darkstore_geoinv::stock::{AdjustError, LineTotals, LotDelta, LotId, Shortfall, StoreStock, Want};
 use darkstore_geoinv::travel::TravelModel;
 use dashmap::DashMap;
 use dashmap::mapref::entry::Entry;
@@ -34,10 +32,7 @@ type FastMap<K, V> = HashMap<K, V, ahash::RandomState>;
 
 /// Unix milliseconds now.
 pub fn now_ms() -> Millis {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as Millis)
-        .unwrap_or(0)
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as Millis).unwrap_or(0)
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -229,12 +224,7 @@ fn ledger_writes(
 
 impl State {
     /// Rebuilds the state from what the database holds.
-    pub fn from_snapshot(
-        config: StateConfig,
-        db: Db,
-        committer: Committer,
-        snap: Snapshot,
-    ) -> State {
+    pub fn from_snapshot(config: StateConfig, db: Db, committer: Committer, snap: Snapshot) -> State {
         let state = State {
             area: RwLock::new(ServiceAreaMap::new(config.travel)),
             config,
@@ -272,14 +262,7 @@ impl State {
             }
         }
         for r in snap.riders {
-            state.riders.insert(
-                r.id.clone(),
-                Rider {
-                    id: r.id,
-                    name: r.name,
-                    store_id: r.store_id,
-                },
-            );
+            state.riders.insert(r.id.clone(), Rider { id: r.id, name: r.name, store_id: r.store_id });
         }
         for lot in snap.lots {
             match state.store(&lot.store_id) {
@@ -314,28 +297,17 @@ impl State {
             if let Some(seq) = o.id.strip_prefix('o').and_then(|n| n.parse::<i64>().ok()) {
                 max_seq = max_seq.max(seq);
             }
-            if status == OrderStatus::PendingPayment {
-                if let Some(deadline) = o.hold_expires_at {
-                    state
-                        .holds
-                        .lock()
-                        .expect("holds lock")
-                        .insert((deadline, o.id.clone()));
-                }
+            if status == OrderStatus::PendingPayment
+                && let Some(deadline) = o.hold_expires_at
+            {
+                state.holds.lock().expect("holds lock").insert((deadline, o.id.clone()));
             }
             state.idempotency.insert(
                 (o.customer_id.clone(), o.idempotency_key.clone()),
-                IdemState::Done {
-                    request_hash: o.request_hash.clone(),
-                    order_id: o.id.clone(),
-                },
+                IdemState::Done { request_hash: o.request_hash.clone(), order_id: o.id.clone() },
             );
             let order = Order {
-                holds: if status.holds_stock() {
-                    holds.remove(&o.id).unwrap_or_default()
-                } else {
-                    Vec::new()
-                },
+                holds: if status.holds_stock() { holds.remove(&o.id).unwrap_or_default() } else { Vec::new() },
                 id: o.id.clone(),
                 customer_id: o.customer_id,
                 idempotency_key: o.idempotency_key,
@@ -352,16 +324,10 @@ impl State {
                 lines: o
                     .lines
                     .into_iter()
-                    .map(|l| OrderLine {
-                        sku: l.sku,
-                        qty: l.qty,
-                        price_minor: l.price_minor,
-                    })
+                    .map(|l| OrderLine { sku: l.sku, qty: l.qty, price_minor: l.price_minor })
                     .collect(),
             };
-            state
-                .orders
-                .insert(o.id, Arc::new(tokio::sync::Mutex::new(order)));
+            state.orders.insert(o.id, Arc::new(tokio::sync::Mutex::new(order)));
         }
         state.next_order.store(max_seq + 1, Ordering::Relaxed);
         state
@@ -371,13 +337,7 @@ impl State {
         &self.committer
     }
 
-    fn put_store_in_memory(
-        &self,
-        id: &str,
-        name: &str,
-        lat: f64,
-        lng: f64,
-    ) -> Result<bool, InvalidPoint> {
+    fn put_store_in_memory(&self, id: &str, name: &str, lat: f64, lng: f64) -> Result<bool, InvalidPoint> {
         let mut area = self.area.write().expect("area lock");
         let idx = area.upsert_store(id, lat, lng)?;
         let mut stores = self.stores.write().expect("stores lock");
@@ -387,14 +347,8 @@ impl State {
             Some(old) => std::mem::take(&mut *old.stock.lock().expect("stock lock")),
             None => StoreStock::new(),
         };
-        let store = Arc::new(Store {
-            idx,
-            id: id.to_owned(),
-            name: name.to_owned(),
-            lat,
-            lng,
-            stock: Mutex::new(stock),
-        });
+        let store =
+            Arc::new(Store { idx, id: id.to_owned(), name: name.to_owned(), lat, lng, stock: Mutex::new(stock) });
         if created {
             stores.push(store);
         } else {
@@ -407,11 +361,7 @@ impl State {
 
     pub fn store(&self, id: &str) -> Option<Arc<Store>> {
         let idx = self.area.read().expect("area lock").store_idx(id)?;
-        self.stores
-            .read()
-            .expect("stores lock")
-            .get(idx.0 as usize)
-            .cloned()
+        self.stores.read().expect("stores lock").get(idx.0 as usize).cloned()
     }
 
     pub fn stores(&self) -> Vec<Arc<Store>> {
@@ -424,26 +374,13 @@ impl State {
     }
 
     /// Creates or updates a store; true when created.
-    pub async fn put_store(
-        &self,
-        id: &str,
-        name: &str,
-        lat: f64,
-        lng: f64,
-    ) -> Result<bool, PlaceError> {
+    pub async fn put_store(&self, id: &str, name: &str, lat: f64, lng: f64) -> Result<bool, PlaceError> {
         let ts = now_ms();
         self.committer
-            .commit(vec![Write::Store {
-                id: id.into(),
-                name: name.into(),
-                lat,
-                lng,
-                ts,
-            }])
+            .commit(vec![Write::Store { id: id.into(), name: name.into(), lat, lng, ts }])
             .await
             .map_err(|e| PlaceError::Unavailable(e.to_string()))?;
-        self.put_store_in_memory(id, name, lat, lng)
-            .map_err(|_| PlaceError::InvalidPoint)
+        self.put_store_in_memory(id, name, lat, lng).map_err(|_| PlaceError::InvalidPoint)
     }
 
     pub fn product(&self, sku: &str) -> Option<Arc<Product>> {
@@ -468,9 +405,7 @@ impl State {
             .await
             .map_err(|e| e.to_string())?;
         let mut catalog = self.catalog.write().expect("catalog lock");
-        Ok(catalog
-            .insert(product.sku.clone(), Arc::new(product))
-            .is_none())
+        Ok(catalog.insert(product.sku.clone(), Arc::new(product)).is_none())
     }
 
     pub fn rider(&self, id: &str) -> Option<Rider> {
@@ -495,14 +430,7 @@ impl State {
 
     fn line_view(&self, sku: &str, stock: &StoreStock, now: Millis) -> LineView {
         let line = stock.line(sku);
-        let totals = line.map_or(
-            LineTotals {
-                on_hand: 0,
-                reserved: 0,
-                available: 0,
-            },
-            |l| l.totals(now),
-        );
+        let totals = line.map_or(LineTotals { on_hand: 0, reserved: 0, available: 0 }, |l| l.totals(now));
         let threshold = self.product(sku).map_or(0, |p| p.low_stock_threshold);
         LineView {
             sku: sku.to_owned(),
@@ -516,9 +444,7 @@ impl State {
     pub fn stock_lines(&self, store: &Store, now: Millis) -> Vec<LineView> {
         let stock = store.stock.lock().expect("stock lock");
         let skus: Vec<Arc<str>> = stock.lines().map(|(sku, _)| sku.clone()).collect();
-        skus.iter()
-            .map(|sku| self.line_view(sku, &stock, now))
-            .collect()
+        skus.iter().map(|sku| self.line_view(sku, &stock, now)).collect()
     }
 
     /// Changes on-hand stock of one SKU in one store, durably.
@@ -538,21 +464,9 @@ impl State {
         if delta > 0 {
             // Units arrive: durable first, sellable after.
             let lot = LotId(self.next_lot.fetch_add(1, Ordering::Relaxed));
-            let arrival = LotDelta {
-                sku: Arc::from(sku),
-                lot,
-                expires_at,
-                d_on_hand: delta,
-                d_reserved: 0,
-            };
+            let arrival = LotDelta { sku: Arc::from(sku), lot, expires_at, d_on_hand: delta, d_reserved: 0 };
             self.committer
-                .commit(ledger_writes(
-                    store_id,
-                    reason,
-                    std::slice::from_ref(&arrival),
-                    None,
-                    now,
-                ))
+                .commit(ledger_writes(store_id, reason, std::slice::from_ref(&arrival), None, now))
                 .await
                 .map_err(|e| StockError::Unavailable(e.to_string()))?;
             let mut stock = store.stock.lock().expect("stock lock");
@@ -562,15 +476,9 @@ impl State {
         // Units leave: taken now, given back if the commit fails.
         let deltas = {
             let mut stock = store.stock.lock().expect("stock lock");
-            stock
-                .adjust(sku, delta, LotId(0), None, now)
-                .map_err(StockError::Refused)?
+            stock.adjust(sku, delta, LotId(0), None, now).map_err(StockError::Refused)?
         };
-        if let Err(e) = self
-            .committer
-            .commit(ledger_writes(store_id, reason, &deltas, None, now))
-            .await
-        {
+        if let Err(e) = self.committer.commit(ledger_writes(store_id, reason, &deltas, None, now)).await {
             let mut stock = store.stock.lock().expect("stock lock");
             deltas.iter().for_each(|d| stock.apply(&d.negated()));
             return Err(StockError::Unavailable(e.to_string()));
@@ -586,15 +494,9 @@ impl State {
             if deltas.is_empty() {
                 continue;
             }
-            match self
-                .committer
-                .commit(ledger_writes(&store.id, "expiry", &deltas, None, now))
-                .await
-            {
+            match self.committer.commit(ledger_writes(&store.id, "expiry", &deltas, None, now)).await {
                 Ok(()) => {
-                    self.metrics
-                        .lots_expired
-                        .fetch_add(deltas.len() as u64, Ordering::Relaxed);
+                    self.metrics.lots_expired.fetch_add(deltas.len() as u64, Ordering::Relaxed);
                     tracing::info!(store = %store.id, lots = deltas.len(), "expired lots written off");
                 }
                 Err(e) => {
@@ -620,12 +522,7 @@ impl State {
     ) -> Result<Availability, InvalidPoint> {
         let serving = self.area.read().expect("area lock").best_store(lat, lng)?;
         let Some(serving) = serving else {
-            return Ok(Availability {
-                store_id: None,
-                eta_minutes: None,
-                items: Vec::new(),
-                next: None,
-            });
+            return Ok(Availability { store_id: None, eta_minutes: None, items: Vec::new(), next: None });
         };
         let store = self.stores.read().expect("stores lock")[serving.store.0 as usize].clone();
         let mut items = Vec::with_capacity(limit.min(256));
@@ -641,15 +538,10 @@ impl State {
                     continue;
                 }
                 if items.len() == limit {
-                    next = items
-                        .last()
-                        .map(|i: &AvailableItem| i.product.sku.to_string());
+                    next = items.last().map(|i: &AvailableItem| i.product.sku.to_string());
                     break;
                 }
-                items.push(AvailableItem {
-                    product: product.clone(),
-                    available,
-                });
+                items.push(AvailableItem { product: product.clone(), available });
             }
         }
         Ok(Availability {
@@ -678,35 +570,24 @@ impl State {
         let mut claim = loop {
             let mut wait = match self.idempotency.entry(key.clone()) {
                 Entry::Occupied(e) => match e.get() {
-                    IdemState::Done {
-                        request_hash,
-                        order_id,
-                    } => {
+                    IdemState::Done { request_hash, order_id } => {
                         if *request_hash != req.request_hash {
                             return Err(PlaceError::KeyReused);
                         }
                         let order_id = order_id.clone();
                         drop(e);
-                        let order = self.order(&order_id).ok_or_else(|| {
-                            PlaceError::Unavailable("replayed order missing".into())
-                        })?;
+                        let order = self
+                            .order(&order_id)
+                            .ok_or_else(|| PlaceError::Unavailable("replayed order missing".into()))?;
                         let order = order.lock().await.clone();
-                        return Ok(Placed {
-                            order,
-                            replayed: true,
-                        });
+                        return Ok(Placed { order, replayed: true });
                     }
                     IdemState::Pending(rx) => rx.clone(),
                 },
                 Entry::Vacant(v) => {
                     let (tx, rx) = watch::channel(());
                     v.insert(IdemState::Pending(rx));
-                    break KeyClaim {
-                        state: self,
-                        key: key.clone(),
-                        _tx: tx,
-                        done: false,
-                    };
+                    break KeyClaim { state: self, key: key.clone(), _tx: tx, done: false };
                 }
             };
             // The holder finishes (or fails) and drops its sender.
@@ -714,39 +595,23 @@ impl State {
         };
 
         let now = now_ms();
-        let serving = self
-            .area
-            .read()
-            .expect("area lock")
-            .best_store(req.lat, req.lng)
-            .map_err(|_| PlaceError::InvalidPoint)?;
+        let serving =
+            self.area.read().expect("area lock").best_store(req.lat, req.lng).map_err(|_| PlaceError::InvalidPoint)?;
         let Some(serving) = serving else {
             return Err(PlaceError::NotServiceable);
         };
         let store = self.stores.read().expect("stores lock")[serving.store.0 as usize].clone();
         let mut lines = Vec::with_capacity(req.lines.len());
         for (sku, qty) in &req.lines {
-            let product = self
-                .product(sku)
-                .ok_or_else(|| PlaceError::UnknownSku(sku.clone()))?;
-            lines.push(OrderLine {
-                sku: sku.clone(),
-                qty: *qty,
-                price_minor: product.price_minor,
-            });
+            let product = self.product(sku).ok_or_else(|| PlaceError::UnknownSku(sku.clone()))?;
+            lines.push(OrderLine { sku: sku.clone(), qty: *qty, price_minor: product.price_minor });
         }
-        let wants: Vec<Want> = req
-            .lines
-            .iter()
-            .map(|(sku, qty)| Want { sku, qty: *qty })
-            .collect();
+        let wants: Vec<Want> = req.lines.iter().map(|(sku, qty)| Want { sku, qty: *qty }).collect();
         let reserved = store.stock.lock().expect("stock lock").reserve(&wants, now);
         let holds = match reserved {
             Ok(holds) => holds,
             Err(short) => {
-                self.metrics
-                    .reservations_short
-                    .fetch_add(1, Ordering::Relaxed);
+                self.metrics.reservations_short.fetch_add(1, Ordering::Relaxed);
                 return Err(PlaceError::Insufficient(short));
             }
         };
@@ -785,19 +650,9 @@ impl State {
             eta_minutes: order.eta_minutes,
             created_at: now,
             hold_expires_at,
-            lines: order
-                .lines
-                .iter()
-                .map(|l| (l.sku.clone(), l.qty, l.price_minor))
-                .collect(),
+            lines: order.lines.iter().map(|l| (l.sku.clone(), l.qty, l.price_minor)).collect(),
         }));
-        writes.extend(ledger_writes(
-            &store.id,
-            "reserve",
-            &order.holds,
-            Some(&id),
-            now,
-        ));
+        writes.extend(ledger_writes(&store.id, "reserve", &order.holds, Some(&id), now));
         if let Err(e) = self.committer.commit(writes).await {
             let mut stock = store.stock.lock().expect("stock lock");
             order.holds.iter().for_each(|d| stock.apply(&d.negated()));
@@ -805,22 +660,13 @@ impl State {
         }
         self.metrics.reservations_ok.fetch_add(1, Ordering::Relaxed);
         let units: i64 = order.holds.iter().map(|h| h.d_reserved).sum();
-        self.metrics
-            .reserved_units
-            .fetch_add(units as u64, Ordering::Relaxed);
+        self.metrics.reserved_units.fetch_add(units as u64, Ordering::Relaxed);
         if let Some(deadline) = hold_expires_at {
-            self.holds
-                .lock()
-                .expect("holds lock")
-                .insert((deadline, id.clone()));
+            self.holds.lock().expect("holds lock").insert((deadline, id.clone()));
         }
-        self.orders
-            .insert(id.clone(), Arc::new(tokio::sync::Mutex::new(order.clone())));
+        self.orders.insert(id.clone(), Arc::new(tokio::sync::Mutex::new(order.clone())));
         claim.finish(req.request_hash.clone(), id);
-        Ok(Placed {
-            order,
-            replayed: false,
-        })
+        Ok(Placed { order, replayed: false })
     }
 
     /// Moves an order to `to` if the lifecycle allows it and `allowed` accepts the caller,
@@ -838,17 +684,13 @@ impl State {
             return Err(TransitionError::Forbidden);
         }
         if !order.status.can_become(to) {
-            return Err(TransitionError::NotAllowed {
-                from: order.status,
-                to,
-            });
+            return Err(TransitionError::NotAllowed { from: order.status, to });
         }
         let now = now_ms();
         let (kind, settle): (&'static str, Vec<LotDelta>) = match to {
-            OrderStatus::Cancelled | OrderStatus::Expired => (
-                "release",
-                order.holds.iter().map(LotDelta::release).collect(),
-            ),
+            OrderStatus::Cancelled | OrderStatus::Expired => {
+                ("release", order.holds.iter().map(LotDelta::release).collect())
+            }
             OrderStatus::PickedUp => ("sale", order.holds.iter().map(LotDelta::sale).collect()),
             _ => ("", Vec::new()),
         };
@@ -864,17 +706,8 @@ impl State {
             rider_id: rider_id.clone(),
             ts: now,
         })];
-        writes.extend(ledger_writes(
-            &order.store_id,
-            kind,
-            &settle,
-            Some(&order.id),
-            now,
-        ));
-        self.committer
-            .commit(writes)
-            .await
-            .map_err(|e| TransitionError::Unavailable(e.to_string()))?;
+        writes.extend(ledger_writes(&order.store_id, kind, &settle, Some(&order.id), now));
+        self.committer.commit(writes).await.map_err(|e| TransitionError::Unavailable(e.to_string()))?;
         if !settle.is_empty() {
             if let Some(store) = self.store(&order.store_id) {
                 let mut stock = store.stock.lock().expect("stock lock");
@@ -882,26 +715,19 @@ impl State {
             }
             if kind == "release" {
                 let units: i64 = settle.iter().map(|d| -d.d_reserved).sum();
-                self.metrics
-                    .released_units
-                    .fetch_add(units as u64, Ordering::Relaxed);
+                self.metrics.released_units.fetch_add(units as u64, Ordering::Relaxed);
             }
             order.holds.clear();
         }
-        if order.status == OrderStatus::PendingPayment {
-            if let Some(deadline) = order.hold_expires_at {
-                self.holds
-                    .lock()
-                    .expect("holds lock")
-                    .remove(&(deadline, order.id.clone()));
-            }
+        if order.status == OrderStatus::PendingPayment
+            && let Some(deadline) = order.hold_expires_at
+        {
+            self.holds.lock().expect("holds lock").remove(&(deadline, order.id.clone()));
         }
         order.status = to;
         order.rider_id = rider_id;
         order.updated_at = now;
-        self.metrics
-            .order_transitions
-            .fetch_add(1, Ordering::Relaxed);
+        self.metrics.order_transitions.fetch_add(1, Ordering::Relaxed);
         Ok(order.clone())
     }
 
@@ -912,10 +738,7 @@ impl State {
             holds.range(..(now + 1, String::new())).cloned().collect()
         };
         for (deadline, order_id) in due {
-            match self
-                .transition(&order_id, OrderStatus::Expired, None, |_| true)
-                .await
-            {
+            match self.transition(&order_id, OrderStatus::Expired, None, |_| true).await {
                 Ok(_) => {
                     self.metrics.holds_expired.fetch_add(1, Ordering::Relaxed);
                     tracing::info!(order = %order_id, "payment hold expired; stock released");
@@ -925,10 +748,7 @@ impl State {
                 }
                 Err(_) => {
                     // Paid or cancelled meanwhile: nothing to expire.
-                    self.holds
-                        .lock()
-                        .expect("holds lock")
-                        .remove(&(deadline, order_id));
+                    self.holds.lock().expect("holds lock").remove(&(deadline, order_id));
                 }
             }
         }
@@ -946,13 +766,7 @@ struct KeyClaim<'a> {
 
 impl KeyClaim<'_> {
     fn finish(&mut self, request_hash: String, order_id: String) {
-        self.state.idempotency.insert(
-            self.key.clone(),
-            IdemState::Done {
-                request_hash,
-                order_id,
-            },
-        );
+        self.state.idempotency.insert(self.key.clone(), IdemState::Done { request_hash, order_id });
         self.done = true;
     }
 }

@@ -20,10 +20,7 @@ async fn role_matrix() {
     let tokens: Vec<(&str, Option<String>)> = vec![
         ("anonymous", None),
         ("customer", Some(alice.clone())),
-        (
-            "other-customer",
-            Some(token(Role::Customer, "mallory", None)),
-        ),
+        ("other-customer", Some(token(Role::Customer, "mallory", None))),
         ("staff", Some(token(Role::Staff, "sam", Some("s1")))),
         ("other-staff", Some(token(Role::Staff, "sue", Some("s2")))),
         ("rider", Some(token(Role::Rider, "r1", None))),
@@ -34,54 +31,14 @@ async fn role_matrix() {
     let stock_body = json!({"sku": "milk", "delta": 1, "reason": "restock"});
     // (method, path, body, expected status for each token in the order above)
     let cases: Vec<(&str, String, Option<Value>, [u16; 7])> = vec![
-        (
-            "PUT",
-            "/v1/stores/s1".into(),
-            Some(store_body),
-            [401, 403, 403, 403, 403, 403, 200],
-        ),
-        (
-            "PUT",
-            "/v1/catalog/milk".into(),
-            Some(product_body),
-            [401, 403, 403, 403, 403, 403, 200],
-        ),
-        (
-            "PUT",
-            "/v1/riders/r1".into(),
-            Some(json!({"name": "Ravi"})),
-            [401, 403, 403, 403, 403, 403, 201],
-        ),
-        (
-            "POST",
-            "/v1/stores/s1/stock".into(),
-            Some(stock_body),
-            [401, 403, 403, 200, 403, 403, 200],
-        ),
-        (
-            "GET",
-            "/v1/stores/s1/stock".into(),
-            None,
-            [401, 403, 403, 200, 403, 403, 200],
-        ),
-        (
-            "GET",
-            format!("/v1/availability?lat={STORE_LAT}&lng={STORE_LNG}"),
-            None,
-            [200; 7],
-        ),
-        (
-            "GET",
-            format!("/v1/orders/{oid}"),
-            None,
-            [401, 200, 404, 200, 403, 403, 200],
-        ),
-        (
-            "POST",
-            "/v1/orders".into(),
-            Some(order_body("milk", 1)),
-            [401, 201, 201, 403, 403, 403, 201],
-        ),
+        ("PUT", "/v1/stores/s1".into(), Some(store_body), [401, 403, 403, 403, 403, 403, 200]),
+        ("PUT", "/v1/catalog/milk".into(), Some(product_body), [401, 403, 403, 403, 403, 403, 200]),
+        ("PUT", "/v1/riders/r1".into(), Some(json!({"name": "Ravi"})), [401, 403, 403, 403, 403, 403, 201]),
+        ("POST", "/v1/stores/s1/stock".into(), Some(stock_body), [401, 403, 403, 200, 403, 403, 200]),
+        ("GET", "/v1/stores/s1/stock".into(), None, [401, 403, 403, 200, 403, 403, 200]),
+        ("GET", format!("/v1/availability?lat={STORE_LAT}&lng={STORE_LNG}"), None, [200; 7]),
+        ("GET", format!("/v1/orders/{oid}"), None, [401, 200, 404, 200, 403, 403, 200]),
+        ("POST", "/v1/orders".into(), Some(order_body("milk", 1)), [401, 201, 201, 403, 403, 403, 201]),
         ("GET", "/healthz".into(), None, [200; 7]),
         ("GET", "/readyz".into(), None, [200; 7]),
         ("GET", "/metrics".into(), None, [200; 7]),
@@ -90,24 +47,13 @@ async fn role_matrix() {
     for (method, path, body, expected) in &cases {
         for ((who, tok), want) in tokens.iter().zip(expected) {
             let (status, got) = if path == "/v1/orders" && tok.is_some() {
-                server
-                    .order(
-                        tok.as_ref().unwrap(),
-                        &format!("matrix-{who}"),
-                        body.clone().unwrap(),
-                    )
-                    .await
+                server.order(tok.as_ref().unwrap(), &format!("matrix-{who}"), body.clone().unwrap()).await
             } else {
-                server
-                    .call(method, path, tok.as_deref(), body.clone())
-                    .await
+                server.call(method, path, tok.as_deref(), body.clone()).await
             };
             assert_eq!(status, *want, "{who} {method} {path}: {got}");
             if status >= 400 {
-                assert!(
-                    got["error"].is_string() && got["message"].is_string(),
-                    "{who} {method} {path}: {got}"
-                );
+                assert!(got["error"].is_string() && got["message"].is_string(), "{who} {method} {path}: {got}");
             }
         }
     }
@@ -118,32 +64,15 @@ async fn role_matrix() {
         (token(Role::Rider, "r1", None), 403),
     ];
     for (tok, want) in &outsiders {
-        let (s, _) = server
-            .call("POST", &format!("/v1/orders/{oid}/cancel"), Some(tok), None)
-            .await;
+        let (s, _) = server.call("POST", &format!("/v1/orders/{oid}/cancel"), Some(tok), None).await;
         assert_eq!(s, *want);
-        let (s, _) = server
-            .call("POST", &format!("/v1/orders/{oid}/packed"), Some(tok), None)
-            .await;
+        let (s, _) = server.call("POST", &format!("/v1/orders/{oid}/packed"), Some(tok), None).await;
         assert_eq!(s, 403);
     }
-    let (s, _) = server
-        .call(
-            "POST",
-            &format!("/v1/orders/{oid}/packed"),
-            Some(&alice),
-            None,
-        )
-        .await;
+    let (s, _) = server.call("POST", &format!("/v1/orders/{oid}/packed"), Some(&alice), None).await;
     assert_eq!(s, 403, "a customer cannot pack");
-    let (s, _) = server
-        .call(
-            "POST",
-            &format!("/v1/orders/{oid}/packed"),
-            Some(&tokens[3].1.clone().unwrap()),
-            None,
-        )
-        .await;
+    let (s, _) =
+        server.call("POST", &format!("/v1/orders/{oid}/packed"), Some(&tokens[3].1.clone().unwrap()), None).await;
     assert_eq!(s, 200, "staff of the store packs");
     scratch.drop_database().await;
 }
@@ -155,43 +84,18 @@ async fn bad_tokens_are_401() {
     server.seed("s1", "milk", 5).await;
     let expired = auth::sign(
         common::SECRET.as_bytes(),
-        &Claims {
-            sub: "alice".into(),
-            role: Role::Customer,
-            store: None,
-            exp: 1_000,
-        },
+        &Claims { sub: "alice".into(), role: Role::Customer, store: None, exp: 1_000 },
     );
     let forged = auth::sign(
         b"not-the-server-secret",
-        &Claims {
-            sub: "alice".into(),
-            role: Role::Admin,
-            store: None,
-            exp: i64::MAX / 2,
-        },
+        &Claims { sub: "alice".into(), role: Role::Admin, store: None, exp: i64::MAX / 2 },
     );
-    for (what, tok) in [
-        ("expired", expired.as_str()),
-        ("forged", forged.as_str()),
-        ("garbage", "abc.def"),
-    ] {
-        let (s, body) = server
-            .call("GET", "/v1/stores/s1/stock", Some(tok), None)
-            .await;
-        assert_eq!(
-            (s, body["error"].as_str()),
-            (401, Some("unauthorized")),
-            "{what}: {body}"
-        );
+    for (what, tok) in [("expired", expired.as_str()), ("forged", forged.as_str()), ("garbage", "abc.def")] {
+        let (s, body) = server.call("GET", "/v1/stores/s1/stock", Some(tok), None).await;
+        assert_eq!((s, body["error"].as_str()), (401, Some("unauthorized")), "{what}: {body}");
     }
-    let resp = server
-        .client
-        .get(server.url("/v1/stores/s1/stock"))
-        .header("authorization", "Basic abc")
-        .send()
-        .await
-        .unwrap();
+    let resp =
+        server.client.get(server.url("/v1/stores/s1/stock")).header("authorization", "Basic abc").send().await.unwrap();
     assert_eq!(resp.status(), 401);
     scratch.drop_database().await;
 }
@@ -243,11 +147,7 @@ async fn bad_input_is_a_precise_4xx_and_changes_nothing() {
             .unwrap();
         let got_status = resp.status().as_u16();
         let got: Value = resp.json().await.unwrap_or(Value::Null);
-        assert_eq!(
-            (got_status, got["error"].as_str()),
-            (*status, Some(*code)),
-            "{what}: {got}"
-        );
+        assert_eq!((got_status, got["error"].as_str()), (*status, Some(*code)), "{what}: {got}");
     }
     // No Idempotency-Key: 400.
     let resp = server
@@ -262,51 +162,16 @@ async fn bad_input_is_a_precise_4xx_and_changes_nothing() {
 
     // Stock: (what, body, status)
     let stock: Vec<(&str, Value, u16)> = vec![
-        (
-            "zero delta",
-            json!({"sku": "milk", "delta": 0, "reason": "count"}),
-            422,
-        ),
-        (
-            "unknown reason",
-            json!({"sku": "milk", "delta": 1, "reason": "gift"}),
-            422,
-        ),
-        (
-            "unknown sku",
-            json!({"sku": "caviar", "delta": 1, "reason": "restock"}),
-            422,
-        ),
-        (
-            "negative restock",
-            json!({"sku": "milk", "delta": -1, "reason": "restock"}),
-            422,
-        ),
-        (
-            "fractional delta",
-            json!({"sku": "milk", "delta": 0.5, "reason": "count"}),
-            422,
-        ),
-        (
-            "bad expiry",
-            json!({"sku": "milk", "delta": 1, "reason": "restock", "expires_at": "tomorrow"}),
-            422,
-        ),
-        (
-            "below zero",
-            json!({"sku": "milk", "delta": -11, "reason": "damage"}),
-            409,
-        ),
+        ("zero delta", json!({"sku": "milk", "delta": 0, "reason": "count"}), 422),
+        ("unknown reason", json!({"sku": "milk", "delta": 1, "reason": "gift"}), 422),
+        ("unknown sku", json!({"sku": "caviar", "delta": 1, "reason": "restock"}), 422),
+        ("negative restock", json!({"sku": "milk", "delta": -1, "reason": "restock"}), 422),
+        ("fractional delta", json!({"sku": "milk", "delta": 0.5, "reason": "count"}), 422),
+        ("bad expiry", json!({"sku": "milk", "delta": 1, "reason": "restock", "expires_at": "tomorrow"}), 422),
+        ("below zero", json!({"sku": "milk", "delta": -11, "reason": "damage"}), 409),
     ];
     for (what, body, status) in &stock {
-        let (s, got) = server
-            .call(
-                "POST",
-                "/v1/stores/s1/stock",
-                Some(&admin),
-                Some(body.clone()),
-            )
-            .await;
+        let (s, got) = server.call("POST", "/v1/stores/s1/stock", Some(&admin), Some(body.clone())).await;
         assert_eq!(s, *status, "{what}: {got}");
     }
     let (s, _) = server
@@ -332,58 +197,19 @@ async fn bad_input_is_a_precise_4xx_and_changes_nothing() {
     assert_eq!((s, got["reserved"].as_i64()), (409, Some(4)), "{got}");
     // Nothing of the above changed the stock.
     let l = server.stock_line("s1", "milk").await;
-    assert_eq!(
-        (
-            l["on_hand"].as_i64(),
-            l["reserved"].as_i64(),
-            l["available"].as_i64()
-        ),
-        (Some(10), Some(4), Some(6))
-    );
+    assert_eq!((l["on_hand"].as_i64(), l["reserved"].as_i64(), l["available"].as_i64()), (Some(10), Some(4), Some(6)));
 
     // Admin bodies.
     let admin_cases: Vec<(&str, &str, Value, u16)> = vec![
-        (
-            "PUT",
-            "/v1/stores/s9",
-            json!({"name": "x", "lat": 100.0, "lng": 0.0}),
-            422,
-        ),
-        (
-            "PUT",
-            "/v1/stores/bad%20id",
-            json!({"name": "x", "lat": 1.0, "lng": 1.0}),
-            422,
-        ),
-        (
-            "PUT",
-            "/v1/stores/s9",
-            json!({"name": "", "lat": 1.0, "lng": 1.0}),
-            422,
-        ),
-        (
-            "PUT",
-            "/v1/catalog/tea",
-            json!({"name": "Tea", "category": "staples", "price_minor": -1}),
-            422,
-        ),
-        (
-            "PUT",
-            "/v1/catalog/tea",
-            json!({"name": "Tea", "category": "staples", "price_minor": 1.5}),
-            422,
-        ),
-        (
-            "PUT",
-            "/v1/riders/r9",
-            json!({"name": "R", "store_id": "nowhere"}),
-            422,
-        ),
+        ("PUT", "/v1/stores/s9", json!({"name": "x", "lat": 100.0, "lng": 0.0}), 422),
+        ("PUT", "/v1/stores/bad%20id", json!({"name": "x", "lat": 1.0, "lng": 1.0}), 422),
+        ("PUT", "/v1/stores/s9", json!({"name": "", "lat": 1.0, "lng": 1.0}), 422),
+        ("PUT", "/v1/catalog/tea", json!({"name": "Tea", "category": "staples", "price_minor": -1}), 422),
+        ("PUT", "/v1/catalog/tea", json!({"name": "Tea", "category": "staples", "price_minor": 1.5}), 422),
+        ("PUT", "/v1/riders/r9", json!({"name": "R", "store_id": "nowhere"}), 422),
     ];
     for (method, path, body, status) in &admin_cases {
-        let (s, got) = server
-            .call(method, path, Some(&admin), Some(body.clone()))
-            .await;
+        let (s, got) = server.call(method, path, Some(&admin), Some(body.clone())).await;
         assert_eq!(s, *status, "{method} {path}: {got}");
     }
 
@@ -399,21 +225,11 @@ async fn bad_input_is_a_precise_4xx_and_changes_nothing() {
         ("lat=19.07&lng=72.87", 200),
     ];
     for (q, status) in queries {
-        let (s, got) = server
-            .call("GET", &format!("/v1/availability?{q}"), None, None)
-            .await;
+        let (s, got) = server.call("GET", &format!("/v1/availability?{q}"), None, None).await;
         assert_eq!(s, status, "{q}: {got}");
     }
-    let (_, far) = server
-        .call("GET", "/v1/availability?lat=19.07&lng=72.87", None, None)
-        .await;
-    assert_eq!(
-        (
-            far["serviceable"].as_bool(),
-            far["items"].as_array().map(Vec::len)
-        ),
-        (Some(false), Some(0))
-    );
+    let (_, far) = server.call("GET", "/v1/availability?lat=19.07&lng=72.87", None, None).await;
+    assert_eq!((far["serviceable"].as_bool(), far["items"].as_array().map(Vec::len)), (Some(false), Some(0)));
     let (s, got) = server.call("GET", "/v1/nope", None, None).await;
     assert_eq!((s, got["error"].as_str()), (404, Some("not_found")));
     scratch.drop_database().await;
@@ -445,30 +261,18 @@ async fn availability_pages_by_sku_and_hides_what_cannot_be_sold() {
             if let Some(e) = expires {
                 body["expires_at"] = json!(e);
             }
-            let (s, got) = server
-                .call("POST", "/v1/stores/s1/stock", Some(&admin), Some(body))
-                .await;
+            let (s, got) = server.call("POST", "/v1/stores/s1/stock", Some(&admin), Some(body)).await;
             assert_eq!(s, 200, "{got}");
         }
     }
     let page = |q: String| {
         let server = &server;
         async move {
-            let (s, got) = server
-                .call(
-                    "GET",
-                    &format!("/v1/availability?lat={STORE_LAT}&lng={STORE_LNG}{q}"),
-                    None,
-                    None,
-                )
-                .await;
+            let (s, got) =
+                server.call("GET", &format!("/v1/availability?lat={STORE_LAT}&lng={STORE_LNG}{q}"), None, None).await;
             assert_eq!(s, 200, "{got}");
-            let skus: Vec<String> = got["items"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|i| i["sku"].as_str().unwrap().to_owned())
-                .collect();
+            let skus: Vec<String> =
+                got["items"].as_array().unwrap().iter().map(|i| i["sku"].as_str().unwrap().to_owned()).collect();
             (skus, got["next"].clone(), got)
         }
     };
@@ -479,10 +283,7 @@ async fn availability_pages_by_sku_and_hides_what_cannot_be_sold() {
     assert_eq!(body["store_id"], "s1");
     assert!(body["eta_minutes"].as_i64().unwrap() <= 10);
     let (first, next, _) = page("&limit=2".into()).await;
-    assert_eq!(
-        (first.as_slice(), next.as_str()),
-        (&["apple".to_owned(), "bread".to_owned()][..], Some("bread"))
-    );
+    assert_eq!((first.as_slice(), next.as_str()), (&["apple".to_owned(), "bread".to_owned()][..], Some("bread")));
     let (rest, next, _) = page("&limit=2&after=bread".into()).await;
     assert_eq!((rest, next), (vec!["milk".to_owned()], Value::Null));
     let (dairy, _, _) = page("&category=dairy".into()).await;
@@ -494,19 +295,12 @@ async fn availability_pages_by_sku_and_hides_what_cannot_be_sold() {
 async fn rate_limits_answer_429() {
     let scratch = ScratchDb::sqlite("ds_rate");
     // The helper turns limits off; a later flag wins.
-    let server = Server::start(
-        &scratch.url,
-        &["--rate-limit-per-sec", "1", "--rate-limit-burst", "5"],
-    );
+    let server = Server::start(&scratch.url, &["--rate-limit-per-sec", "1", "--rate-limit-burst", "5"]);
     let mut statuses = Vec::new();
     for _ in 0..8 {
         statuses.push(server.call("GET", "/healthz", None, None).await.0);
     }
-    assert_eq!(
-        statuses.iter().filter(|s| **s == 200).count(),
-        5,
-        "{statuses:?}"
-    );
+    assert_eq!(statuses.iter().filter(|s| **s == 200).count(), 5, "{statuses:?}");
     let (s, body) = server.call("GET", "/healthz", None, None).await;
     assert_eq!((s, body["error"].as_str()), (429, Some("rate_limited")));
     scratch.drop_database().await;

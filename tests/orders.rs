@@ -39,11 +39,7 @@ async fn five_hundred_customers_contest_one_hundred_units() {
     assert_eq!((created, short), (100, 400));
     let line = server.stock_line("s1", "milk").await;
     assert_eq!(
-        (
-            line["on_hand"].as_i64(),
-            line["reserved"].as_i64(),
-            line["available"].as_i64()
-        ),
+        (line["on_hand"].as_i64(), line["reserved"].as_i64(), line["available"].as_i64()),
         (Some(100), Some(100), Some(0))
     );
     scratch.drop_database().await;
@@ -74,9 +70,7 @@ async fn idempotency_keys_replay_and_conflict() {
     for _ in 0..10 {
         let server = server.clone();
         let alice = alice.clone();
-        tasks.push(tokio::spawn(async move {
-            server.order(&alice, "key-2", order_body("milk", 1)).await
-        }));
+        tasks.push(tokio::spawn(async move { server.order(&alice, "key-2", order_body("milk", 1)).await }));
     }
     let mut ids = Vec::new();
     for t in tasks {
@@ -107,52 +101,19 @@ async fn lifecycle_cancel_releases_and_packed_blocks_nothing() {
     let staff = token(Role::Staff, "sam", Some("s1"));
     let (_, a) = server.order(&alice, "a", order_body("milk", 2)).await;
     let (_, b) = server.order(&alice, "b", order_body("milk", 2)).await;
-    let (a, b) = (
-        a["id"].as_str().unwrap().to_owned(),
-        b["id"].as_str().unwrap().to_owned(),
-    );
+    let (a, b) = (a["id"].as_str().unwrap().to_owned(), b["id"].as_str().unwrap().to_owned());
     assert_eq!(server.stock_line("s1", "milk").await["available"], 1);
-    let (s, packed) = server
-        .call(
-            "POST",
-            &format!("/v1/orders/{a}/packed"),
-            Some(&staff),
-            None,
-        )
-        .await;
+    let (s, packed) = server.call("POST", &format!("/v1/orders/{a}/packed"), Some(&staff), None).await;
     assert_eq!((s, packed["status"].as_str()), (200, Some("packed")));
     // Packing twice is a conflict.
-    let (s, again) = server
-        .call(
-            "POST",
-            &format!("/v1/orders/{a}/packed"),
-            Some(&staff),
-            None,
-        )
-        .await;
+    let (s, again) = server.call("POST", &format!("/v1/orders/{a}/packed"), Some(&staff), None).await;
     assert_eq!((s, again["status"].as_str()), (409, Some("packed")));
-    let (s, cancelled) = server
-        .call(
-            "POST",
-            &format!("/v1/orders/{b}/cancel"),
-            Some(&alice),
-            None,
-        )
-        .await;
+    let (s, cancelled) = server.call("POST", &format!("/v1/orders/{b}/cancel"), Some(&alice), None).await;
     assert_eq!((s, cancelled["status"].as_str()), (200, Some("cancelled")));
     assert_eq!(server.stock_line("s1", "milk").await["available"], 3);
-    let (s, _) = server
-        .call(
-            "POST",
-            &format!("/v1/orders/{b}/cancel"),
-            Some(&alice),
-            None,
-        )
-        .await;
+    let (s, _) = server.call("POST", &format!("/v1/orders/{b}/cancel"), Some(&alice), None).await;
     assert_eq!(s, 409);
-    let (s, got) = server
-        .call("GET", &format!("/v1/orders/{b}"), Some(&alice), None)
-        .await;
+    let (s, got) = server.call("GET", &format!("/v1/orders/{b}"), Some(&alice), None).await;
     assert_eq!((s, got["status"].as_str()), (200, Some("cancelled")));
     scratch.drop_database().await;
 }
@@ -160,12 +121,7 @@ async fn lifecycle_cancel_releases_and_packed_blocks_nothing() {
 #[tokio::test]
 async fn payment_holds_confirm_by_webhook_or_expire_across_a_restart() {
     let scratch = ScratchDb::sqlite("ds_pay");
-    let flags = [
-        "--payment-webhook-secret",
-        "whsec-test",
-        "--payment-hold-minutes",
-        "0.02",
-    ];
+    let flags = ["--payment-webhook-secret", "whsec-test", "--payment-hold-minutes", "0.02"];
     let server = Server::start(&scratch.url, &flags);
     server.seed("s1", "milk", 5).await;
     let alice = token(Role::Customer, "alice", None);
@@ -195,14 +151,8 @@ async fn payment_holds_confirm_by_webhook_or_expire_across_a_restart() {
     let server = Server::start(&scratch.url, &flags);
     let mut status = String::new();
     for _ in 0..50 {
-        let (_, o) = server
-            .call(
-                "GET",
-                &format!("/v1/orders/{}", unpaid["id"].as_str().unwrap()),
-                Some(&alice),
-                None,
-            )
-            .await;
+        let (_, o) =
+            server.call("GET", &format!("/v1/orders/{}", unpaid["id"].as_str().unwrap()), Some(&alice), None).await;
         status = o["status"].as_str().unwrap_or_default().to_owned();
         if status == "expired" {
             break;
@@ -210,20 +160,10 @@ async fn payment_holds_confirm_by_webhook_or_expire_across_a_restart() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(status, "expired");
-    let (_, o) = server
-        .call(
-            "GET",
-            &format!("/v1/orders/{}", paid["id"].as_str().unwrap()),
-            Some(&alice),
-            None,
-        )
-        .await;
+    let (_, o) = server.call("GET", &format!("/v1/orders/{}", paid["id"].as_str().unwrap()), Some(&alice), None).await;
     assert_eq!(o["status"], "confirmed");
     let line = server.stock_line("s1", "milk").await;
-    assert_eq!(
-        (line["reserved"].as_i64(), line["available"].as_i64()),
-        (Some(1), Some(4))
-    );
+    assert_eq!((line["reserved"].as_i64(), line["available"].as_i64()), (Some(1), Some(4)));
     drop(server);
     scratch.drop_database().await;
 }
@@ -273,42 +213,21 @@ async fn crash_during_burst(scratch: ScratchDb) {
     for t in tasks {
         confirmed.extend(t.await.unwrap());
     }
-    assert!(
-        confirmed.len() > 50,
-        "the burst placed only {} orders",
-        confirmed.len()
-    );
+    assert!(confirmed.len() > 50, "the burst placed only {} orders", confirmed.len());
     let server = Server::start(&scratch.url, &[]);
     let admin = admin();
     for id in &confirmed {
-        let (s, o) = server
-            .call("GET", &format!("/v1/orders/{id}"), Some(&admin), None)
-            .await;
-        assert_eq!(
-            (s, o["status"].as_str()),
-            (200, Some("confirmed")),
-            "order {id} got a 201 but is lost"
-        );
+        let (s, o) = server.call("GET", &format!("/v1/orders/{id}"), Some(&admin), None).await;
+        assert_eq!((s, o["status"].as_str()), (200, Some("confirmed")), "order {id} got a 201 but is lost");
     }
     let db = darkstore_db::Db::connect(&scratch.url).await.unwrap();
     let snap = db.load().await.unwrap();
-    let ordered: i64 = snap
-        .orders
-        .iter()
-        .flat_map(|o| &o.lines)
-        .map(|l| l.qty)
-        .sum();
+    let ordered: i64 = snap.orders.iter().flat_map(|o| &o.lines).map(|l| l.qty).sum();
     assert!(ordered >= confirmed.len() as i64);
     let ledger = db.ledger_totals().await.unwrap();
-    assert_eq!(
-        ledger,
-        vec![("s1".to_owned(), "milk".to_owned(), 1_000_000, ordered)]
-    );
+    assert_eq!(ledger, vec![("s1".to_owned(), "milk".to_owned(), 1_000_000, ordered)]);
     let line = server.stock_line("s1", "milk").await;
-    assert_eq!(
-        (line["on_hand"].as_i64(), line["reserved"].as_i64()),
-        (Some(1_000_000), Some(ordered))
-    );
+    assert_eq!((line["on_hand"].as_i64(), line["reserved"].as_i64()), (Some(1_000_000), Some(ordered)));
     db.close().await;
     drop(server);
     scratch.drop_database().await;

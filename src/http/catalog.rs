@@ -20,19 +20,13 @@ const MAX_PRICE_MINOR: i64 = 1_000_000_000_000;
 
 fn check_text(what: &str, s: &str, max: usize) -> Result<(), ApiError> {
     if s.trim().is_empty() || s.chars().count() > max {
-        return Err(ApiError::invalid(format!(
-            "{what} must be 1-{max} characters"
-        )));
+        return Err(ApiError::invalid(format!("{what} must be 1-{max} characters")));
     }
     Ok(())
 }
 
 fn created_or_ok(created: bool) -> StatusCode {
-    if created {
-        StatusCode::CREATED
-    } else {
-        StatusCode::OK
-    }
+    if created { StatusCode::CREATED } else { StatusCode::OK }
 }
 
 #[derive(Deserialize)]
@@ -54,17 +48,13 @@ pub async fn put_store(
     check_point(body.lat, body.lng)?;
     let state = app.state.clone();
     let id = store_id.clone();
-    let created =
-        detached(async move { state.put_store(&id, &body.name, body.lat, body.lng).await })
-            .await?
-            .map_err(|e| match e {
-                PlaceError::InvalidPoint => ApiError::invalid("invalid coordinates"),
-                other => ApiError::unavailable(format!("{other:?}")),
-            })?;
-    let store = app
-        .state
-        .store(&store_id)
-        .ok_or_else(|| ApiError::unavailable("store vanished"))?;
+    let created = detached(async move { state.put_store(&id, &body.name, body.lat, body.lng).await }).await?.map_err(
+        |e| match e {
+            PlaceError::InvalidPoint => ApiError::invalid("invalid coordinates"),
+            other => ApiError::unavailable(format!("{other:?}")),
+        },
+    )?;
+    let store = app.state.store(&store_id).ok_or_else(|| ApiError::unavailable("store vanished"))?;
     Ok((created_or_ok(created), Json(store_json(&app, &store))))
 }
 
@@ -78,14 +68,8 @@ fn store_json(app: &AppRef, store: &crate::state::Store) -> Value {
     })
 }
 
-pub async fn get_store(
-    State(app): State<AppRef>,
-    Path(store_id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
-    let store = app
-        .state
-        .store(&store_id)
-        .ok_or_else(|| ApiError::not_found("no such store"))?;
+pub async fn get_store(State(app): State<AppRef>, Path(store_id): Path<String>) -> Result<Json<Value>, ApiError> {
+    let store = app.state.store(&store_id).ok_or_else(|| ApiError::not_found("no such store"))?;
     Ok(Json(store_json(&app, &store)))
 }
 
@@ -124,14 +108,10 @@ pub async fn put_product(
     check_text("name", &body.name, MAX_TEXT)?;
     check_text("category", &body.category, 64)?;
     if !(0..=MAX_PRICE_MINOR).contains(&body.price_minor) {
-        return Err(ApiError::invalid(format!(
-            "price_minor must be an integer in [0, {MAX_PRICE_MINOR}]"
-        )));
+        return Err(ApiError::invalid(format!("price_minor must be an integer in [0, {MAX_PRICE_MINOR}]")));
     }
     if !(0..=1_000_000).contains(&body.low_stock_threshold) {
-        return Err(ApiError::invalid(
-            "low_stock_threshold must be an integer in [0, 1000000]",
-        ));
+        return Err(ApiError::invalid("low_stock_threshold must be an integer in [0, 1000000]"));
     }
     let product = Product {
         sku: Arc::from(sku.as_str()),
@@ -142,20 +122,12 @@ pub async fn put_product(
     };
     let json = product_json(&product);
     let state = app.state.clone();
-    let created = detached(async move { state.put_product(product).await })
-        .await?
-        .map_err(ApiError::unavailable)?;
+    let created = detached(async move { state.put_product(product).await }).await?.map_err(ApiError::unavailable)?;
     Ok((created_or_ok(created), Json(json)))
 }
 
-pub async fn get_product(
-    State(app): State<AppRef>,
-    Path(sku): Path<String>,
-) -> Result<Json<Value>, ApiError> {
-    let product = app
-        .state
-        .product(&sku)
-        .ok_or_else(|| ApiError::not_found("no such sku"))?;
+pub async fn get_product(State(app): State<AppRef>, Path(sku): Path<String>) -> Result<Json<Value>, ApiError> {
+    let product = app.state.product(&sku).ok_or_else(|| ApiError::not_found("no such sku"))?;
     Ok(Json(product_json(&product)))
 }
 
@@ -175,22 +147,14 @@ pub async fn put_rider(
     caller.require(&[Role::Admin])?;
     check_id("rider_id", &rider_id)?;
     check_text("name", &body.name, MAX_TEXT)?;
-    if let Some(store_id) = &body.store_id {
-        if app.state.store(store_id).is_none() {
-            return Err(ApiError::invalid(format!(
-                "store_id {store_id:?} is not a known store"
-            )));
-        }
+    if let Some(store_id) = &body.store_id
+        && app.state.store(store_id).is_none()
+    {
+        return Err(ApiError::invalid(format!("store_id {store_id:?} is not a known store")));
     }
-    let rider = Rider {
-        id: rider_id,
-        name: body.name,
-        store_id: body.store_id,
-    };
+    let rider = Rider { id: rider_id, name: body.name, store_id: body.store_id };
     let json = json!({"id": rider.id, "name": rider.name, "store_id": rider.store_id});
     let state = app.state.clone();
-    let created = detached(async move { state.put_rider(rider).await })
-        .await?
-        .map_err(ApiError::unavailable)?;
+    let created = detached(async move { state.put_rider(rider).await }).await?.map_err(ApiError::unavailable)?;
     Ok((created_or_ok(created), Json(json)))
 }

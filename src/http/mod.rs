@@ -49,19 +49,10 @@ pub fn router(app: AppRef) -> Router {
         .route("/readyz", get(ops::readyz))
         .route("/metrics", get(ops::metrics))
         .route("/openapi.json", get(ops::openapi))
-        .route(
-            "/v1/stores/{store_id}",
-            put(catalog::put_store).get(catalog::get_store),
-        )
-        .route(
-            "/v1/catalog/{sku}",
-            put(catalog::put_product).get(catalog::get_product),
-        )
+        .route("/v1/stores/{store_id}", put(catalog::put_store).get(catalog::get_store))
+        .route("/v1/catalog/{sku}", put(catalog::put_product).get(catalog::get_product))
         .route("/v1/riders/{rider_id}", put(catalog::put_rider))
-        .route(
-            "/v1/stores/{store_id}/stock",
-            post(stock::post_stock).get(stock::get_stock),
-        )
+        .route("/v1/stores/{store_id}/stock", post(stock::post_stock).get(stock::get_stock))
         .route("/v1/availability", get(stock::availability))
         .route("/v1/orders", post(orders::place))
         .route("/v1/orders/{id}", get(orders::get))
@@ -70,11 +61,7 @@ pub fn router(app: AppRef) -> Router {
         .route("/v1/payments/webhook", post(orders::payment_webhook))
         .fallback(|| async { ApiError::not_found("no such endpoint") })
         .method_not_allowed_fallback(|| async {
-            ApiError::new(
-                StatusCode::METHOD_NOT_ALLOWED,
-                "invalid_request",
-                "method not allowed on this endpoint",
-            )
+            ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "invalid_request", "method not allowed on this endpoint")
         })
         .layer(middleware::from_fn_with_state(app.clone(), edge))
         .layer(axum::extract::DefaultBodyLimit::max(app.max_body_bytes))
@@ -90,17 +77,10 @@ enum Identity {
 }
 
 /// Every request: identify, rate-limit, time, count and log.
-async fn edge(
-    axum::extract::State(app): axum::extract::State<AppRef>,
-    mut req: Request,
-    next: Next,
-) -> Response {
+async fn edge(axum::extract::State(app): axum::extract::State<AppRef>, mut req: Request, next: Next) -> Response {
     let started = Instant::now();
-    let route = req
-        .extensions()
-        .get::<MatchedPath>()
-        .map(|p| p.as_str().to_owned())
-        .unwrap_or_else(|| "unmatched".to_owned());
+    let route =
+        req.extensions().get::<MatchedPath>().map(|p| p.as_str().to_owned()).unwrap_or_else(|| "unmatched".to_owned());
     let method = req.method().as_str().to_owned();
     let identity = identify(&app, &req);
     let client = match &identity {
@@ -111,16 +91,8 @@ async fn edge(
         },
     };
     let response = if !app.limiter.allow(&client) {
-        app.state
-            .metrics
-            .rate_limited
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        ApiError::new(
-            StatusCode::TOO_MANY_REQUESTS,
-            "rate_limited",
-            "too many requests; slow down",
-        )
-        .into_response()
+        app.state.metrics.rate_limited.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        ApiError::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", "too many requests; slow down").into_response()
     } else {
         req.extensions_mut().insert(identity);
         next.run(req).await
@@ -128,9 +100,7 @@ async fn edge(
     let response = normalize_rejection(response).await;
     let status = response.status().as_u16();
     let elapsed = started.elapsed();
-    app.state
-        .metrics
-        .http(&method, &route, status, elapsed.as_secs_f64());
+    app.state.metrics.http(&method, &route, status, elapsed.as_secs_f64());
     if status >= 500 {
         tracing::error!(%method, %route, status, micros = elapsed.as_micros() as u64, "request failed");
     } else {
@@ -150,9 +120,7 @@ async fn normalize_rejection(response: Response) -> Response {
     if is_json || !(status.is_client_error()) || status == StatusCode::TOO_MANY_REQUESTS {
         return response;
     }
-    let body = axum::body::to_bytes(response.into_body(), 4096)
-        .await
-        .unwrap_or_default();
+    let body = axum::body::to_bytes(response.into_body(), 4096).await.unwrap_or_default();
     let message = String::from_utf8_lossy(&body).trim().to_owned();
     let code = match status {
         StatusCode::UNAUTHORIZED => "unauthorized",
@@ -160,16 +128,7 @@ async fn normalize_rejection(response: Response) -> Response {
         StatusCode::NOT_FOUND => "not_found",
         _ => "invalid_request",
     };
-    ApiError::new(
-        status,
-        code,
-        if message.is_empty() {
-            status.to_string()
-        } else {
-            message
-        },
-    )
-    .into_response()
+    ApiError::new(status, code, if message.is_empty() { status.to_string() } else { message }).into_response()
 }
 
 fn identify(app: &App, req: &Request) -> Identity {
@@ -207,9 +166,7 @@ impl Caller {
         if roles.contains(&self.0.role) {
             Ok(())
         } else {
-            Err(ApiError::forbidden(
-                format!("role {:?} may not do this", self.0.role).to_lowercase(),
-            ))
+            Err(ApiError::forbidden(format!("role {:?} may not do this", self.0.role).to_lowercase()))
         }
     }
 
@@ -219,9 +176,7 @@ impl Caller {
             Role::Admin => Ok(()),
             Role::Staff if self.0.store.as_deref() == Some(store_id) => Ok(()),
             Role::Staff => Err(ApiError::forbidden("this staff token is for another store")),
-            _ => Err(ApiError::forbidden(
-                "only staff of this store or an admin may do this",
-            )),
+            _ => Err(ApiError::forbidden("only staff of this store or an admin may do this")),
         }
     }
 }
@@ -236,11 +191,7 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for JsonBody<T> {
     async fn from_request(req: Request<Body>, state: &S) -> Result<Self, Self::Rejection> {
         let bytes = Bytes::from_request(req, state).await.map_err(|e| {
             if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                ApiError::new(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    "invalid_request",
-                    "the request body is too large",
-                )
+                ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "invalid_request", "the request body is too large")
             } else {
                 ApiError::bad_request(e.body_text())
             }
@@ -263,9 +214,7 @@ pub fn check_id(what: &str, id: &str) -> Result<(), ApiError> {
     if darkstore_geoinv::ids::valid_id(id) {
         Ok(())
     } else {
-        Err(ApiError::invalid(format!(
-            "{what} must be 1-64 characters of [A-Za-z0-9_.-]"
-        )))
+        Err(ApiError::invalid(format!("{what} must be 1-64 characters of [A-Za-z0-9_.-]")))
     }
 }
 
@@ -274,9 +223,7 @@ pub fn check_point(lat: f64, lng: f64) -> Result<(), ApiError> {
     if darkstore_geoinv::travel::valid_coordinates(lat, lng) {
         Ok(())
     } else {
-        Err(ApiError::invalid(
-            "lat must be in [-90, 90] and lng in [-180, 180]",
-        ))
+        Err(ApiError::invalid("lat must be in [-90, 90] and lng in [-180, 180]"))
     }
 }
 
@@ -288,8 +235,6 @@ pub fn rfc3339(ms: i64) -> String {
 
 /// Runs a state change on its own task, so a client that hangs up cannot cancel it half-way
 /// (its reservation would then be committed with nobody to remember it).
-pub async fn detached<T: Send + 'static>(
-    fut: impl Future<Output = T> + Send + 'static,
-) -> Result<T, ApiError> {
+pub async fn detached<T: Send + 'static>(fut: impl Future<Output = T> + Send + 'static) -> Result<T, ApiError> {
     tokio::spawn(fut).await.map_err(ApiError::unavailable)
 }

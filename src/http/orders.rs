@@ -37,11 +37,8 @@ pub struct OrderBody {
 }
 
 pub fn order_json(o: &Order) -> Value {
-    let lines: Vec<Value> = o
-        .lines
-        .iter()
-        .map(|l| json!({"sku": l.sku, "qty": l.qty, "price_minor": l.price_minor}))
-        .collect();
+    let lines: Vec<Value> =
+        o.lines.iter().map(|l| json!({"sku": l.sku, "qty": l.qty, "price_minor": l.price_minor})).collect();
     let total: i64 = o.lines.iter().map(|l| l.qty * l.price_minor).sum();
     json!({
         "id": o.id,
@@ -67,16 +64,12 @@ fn validate(body: &OrderBody) -> Result<(), ApiError> {
         return Err(ApiError::invalid("an order needs at least one line"));
     }
     if body.lines.len() > MAX_LINES {
-        return Err(ApiError::invalid(format!(
-            "an order has at most {MAX_LINES} lines"
-        )));
+        return Err(ApiError::invalid(format!("an order has at most {MAX_LINES} lines")));
     }
     for (i, line) in body.lines.iter().enumerate() {
         check_id(&format!("lines[{i}].sku"), &line.sku)?;
         if !(1..=MAX_QTY).contains(&line.qty) {
-            return Err(ApiError::invalid(format!(
-                "lines[{i}].qty must be an integer in [1, {MAX_QTY}]"
-            )));
+            return Err(ApiError::invalid(format!("lines[{i}].qty must be an integer in [1, {MAX_QTY}]")));
         }
         if body.lines[..i].iter().any(|l| l.sku == line.sku) {
             return Err(ApiError::invalid(format!(
@@ -88,37 +81,20 @@ fn validate(body: &OrderBody) -> Result<(), ApiError> {
     Ok(())
 }
 
-pub async fn place(
-    State(app): State<AppRef>,
-    caller: Caller,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
+pub async fn place(State(app): State<AppRef>, caller: Caller, headers: HeaderMap, body: Bytes) -> Response {
     let started = std::time::Instant::now();
     let (outcome, response) = match place_inner(&app, caller, &headers, &body).await {
         Ok((order, replayed)) => {
             let mut response = (StatusCode::CREATED, Json(order_json(&order))).into_response();
             if replayed {
-                response
-                    .headers_mut()
-                    .insert("idempotent-replayed", HeaderValue::from_static("true"));
+                response.headers_mut().insert("idempotent-replayed", HeaderValue::from_static("true"));
             }
-            (
-                if replayed {
-                    OrderOutcome::Replayed
-                } else {
-                    OrderOutcome::Created
-                },
-                response,
-            )
+            (if replayed { OrderOutcome::Replayed } else { OrderOutcome::Created }, response)
         }
         Err((outcome, e)) => (outcome, e.into_response()),
     };
     app.state.metrics.order(outcome);
-    app.state
-        .metrics
-        .order_latency
-        .observe(started.elapsed().as_secs_f64());
+    app.state.metrics.order_latency.observe(started.elapsed().as_secs_f64());
     response
 }
 
@@ -129,22 +105,14 @@ async fn place_inner(
     body: &[u8],
 ) -> Result<(Order, bool), (OrderOutcome, ApiError)> {
     let invalid = |e| (OrderOutcome::Invalid, e);
-    caller
-        .require(&[Role::Customer, Role::Admin])
-        .map_err(invalid)?;
+    caller.require(&[Role::Customer, Role::Admin]).map_err(invalid)?;
     let key = headers
         .get("idempotency-key")
         .ok_or_else(|| ApiError::bad_request("the Idempotency-Key header is required"))
         .and_then(|v| {
-            v.to_str()
-                .ok()
-                .filter(|k| !k.is_empty() && k.len() <= MAX_KEY_LEN)
-                .map(str::to_owned)
-                .ok_or_else(|| {
-                    ApiError::bad_request(format!(
-                        "Idempotency-Key must be 1-{MAX_KEY_LEN} visible ASCII characters"
-                    ))
-                })
+            v.to_str().ok().filter(|k| !k.is_empty() && k.len() <= MAX_KEY_LEN).map(str::to_owned).ok_or_else(|| {
+                ApiError::bad_request(format!("Idempotency-Key must be 1-{MAX_KEY_LEN} visible ASCII characters"))
+            })
         })
         .map_err(invalid)?;
     let order: OrderBody = parse_json(body).map_err(invalid)?;
@@ -160,15 +128,14 @@ async fn place_inner(
         lines: order.lines.into_iter().map(|l| (l.sku, l.qty)).collect(),
     };
     let state = app.state.clone();
-    let placed = detached(async move { state.place_order(req).await })
-        .await
-        .map_err(|e| (OrderOutcome::Unavailable, e))?;
+    let placed =
+        detached(async move { state.place_order(req).await }).await.map_err(|e| (OrderOutcome::Unavailable, e))?;
     match placed {
         Ok(p) => Ok((p.order, p.replayed)),
         Err(PlaceError::InvalidPoint) => Err(invalid(ApiError::invalid("invalid coordinates"))),
-        Err(PlaceError::UnknownSku(sku)) => Err(invalid(
-            ApiError::invalid(format!("sku {sku:?} is not in the catalog")).with("sku", json!(sku)),
-        )),
+        Err(PlaceError::UnknownSku(sku)) => {
+            Err(invalid(ApiError::invalid(format!("sku {sku:?} is not in the catalog")).with("sku", json!(sku))))
+        }
         Err(PlaceError::NotServiceable) => Err((
             OrderOutcome::NotServiceable,
             ApiError::new(
@@ -196,9 +163,7 @@ async fn place_inner(
             OrderOutcome::Conflict,
             ApiError::conflict("this Idempotency-Key was already used with a different body"),
         )),
-        Err(PlaceError::Unavailable(e)) => {
-            Err((OrderOutcome::Unavailable, ApiError::unavailable(e)))
-        }
+        Err(PlaceError::Unavailable(e)) => Err((OrderOutcome::Unavailable, ApiError::unavailable(e))),
     }
 }
 
@@ -213,15 +178,8 @@ fn is_party(caller: &Caller, order: &Order) -> bool {
     }
 }
 
-pub async fn get(
-    State(app): State<AppRef>,
-    caller: Caller,
-    Path(id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
-    let order = app
-        .state
-        .order(&id)
-        .ok_or_else(|| ApiError::not_found("no such order"))?;
+pub async fn get(State(app): State<AppRef>, caller: Caller, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
+    let order = app.state.order(&id).ok_or_else(|| ApiError::not_found("no such order"))?;
     let order = order.lock().await.clone();
     if !is_party(&caller, &order) {
         // Do not tell strangers which order ids exist.
@@ -237,18 +195,12 @@ pub async fn get(
 fn transition_error(e: TransitionError, caller_role: Role) -> ApiError {
     match e {
         TransitionError::NotFound => ApiError::not_found("no such order"),
-        TransitionError::Forbidden if caller_role == Role::Customer => {
-            ApiError::not_found("no such order")
+        TransitionError::Forbidden if caller_role == Role::Customer => ApiError::not_found("no such order"),
+        TransitionError::Forbidden => ApiError::forbidden("this order belongs to another store or customer"),
+        TransitionError::NotAllowed { from, to } => {
+            ApiError::conflict(format!("an order that is {} cannot become {}", from.as_str(), to.as_str()))
+                .with("status", json!(from.as_str()))
         }
-        TransitionError::Forbidden => {
-            ApiError::forbidden("this order belongs to another store or customer")
-        }
-        TransitionError::NotAllowed { from, to } => ApiError::conflict(format!(
-            "an order that is {} cannot become {}",
-            from.as_str(),
-            to.as_str()
-        ))
-        .with("status", json!(from.as_str())),
         TransitionError::Unavailable(e) => ApiError::unavailable(e),
     }
 }
@@ -261,13 +213,10 @@ pub async fn cancel(
     caller.require(&[Role::Customer, Role::Staff, Role::Admin])?;
     let role = caller.0.role;
     let state = app.state.clone();
-    let order = detached(async move {
-        state
-            .transition(&id, OrderStatus::Cancelled, None, |o| is_party(&caller, o))
-            .await
-    })
-    .await?
-    .map_err(|e| transition_error(e, role))?;
+    let order =
+        detached(async move { state.transition(&id, OrderStatus::Cancelled, None, |o| is_party(&caller, o)).await })
+            .await?
+            .map_err(|e| transition_error(e, role))?;
     Ok(Json(order_json(&order)))
 }
 
@@ -279,13 +228,10 @@ pub async fn packed(
     caller.require(&[Role::Staff, Role::Admin])?;
     let role = caller.0.role;
     let state = app.state.clone();
-    let order = detached(async move {
-        state
-            .transition(&id, OrderStatus::Packed, None, |o| is_party(&caller, o))
-            .await
-    })
-    .await?
-    .map_err(|e| transition_error(e, role))?;
+    let order =
+        detached(async move { state.transition(&id, OrderStatus::Packed, None, |o| is_party(&caller, o)).await })
+            .await?
+            .map_err(|e| transition_error(e, role))?;
     Ok(Json(order_json(&order)))
 }
 
@@ -304,9 +250,7 @@ pub async fn payment_webhook(
     body: Bytes,
 ) -> Result<Json<Value>, ApiError> {
     let Some(secret) = &app.webhook_secret else {
-        return Err(ApiError::not_found(
-            "payments are not enabled on this server",
-        ));
+        return Err(ApiError::not_found("payments are not enabled on this server"));
     };
     let signature = headers
         .get("x-signature")
@@ -314,9 +258,7 @@ pub async fn payment_webhook(
         .ok_or_else(|| ApiError::unauthorized("the X-Signature header is required"))?;
     let signature = signature.strip_prefix("sha256=").unwrap_or(signature);
     if !auth::verify_hmac_hex(secret, &body, signature) {
-        return Err(ApiError::unauthorized(
-            "the webhook signature does not match the body",
-        ));
+        return Err(ApiError::unauthorized("the webhook signature does not match the body"));
     }
     let event: PaymentEvent = parse_json(&body)?;
     let to = match event.status.as_str() {
@@ -326,16 +268,12 @@ pub async fn payment_webhook(
     };
     let state = app.state.clone();
     let order_id = event.order_id.clone();
-    let result =
-        detached(async move { state.transition(&order_id, to, None, |_| true).await }).await?;
+    let result = detached(async move { state.transition(&order_id, to, None, |_| true).await }).await?;
     match result {
         Ok(order) => Ok(Json(order_json(&order))),
         // A retried delivery of an event already applied is answered as a success.
         Err(TransitionError::NotAllowed { from, .. }) if from == to => {
-            let order = app
-                .state
-                .order(&event.order_id)
-                .ok_or_else(|| ApiError::not_found("no such order"))?;
+            let order = app.state.order(&event.order_id).ok_or_else(|| ApiError::not_found("no such order"))?;
             let order = order.lock().await.clone();
             Ok(Json(order_json(&order)))
         }

@@ -35,12 +35,9 @@ pub fn line_json(line: &LineView) -> Value {
 }
 
 fn parse_time(s: &str) -> Result<i64, ApiError> {
-    let t = humantime::parse_rfc3339_weak(s).map_err(|_| {
-        ApiError::invalid("expires_at must be an RFC 3339 time, e.g. 2026-11-30T00:00:00Z")
-    })?;
-    let ms = t
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_err(|_| ApiError::invalid("expires_at is before 1970"))?;
+    let t = humantime::parse_rfc3339_weak(s)
+        .map_err(|_| ApiError::invalid("expires_at must be an RFC 3339 time, e.g. 2026-11-30T00:00:00Z"))?;
+    let ms = t.duration_since(std::time::UNIX_EPOCH).map_err(|_| ApiError::invalid("expires_at is before 1970"))?;
     Ok(ms.as_millis() as i64)
 }
 
@@ -60,58 +57,39 @@ pub async fn post_stock(
         "expiry" => "expiry",
         "count" => "count",
         _ => {
-            return Err(ApiError::invalid(
-                "reason must be one of restock, damage, expiry, count",
-            ));
+            return Err(ApiError::invalid("reason must be one of restock, damage, expiry, count"));
         }
     };
     if body.delta == 0 || body.delta.abs() > MAX_DELTA {
-        return Err(ApiError::invalid(format!(
-            "delta must be a non-zero integer in [-{MAX_DELTA}, {MAX_DELTA}]"
-        )));
+        return Err(ApiError::invalid(format!("delta must be a non-zero integer in [-{MAX_DELTA}, {MAX_DELTA}]")));
     }
     if reason == "restock" && body.delta < 0 {
-        return Err(ApiError::invalid(
-            "a restock adds units: delta must be positive",
-        ));
+        return Err(ApiError::invalid("a restock adds units: delta must be positive"));
     }
     if matches!(reason, "damage" | "expiry") && body.delta > 0 {
-        return Err(ApiError::invalid(
-            "damage and expiry remove units: delta must be negative",
-        ));
+        return Err(ApiError::invalid("damage and expiry remove units: delta must be negative"));
     }
     let expires_at = match &body.expires_at {
         Some(_) if body.delta < 0 => {
-            return Err(ApiError::invalid(
-                "expires_at applies to arriving units only",
-            ));
+            return Err(ApiError::invalid("expires_at applies to arriving units only"));
         }
         Some(s) => Some(parse_time(s)?),
         None => None,
     };
     let state = app.state.clone();
     let sku = body.sku.clone();
-    let result = detached(async move {
-        state
-            .adjust_stock(&store_id, &sku, body.delta, reason, expires_at)
-            .await
-    })
-    .await?;
+    let result =
+        detached(async move { state.adjust_stock(&store_id, &sku, body.delta, reason, expires_at).await }).await?;
     match result {
         Ok(line) => Ok(Json(line_json(&line))),
         Err(StockError::UnknownStore) => Err(ApiError::not_found("no such store")),
-        Err(StockError::UnknownSku) => Err(ApiError::invalid(format!(
-            "sku {:?} is not in the catalog",
-            body.sku
-        ))),
-        Err(StockError::Refused(AdjustError::BelowReserved { on_hand, reserved })) => Err(
-            ApiError::conflict("the delta would take on_hand below what is reserved")
+        Err(StockError::UnknownSku) => Err(ApiError::invalid(format!("sku {:?} is not in the catalog", body.sku))),
+        Err(StockError::Refused(AdjustError::BelowReserved { on_hand, reserved })) => {
+            Err(ApiError::conflict("the delta would take on_hand below what is reserved")
                 .with("on_hand", json!(on_hand))
-                .with("reserved", json!(reserved)),
-        ),
-        Err(StockError::Refused(AdjustError::ZeroDelta)) => {
-            Err(ApiError::invalid("delta must not be zero"))
+                .with("reserved", json!(reserved)))
         }
+        Err(StockError::Refused(AdjustError::ZeroDelta)) => Err(ApiError::invalid("delta must not be zero")),
         Err(StockError::Unavailable(e)) => Err(ApiError::unavailable(e)),
     }
 }
@@ -122,16 +100,8 @@ pub async fn get_stock(
     Path(store_id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     caller.require_store(&store_id)?;
-    let store = app
-        .state
-        .store(&store_id)
-        .ok_or_else(|| ApiError::not_found("no such store"))?;
-    let lines: Vec<Value> = app
-        .state
-        .stock_lines(&store, now_ms())
-        .iter()
-        .map(line_json)
-        .collect();
+    let store = app.state.store(&store_id).ok_or_else(|| ApiError::not_found("no such store"))?;
+    let lines: Vec<Value> = app.state.stock_lines(&store, now_ms()).iter().map(line_json).collect();
     Ok(Json(json!({ "store_id": store.id, "lines": lines })))
 }
 
@@ -145,12 +115,8 @@ pub struct AvailabilityQuery {
 }
 
 fn coordinate(name: &str, v: &Option<String>) -> Result<f64, ApiError> {
-    let v = v
-        .as_deref()
-        .ok_or_else(|| ApiError::invalid(format!("{name} is required")))?;
-    v.trim()
-        .parse::<f64>()
-        .map_err(|_| ApiError::invalid(format!("{name} must be a number")))
+    let v = v.as_deref().ok_or_else(|| ApiError::invalid(format!("{name} is required")))?;
+    v.trim().parse::<f64>().map_err(|_| ApiError::invalid(format!("{name} must be a number")))
 }
 
 pub async fn availability(
@@ -169,18 +135,9 @@ pub async fn availability(
     };
     let page = app
         .state
-        .availability(
-            lat,
-            lng,
-            q.category.as_deref(),
-            q.after.as_deref(),
-            limit,
-            now_ms(),
-        )
+        .availability(lat, lng, q.category.as_deref(), q.after.as_deref(), limit, now_ms())
         .map_err(|_| ApiError::invalid("lat must be in [-90, 90] and lng in [-180, 180]"))?;
-    let cell = darkstore_geoinv::area::cell_of(lat, lng)
-        .map(|c| c.to_string())
-        .ok();
+    let cell = darkstore_geoinv::area::cell_of(lat, lng).map(|c| c.to_string()).ok();
     let items: Vec<Value> = page
         .items
         .iter()

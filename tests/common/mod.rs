@@ -23,15 +23,7 @@ pub struct Server {
 
 pub fn token(role: Role, sub: &str, store: Option<&str>) -> String {
     let exp = darkstore::state::now_ms() / 1000 + 3600;
-    auth::sign(
-        SECRET.as_bytes(),
-        &Claims {
-            sub: sub.into(),
-            role,
-            store: store.map(Into::into),
-            exp,
-        },
-    )
+    auth::sign(SECRET.as_bytes(), &Claims { sub: sub.into(), role, store: store.map(Into::into), exp })
 }
 
 pub fn admin() -> String {
@@ -42,15 +34,7 @@ impl Server {
     /// Starts the server on `db_url` with extra flags and waits for its ready line.
     pub fn start(db_url: &str, extra: &[&str]) -> Server {
         let mut child = Command::new(env!("CARGO_BIN_EXE_darkstore"))
-            .args([
-                "serve",
-                "--http",
-                "127.0.0.1:0",
-                "--database-url",
-                db_url,
-                "--jwt-secret",
-                SECRET,
-            ])
+            .args(["serve", "--http", "127.0.0.1:0", "--database-url", db_url, "--jwt-secret", SECRET])
             .args(extra)
             // Limits off unless a test's flags turn them on.
             .env("DARKSTORE_RATE_LIMIT_PER_SEC", "0")
@@ -69,26 +53,14 @@ impl Server {
             // Keep draining so the child never blocks on a full pipe.
             for _ in lines {}
         });
-        let line = rx
-            .recv_timeout(Duration::from_secs(60))
-            .expect("darkstore printed its ready line");
-        assert!(
-            line.starts_with("darkstore ready http="),
-            "ready line: {line}"
-        );
-        let addr = line
-            .split_whitespace()
-            .find_map(|w| w.strip_prefix("http="))
-            .expect("http=")
-            .to_owned();
+        let line = rx.recv_timeout(Duration::from_secs(60)).expect("darkstore printed its ready line");
+        assert!(line.starts_with("darkstore ready http="), "ready line: {line}");
+        let addr = line.split_whitespace().find_map(|w| w.strip_prefix("http=")).expect("http=").to_owned();
         Server {
             child,
             base: format!("http://{addr}"),
             db_url: db_url.to_owned(),
-            client: reqwest::Client::builder()
-                .pool_max_idle_per_host(64)
-                .build()
-                .unwrap(),
+            client: reqwest::Client::builder().pool_max_idle_per_host(64).build().unwrap(),
         }
     }
 
@@ -96,29 +68,18 @@ impl Server {
         format!("{}{}", self.base, path)
     }
 
-    pub async fn call(
-        &self,
-        method: &str,
-        path: &str,
-        token: Option<&str>,
-        body: Option<Value>,
-    ) -> (u16, Value) {
+    pub async fn call(&self, method: &str, path: &str, token: Option<&str>, body: Option<Value>) -> (u16, Value) {
         let mut req = self.client.request(method.parse().unwrap(), self.url(path));
         if let Some(t) = token {
             req = req.bearer_auth(t);
         }
         if let Some(b) = body {
-            req = req
-                .header("content-type", "application/json")
-                .body(b.to_string());
+            req = req.header("content-type", "application/json").body(b.to_string());
         }
         let resp = req.send().await.expect("request");
         let status = resp.status().as_u16();
         let text = resp.text().await.unwrap_or_default();
-        (
-            status,
-            serde_json::from_str(&text).unwrap_or(Value::String(text)),
-        )
+        (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
     }
 
     pub async fn order(&self, token: &str, key: &str, body: Value) -> (u16, Value) {
@@ -171,22 +132,9 @@ impl Server {
     }
 
     pub async fn stock_line(&self, store: &str, sku: &str) -> Value {
-        let (s, b) = self
-            .call(
-                "GET",
-                &format!("/v1/stores/{store}/stock"),
-                Some(&admin()),
-                None,
-            )
-            .await;
+        let (s, b) = self.call("GET", &format!("/v1/stores/{store}/stock"), Some(&admin()), None).await;
         assert_eq!(s, 200, "{b}");
-        b["lines"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|l| l["sku"] == sku)
-            .cloned()
-            .unwrap_or(Value::Null)
+        b["lines"].as_array().unwrap().iter().find(|l| l["sku"] == sku).cloned().unwrap_or(Value::Null)
     }
 
     pub fn kill(&mut self) {
@@ -196,9 +144,7 @@ impl Server {
 
     /// SIGTERM, and wait for a clean exit.
     pub fn terminate(&mut self) -> std::process::ExitStatus {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
+        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
         self.child.wait().expect("wait")
     }
 }

@@ -76,12 +76,8 @@ async fn run(db: Db, mut rx: mpsc::Receiver<Job>, max_batch: usize, stats: Arc<C
         }
         stats.queued.fetch_sub(jobs.len() as u64, Ordering::Relaxed);
         let started = Instant::now();
-        let result = db
-            .write_batch(jobs.iter().flat_map(|j| j.writes.iter()))
-            .await;
-        stats
-            .commit_micros
-            .fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+        let result = db.write_batch(jobs.iter().flat_map(|j| j.writes.iter())).await;
+        stats.commit_micros.fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
         stats.transactions.fetch_add(1, Ordering::Relaxed);
         stats.jobs.fetch_add(jobs.len() as u64, Ordering::Relaxed);
         if let Err(e) = &result {

@@ -24,9 +24,7 @@ use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::{AnyPool, Executor};
 
 pub use committer::{CommitStats, Committer};
-pub use load::{
-    LotSum, OrderHold, OrderLineRow, OrderRow, ProductRow, RiderRow, Snapshot, StoreRow,
-};
+pub use load::{LotSum, OrderHold, OrderLineRow, OrderRow, ProductRow, RiderRow, Snapshot, StoreRow};
 pub use write::{LedgerRow, NewOrder, OrderStatusChange, Write};
 
 /// Which database the URL selected.
@@ -86,22 +84,15 @@ impl Db {
         let (backend, url) = if let Some(rest) = url.strip_prefix("sqlite:") {
             let mut url = format!("sqlite:{rest}");
             if !url.contains("mode=") {
-                url.push_str(if url.contains('?') {
-                    "&mode=rwc"
-                } else {
-                    "?mode=rwc"
-                });
+                url.push_str(if url.contains('?') { "&mode=rwc" } else { "?mode=rwc" });
             }
             (Backend::Sqlite, url)
         } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             (Backend::Postgres, url.to_owned())
         } else {
-            return Err(DbError::BadUrl(format!(
-                "{url:?} is neither sqlite:// nor postgres://"
-            )));
+            return Err(DbError::BadUrl(format!("{url:?} is neither sqlite:// nor postgres://")));
         };
-        let options =
-            AnyConnectOptions::from_str(&url).map_err(|e| DbError::BadUrl(e.to_string()))?;
+        let options = AnyConnectOptions::from_str(&url).map_err(|e| DbError::BadUrl(e.to_string()))?;
         let pool = AnyPoolOptions::new()
             .max_connections(if backend == Backend::Sqlite { 2 } else { 4 })
             .acquire_timeout(Duration::from_secs(5))
@@ -122,11 +113,7 @@ impl Db {
             .await?;
         match backend {
             Backend::Sqlite => sqlx::migrate!("../../migrations/sqlite").run(&pool).await?,
-            Backend::Postgres => {
-                sqlx::migrate!("../../migrations/postgres")
-                    .run(&pool)
-                    .await?
-            }
+            Backend::Postgres => sqlx::migrate!("../../migrations/postgres").run(&pool).await?,
         }
         Ok(Db { pool, backend })
     }
@@ -142,22 +129,18 @@ impl Db {
 
     /// A value from the settings table.
     pub async fn setting(&self, key: &str) -> Result<Option<String>, DbError> {
-        let row: Option<(String,)> = sqlx::query_as("SELECT value FROM settings WHERE key = $1")
-            .bind(key)
-            .fetch_optional(&self.pool)
-            .await?;
+        let row: Option<(String,)> =
+            sqlx::query_as("SELECT value FROM settings WHERE key = $1").bind(key).fetch_optional(&self.pool).await?;
         Ok(row.map(|r| r.0))
     }
 
     /// Stores `value` under `key` unless a value is there already; returns the value that is kept.
     pub async fn setting_or_insert(&self, key: &str, value: &str) -> Result<String, DbError> {
-        sqlx::query(
-            "INSERT INTO settings (key, value) VALUES ($1, $2) ON CONFLICT (key) DO NOTHING",
-        )
-        .bind(key)
-        .bind(value)
-        .execute(&self.pool)
-        .await?;
+        sqlx::query("INSERT INTO settings (key, value) VALUES ($1, $2) ON CONFLICT (key) DO NOTHING")
+            .bind(key)
+            .bind(value)
+            .execute(&self.pool)
+            .await?;
         Ok(self.setting(key).await?.unwrap_or_else(|| value.to_owned()))
     }
 
@@ -182,10 +165,8 @@ pub mod scratch {
     }
 
     fn unique_name(prefix: &str) -> String {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or(0);
+        let nanos =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
         format!("{prefix}_{}_{nanos}", std::process::id())
     }
 
@@ -194,11 +175,7 @@ pub mod scratch {
         pub fn sqlite(prefix: &str) -> ScratchDb {
             let name = unique_name(prefix);
             let path = std::env::temp_dir().join(format!("{name}.db"));
-            ScratchDb {
-                url: format!("sqlite://{}", path.display()),
-                admin_url: None,
-                name,
-            }
+            ScratchDb { url: format!("sqlite://{}", path.display()), admin_url: None, name }
         }
 
         /// A new PostgreSQL database, when `DARKSTORE_TEST_POSTGRES` is set.
@@ -209,18 +186,12 @@ pub mod scratch {
             let mut conn = sqlx::AnyConnection::connect(&admin_url)
                 .await
                 .unwrap_or_else(|e| panic!("{POSTGRES_ENV}={admin_url}: {e}"));
-            conn.execute(format!("CREATE DATABASE {name}").as_str())
-                .await
-                .expect("create database");
+            conn.execute(format!("CREATE DATABASE {name}").as_str()).await.expect("create database");
             let base = match admin_url.rfind('/') {
                 Some(i) if admin_url[..i].ends_with(|c: char| c != '/') => &admin_url[..i],
                 _ => admin_url.as_str(),
             };
-            Some(ScratchDb {
-                url: format!("{base}/{name}"),
-                admin_url: Some(admin_url),
-                name,
-            })
+            Some(ScratchDb { url: format!("{base}/{name}"), admin_url: Some(admin_url), name })
         }
 
         /// Removes the database (or the SQLite file and its WAL).

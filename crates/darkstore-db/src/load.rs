@@ -94,10 +94,7 @@ impl Db {
     /// Reads the whole state back.
     pub async fn load(&self) -> Result<Snapshot, DbError> {
         let mut snap = Snapshot::default();
-        for r in sqlx::query("SELECT id, name, lat, lng FROM stores ORDER BY id")
-            .fetch_all(&self.pool)
-            .await?
-        {
+        for r in sqlx::query("SELECT id, name, lat, lng FROM stores ORDER BY id").fetch_all(&self.pool).await? {
             snap.stores.push(StoreRow {
                 id: r.try_get(0)?,
                 name: r.try_get(1)?,
@@ -117,15 +114,8 @@ impl Db {
                 low_stock_threshold: r.try_get(4)?,
             });
         }
-        for r in sqlx::query("SELECT id, name, store_id FROM riders ORDER BY id")
-            .fetch_all(&self.pool)
-            .await?
-        {
-            snap.riders.push(RiderRow {
-                id: r.try_get(0)?,
-                name: r.try_get(1)?,
-                store_id: r.try_get(2)?,
-            });
+        for r in sqlx::query("SELECT id, name, store_id FROM riders ORDER BY id").fetch_all(&self.pool).await? {
+            snap.riders.push(RiderRow { id: r.try_get(0)?, name: r.try_get(1)?, store_id: r.try_get(2)? });
         }
         for r in sqlx::query(
             "SELECT store_id, sku, lot_id, MAX(expires_at), CAST(SUM(d_on_hand) AS BIGINT), CAST(SUM(d_reserved) AS BIGINT) \
@@ -147,13 +137,10 @@ impl Db {
                 snap.lots.push(lot);
             }
         }
-        let mut lines: std::collections::HashMap<String, Vec<OrderLineRow>> =
-            std::collections::HashMap::new();
-        for r in sqlx::query(
-            "SELECT order_id, sku, qty, price_minor FROM order_lines ORDER BY order_id, line_no",
-        )
-        .fetch_all(&self.pool)
-        .await?
+        let mut lines: std::collections::HashMap<String, Vec<OrderLineRow>> = std::collections::HashMap::new();
+        for r in sqlx::query("SELECT order_id, sku, qty, price_minor FROM order_lines ORDER BY order_id, line_no")
+            .fetch_all(&self.pool)
+            .await?
         {
             let order_id: String = r.try_get(0)?;
             lines.entry(order_id).or_default().push(OrderLineRow {
@@ -209,19 +196,12 @@ impl Db {
     }
 
     /// The status history of an order, oldest first: (status, rider, ts).
-    pub async fn order_events(
-        &self,
-        order_id: &str,
-    ) -> Result<Vec<(String, Option<String>, i64)>, DbError> {
-        let rows = sqlx::query(
-            "SELECT status, rider_id, ts FROM order_events WHERE order_id = $1 ORDER BY id",
-        )
-        .bind(order_id)
-        .fetch_all(&self.pool)
-        .await?;
-        rows.into_iter()
-            .map(|r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?)))
-            .collect()
+    pub async fn order_events(&self, order_id: &str) -> Result<Vec<(String, Option<String>, i64)>, DbError> {
+        let rows = sqlx::query("SELECT status, rider_id, ts FROM order_events WHERE order_id = $1 ORDER BY id")
+            .bind(order_id)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.into_iter().map(|r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?))).collect()
     }
 
     /// Per (store, sku): on-hand and reserved summed over the whole ledger, for audits.
@@ -232,8 +212,6 @@ impl Db {
         )
         .fetch_all(&self.pool)
         .await?;
-        rows.into_iter()
-            .map(|r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?, r.try_get(3)?)))
-            .collect()
+        rows.into_iter().map(|r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?, r.try_get(3)?))).collect()
     }
 }

@@ -50,27 +50,9 @@ pub struct OrderStatusChange {
 /// Everything the server persists.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Write {
-    Store {
-        id: String,
-        name: String,
-        lat: f64,
-        lng: f64,
-        ts: i64,
-    },
-    Product {
-        sku: String,
-        name: String,
-        category: String,
-        price_minor: i64,
-        low_stock_threshold: i64,
-        ts: i64,
-    },
-    Rider {
-        id: String,
-        name: String,
-        store_id: Option<String>,
-        ts: i64,
-    },
+    Store { id: String, name: String, lat: f64, lng: f64, ts: i64 },
+    Product { sku: String, name: String, category: String, price_minor: i64, low_stock_threshold: i64, ts: i64 },
+    Rider { id: String, name: String, store_id: Option<String>, ts: i64 },
     Ledger(LedgerRow),
     Order(NewOrder),
     Status(OrderStatusChange),
@@ -88,11 +70,7 @@ struct MultiInsert {
 
 impl MultiInsert {
     fn new(head: &str) -> MultiInsert {
-        MultiInsert {
-            sql: format!("{head} VALUES "),
-            args: AnyArguments::default(),
-            n_params: 0,
-        }
+        MultiInsert { sql: format!("{head} VALUES "), args: AnyArguments::default(), n_params: 0 }
     }
 
     fn row(&mut self) -> RowBuilder<'_> {
@@ -100,10 +78,7 @@ impl MultiInsert {
             self.sql.push_str(", ");
         }
         self.sql.push('(');
-        RowBuilder {
-            insert: self,
-            first: true,
-        }
+        RowBuilder { insert: self, first: true }
     }
 
     async fn execute(mut self, tx: &mut sqlx::AnyConnection, tail: &str) -> Result<(), DbError> {
@@ -143,10 +118,7 @@ impl Db {
     /// Writes a batch in one transaction. Rows of each kind go in multi-row statements, in the
     /// order stores, products, riders, orders, order lines, ledger, events, status updates, so
     /// a batch may create an order and move it on.
-    pub async fn write_batch<'a>(
-        &self,
-        writes: impl IntoIterator<Item = &'a Write>,
-    ) -> Result<(), DbError> {
+    pub async fn write_batch<'a>(&self, writes: impl IntoIterator<Item = &'a Write>) -> Result<(), DbError> {
         let mut tx = self.pool.begin().await?;
         let conn: &mut sqlx::AnyConnection = &mut tx;
 
@@ -160,21 +132,15 @@ impl Db {
         let mut statuses: Vec<&OrderStatusChange> = Vec::new();
         for w in writes {
             match w {
-                Write::Store { id, .. } => replace_or_push(
-                    &mut stores,
-                    w,
-                    |o| matches!(o, Write::Store { id: i, .. } if i == id),
-                ),
-                Write::Product { sku, .. } => replace_or_push(
-                    &mut products,
-                    w,
-                    |o| matches!(o, Write::Product { sku: s, .. } if s == sku),
-                ),
-                Write::Rider { id, .. } => replace_or_push(
-                    &mut riders,
-                    w,
-                    |o| matches!(o, Write::Rider { id: i, .. } if i == id),
-                ),
+                Write::Store { id, .. } => {
+                    replace_or_push(&mut stores, w, |o| matches!(o, Write::Store { id: i, .. } if i == id))
+                }
+                Write::Product { sku, .. } => {
+                    replace_or_push(&mut products, w, |o| matches!(o, Write::Product { sku: s, .. } if s == sku))
+                }
+                Write::Rider { id, .. } => {
+                    replace_or_push(&mut riders, w, |o| matches!(o, Write::Rider { id: i, .. } if i == id))
+                }
                 Write::Ledger(row) => ledger.push(row),
                 Write::Order(order) => orders.push(order),
                 Write::Status(change) => statuses.push(change),
@@ -184,20 +150,8 @@ impl Db {
         for chunk in stores.chunks(ROWS_PER_STATEMENT) {
             let mut q = MultiInsert::new("INSERT INTO stores (id, name, lat, lng, updated_at)");
             for w in chunk {
-                if let Write::Store {
-                    id,
-                    name,
-                    lat,
-                    lng,
-                    ts,
-                } = w
-                {
-                    q.row()
-                        .bind(id.clone())
-                        .bind(name.clone())
-                        .bind(*lat)
-                        .bind(*lng)
-                        .bind(*ts);
+                if let Write::Store { id, name, lat, lng, ts } = w {
+                    q.row().bind(id.clone()).bind(name.clone()).bind(*lat).bind(*lng).bind(*ts);
                 }
             }
             q.execute(conn, " ON CONFLICT (id) DO UPDATE SET name = excluded.name, lat = excluded.lat, lng = excluded.lng, updated_at = excluded.updated_at").await?;
@@ -207,15 +161,7 @@ impl Db {
                 "INSERT INTO products (sku, name, category, price_minor, low_stock_threshold, updated_at)",
             );
             for w in chunk {
-                if let Write::Product {
-                    sku,
-                    name,
-                    category,
-                    price_minor,
-                    low_stock_threshold,
-                    ts,
-                } = w
-                {
+                if let Write::Product { sku, name, category, price_minor, low_stock_threshold, ts } = w {
                     q.row()
                         .bind(sku.clone())
                         .bind(name.clone())
@@ -230,18 +176,8 @@ impl Db {
         for chunk in riders.chunks(ROWS_PER_STATEMENT) {
             let mut q = MultiInsert::new("INSERT INTO riders (id, name, store_id, updated_at)");
             for w in chunk {
-                if let Write::Rider {
-                    id,
-                    name,
-                    store_id,
-                    ts,
-                } = w
-                {
-                    q.row()
-                        .bind(id.clone())
-                        .bind(name.clone())
-                        .bind(store_id.clone())
-                        .bind(*ts);
+                if let Write::Rider { id, name, store_id, ts } = w {
+                    q.row().bind(id.clone()).bind(name.clone()).bind(store_id.clone()).bind(*ts);
                 }
             }
             q.execute(conn, " ON CONFLICT (id) DO UPDATE SET name = excluded.name, store_id = excluded.store_id, updated_at = excluded.updated_at").await?;
@@ -265,35 +201,19 @@ impl Db {
                     .bind(o.created_at)
                     .bind(o.created_at)
                     .bind(o.hold_expires_at);
-                events
-                    .row()
-                    .bind(o.id.clone())
-                    .bind(o.status)
-                    .bind(o.created_at);
+                events.row().bind(o.id.clone()).bind(o.status).bind(o.created_at);
             }
             q.execute(conn, "").await?;
             events.execute(conn, "").await?;
         }
         let lines: Vec<(&str, i64, &(String, i64, i64))> = orders
             .iter()
-            .flat_map(|o| {
-                o.lines
-                    .iter()
-                    .enumerate()
-                    .map(move |(i, l)| (o.id.as_str(), i as i64, l))
-            })
+            .flat_map(|o| o.lines.iter().enumerate().map(move |(i, l)| (o.id.as_str(), i as i64, l)))
             .collect();
         for chunk in lines.chunks(ROWS_PER_STATEMENT) {
-            let mut q = MultiInsert::new(
-                "INSERT INTO order_lines (order_id, line_no, sku, qty, price_minor)",
-            );
+            let mut q = MultiInsert::new("INSERT INTO order_lines (order_id, line_no, sku, qty, price_minor)");
             for (order_id, line_no, (sku, qty, price)) in chunk {
-                q.row()
-                    .bind(order_id.to_string())
-                    .bind(*line_no)
-                    .bind(sku.clone())
-                    .bind(*qty)
-                    .bind(*price);
+                q.row().bind(order_id.to_string()).bind(*line_no).bind(sku.clone()).bind(*qty).bind(*price);
             }
             q.execute(conn, "").await?;
         }
@@ -316,29 +236,21 @@ impl Db {
             q.execute(conn, "").await?;
         }
         for chunk in statuses.chunks(ROWS_PER_STATEMENT) {
-            let mut events =
-                MultiInsert::new("INSERT INTO order_events (order_id, status, rider_id, ts)");
+            let mut events = MultiInsert::new("INSERT INTO order_events (order_id, status, rider_id, ts)");
             for s in chunk {
-                events
-                    .row()
-                    .bind(s.order_id.clone())
-                    .bind(s.status)
-                    .bind(s.rider_id.clone())
-                    .bind(s.ts);
+                events.row().bind(s.order_id.clone()).bind(s.status).bind(s.rider_id.clone()).bind(s.ts);
             }
             events.execute(conn, "").await?;
         }
         // Status updates run in order, one statement each: an order may move twice in one batch.
         for s in &statuses {
-            sqlx::query(
-                "UPDATE orders SET status = $1, rider_id = $2, updated_at = $3 WHERE id = $4",
-            )
-            .bind(s.status)
-            .bind(s.rider_id.clone())
-            .bind(s.ts)
-            .bind(s.order_id.clone())
-            .execute(&mut *conn)
-            .await?;
+            sqlx::query("UPDATE orders SET status = $1, rider_id = $2, updated_at = $3 WHERE id = $4")
+                .bind(s.status)
+                .bind(s.rider_id.clone())
+                .bind(s.ts)
+                .bind(s.order_id.clone())
+                .execute(&mut *conn)
+                .await?;
         }
         tx.commit().await?;
         Ok(())

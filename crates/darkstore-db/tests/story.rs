@@ -16,11 +16,7 @@ fn ledger(
         store_id: store.into(),
         sku: sku.into(),
         lot_id: lot,
-        expires_at: if lot == 2 {
-            Some(1_900_000_000_000)
-        } else {
-            None
-        },
+        expires_at: if lot == 2 { Some(1_900_000_000_000) } else { None },
         kind,
         d_on_hand,
         d_reserved,
@@ -52,32 +48,14 @@ async fn story(url: &str) {
     let db2 = Db::connect(url).await.expect("connect again");
     drop(db2);
 
-    assert_eq!(
-        db.setting_or_insert("jwt_secret", "first").await.unwrap(),
-        "first"
-    );
-    assert_eq!(
-        db.setting_or_insert("jwt_secret", "second").await.unwrap(),
-        "first"
-    );
+    assert_eq!(db.setting_or_insert("jwt_secret", "first").await.unwrap(), "first");
+    assert_eq!(db.setting_or_insert("jwt_secret", "second").await.unwrap(), "first");
 
     let (committer, task) = Committer::spawn(db.clone(), 256, 1024);
     committer
         .commit(vec![
-            Write::Store {
-                id: "s1".into(),
-                name: "Old".into(),
-                lat: 1.0,
-                lng: 2.0,
-                ts: 1,
-            },
-            Write::Store {
-                id: "s1".into(),
-                name: "Indiranagar".into(),
-                lat: 12.97,
-                lng: 77.64,
-                ts: 2,
-            },
+            Write::Store { id: "s1".into(), name: "Old".into(), lat: 1.0, lng: 2.0, ts: 1 },
+            Write::Store { id: "s1".into(), name: "Indiranagar".into(), lat: 12.97, lng: 77.64, ts: 2 },
             Write::Product {
                 sku: "milk".into(),
                 name: "Milk".into(),
@@ -94,12 +72,7 @@ async fn story(url: &str) {
                 low_stock_threshold: 0,
                 ts: 1,
             },
-            Write::Rider {
-                id: "r1".into(),
-                name: "Ravi".into(),
-                store_id: Some("s1".into()),
-                ts: 1,
-            },
+            Write::Rider { id: "r1".into(), name: "Ravi".into(), store_id: Some("s1".into()), ts: 1 },
             ledger("s1", "milk", 1, "restock", 10, 0, None),
             ledger("s1", "milk", 2, "restock", 5, 0, None),
             ledger("s1", "bread", 3, "restock", 4, 0, None),
@@ -135,12 +108,7 @@ async fn story(url: &str) {
     // o1 is cancelled; o0 is picked up: its reservation becomes a sale.
     committer
         .commit(vec![
-            Write::Status(OrderStatusChange {
-                order_id: "o1".into(),
-                status: "cancelled",
-                rider_id: None,
-                ts: 3_000,
-            }),
+            Write::Status(OrderStatusChange { order_id: "o1".into(), status: "cancelled", rider_id: None, ts: 3_000 }),
             Write::Status(OrderStatusChange {
                 order_id: "o0".into(),
                 status: "assigned",
@@ -171,33 +139,16 @@ async fn story(url: &str) {
     assert_eq!(o0.lines.len(), 2);
     assert_eq!(o0.lines[0].sku, "milk");
     assert_eq!(snap.max_lot_id, 3);
-    let lot = |id: i64| {
-        snap.lots
-            .iter()
-            .find(|l| l.lot_id == id)
-            .map(|l| (l.on_hand, l.reserved, l.expires_at))
-    };
+    let lot = |id: i64| snap.lots.iter().find(|l| l.lot_id == id).map(|l| (l.on_hand, l.reserved, l.expires_at));
     assert_eq!(lot(1), Some((9, 0, None)));
     assert_eq!(lot(2), Some((3, 0, Some(1_900_000_000_000))));
     assert_eq!(lot(3), Some((4, 1, None)));
     // o0 was picked up, so it holds nothing; no other order reserved anything.
     assert!(snap.holds.is_empty(), "{:?}", snap.holds);
-    let history: Vec<String> = db
-        .order_events("o0")
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|e| e.0)
-        .collect();
+    let history: Vec<String> = db.order_events("o0").await.unwrap().into_iter().map(|e| e.0).collect();
     assert_eq!(history, ["confirmed", "assigned", "picked_up"]);
     let totals = db.ledger_totals().await.unwrap();
-    assert_eq!(
-        totals,
-        vec![
-            ("s1".into(), "bread".into(), 4, 1),
-            ("s1".into(), "milk".into(), 12, 0)
-        ]
-    );
+    assert_eq!(totals, vec![("s1".into(), "bread".into(), 4, 1), ("s1".into(), "milk".into(), 12, 0)]);
 
     drop(committer);
     task.await.unwrap();

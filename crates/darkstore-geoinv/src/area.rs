@@ -88,9 +88,7 @@ pub fn cell_of(lat: f64, lng: f64) -> Result<CellIndex, InvalidPoint> {
     if !crate::travel::valid_coordinates(lat, lng) {
         return Err(InvalidPoint);
     }
-    LatLng::new(lat, lng)
-        .map(|p| p.to_cell(CELL_RESOLUTION))
-        .map_err(|_| InvalidPoint)
+    LatLng::new(lat, lng).map(|p| p.to_cell(CELL_RESOLUTION)).map_err(|_| InvalidPoint)
 }
 
 impl ServiceAreaMap {
@@ -135,22 +133,12 @@ impl ServiceAreaMap {
         let idx = match self.by_id.get(id) {
             Some(&idx) => {
                 self.uncover(idx);
-                self.stores[idx.0 as usize] = StoreSite {
-                    id: id.to_owned(),
-                    lat,
-                    lng,
-                    cell,
-                };
+                self.stores[idx.0 as usize] = StoreSite { id: id.to_owned(), lat, lng, cell };
                 idx
             }
             None => {
                 let idx = StoreIdx(self.stores.len() as u32);
-                self.stores.push(StoreSite {
-                    id: id.to_owned(),
-                    lat,
-                    lng,
-                    cell,
-                });
+                self.stores.push(StoreSite { id: id.to_owned(), lat, lng, cell });
                 self.covered.push(Vec::new());
                 self.by_id.insert(id.to_owned(), idx);
                 idx
@@ -200,11 +188,7 @@ impl ServiceAreaMap {
 
     /// The candidate stores for a cell (a superset of those that can serve points in it).
     pub fn candidates(&self, cell: CellIndex) -> &[StoreIdx] {
-        self.partitions
-            .get(&PartitionKey::of(cell))
-            .and_then(|p| p.cells.get(&cell))
-            .map(Vec::as_slice)
-            .unwrap_or(&[])
+        self.partitions.get(&PartitionKey::of(cell)).and_then(|p| p.cells.get(&cell)).map(Vec::as_slice).unwrap_or(&[])
     }
 
     /// The fastest store that reaches (lat, lng) within the promise, if any.
@@ -223,11 +207,7 @@ impl ServiceAreaMap {
                 Some(b) => eta < b.eta_minutes || (eta == b.eta_minutes && idx < b.store),
             };
             if better {
-                best = Some(Serving {
-                    store: idx,
-                    distance_m: d,
-                    eta_minutes: eta,
-                });
+                best = Some(Serving { store: idx, distance_m: d, eta_minutes: eta });
             }
         }
         Ok(best)
@@ -251,10 +231,8 @@ mod tests {
 
     fn two_store_map() -> ServiceAreaMap {
         let mut map = ServiceAreaMap::new(TravelModel::default());
-        map.upsert_store("indiranagar", INDIRANAGAR.0, INDIRANAGAR.1)
-            .unwrap();
-        map.upsert_store("koramangala", KORAMANGALA.0, KORAMANGALA.1)
-            .unwrap();
+        map.upsert_store("indiranagar", INDIRANAGAR.0, INDIRANAGAR.1).unwrap();
+        map.upsert_store("koramangala", KORAMANGALA.0, KORAMANGALA.1).unwrap();
         map
     }
 
@@ -265,33 +243,14 @@ mod tests {
         // (description, point, expected store id or None)
         let cases: Vec<(&str, (f64, f64), Option<&str>)> = vec![
             ("at the store", INDIRANAGAR, Some("indiranagar")),
-            (
-                "500 m north of Indiranagar",
-                offset(INDIRANAGAR, 500.0, 0.0),
-                Some("indiranagar"),
-            ),
-            (
-                "500 m south of Koramangala",
-                offset(KORAMANGALA, -500.0, 0.0),
-                Some("koramangala"),
-            ),
-            (
-                "just inside the reach",
-                offset(KORAMANGALA, 0.0, -(reach - 5.0)),
-                Some("koramangala"),
-            ),
-            (
-                "just outside the reach",
-                offset(KORAMANGALA, 0.0, -(reach + 5.0)),
-                None,
-            ),
+            ("500 m north of Indiranagar", offset(INDIRANAGAR, 500.0, 0.0), Some("indiranagar")),
+            ("500 m south of Koramangala", offset(KORAMANGALA, -500.0, 0.0), Some("koramangala")),
+            ("just inside the reach", offset(KORAMANGALA, 0.0, -(reach - 5.0)), Some("koramangala")),
+            ("just outside the reach", offset(KORAMANGALA, 0.0, -(reach + 5.0)), None),
             ("far away (Mumbai)", (19.0760, 72.8777), None),
         ];
         for (what, (lat, lng), expected) in cases {
-            let got = map
-                .best_store(lat, lng)
-                .unwrap()
-                .map(|s| map.store(s.store).id.clone());
+            let got = map.best_store(lat, lng).unwrap().map(|s| map.store(s.store).id.clone());
             assert_eq!(got.as_deref(), expected, "{what}");
         }
     }
@@ -300,25 +259,15 @@ mod tests {
     fn the_fastest_store_wins_where_areas_overlap() {
         let mut map = ServiceAreaMap::new(TravelModel::default());
         let east = offset(INDIRANAGAR, 0.0, 2000.0);
-        map.upsert_store("west", INDIRANAGAR.0, INDIRANAGAR.1)
-            .unwrap();
+        map.upsert_store("west", INDIRANAGAR.0, INDIRANAGAR.1).unwrap();
         map.upsert_store("east", east.0, east.1).unwrap();
         // (metres east of the west store, expected store): both reach every point between them.
-        for (east_m, expected) in [
-            (800.0, "west"),
-            (999.0, "west"),
-            (1001.0, "east"),
-            (1200.0, "east"),
-        ] {
+        for (east_m, expected) in [(800.0, "west"), (999.0, "west"), (1001.0, "east"), (1200.0, "east")] {
             let p = offset(INDIRANAGAR, 0.0, east_m);
             let serving = map.best_store(p.0, p.1).unwrap().unwrap();
             assert_eq!(map.store(serving.store).id, expected, "{east_m} m east");
             assert!(serving.eta_minutes <= map.model().promise_minutes);
-            assert_eq!(
-                map.candidates(cell_of(p.0, p.1).unwrap()).len(),
-                2,
-                "{east_m} m east"
-            );
+            assert_eq!(map.candidates(cell_of(p.0, p.1).unwrap()).len(), 2, "{east_m} m east");
         }
     }
 
@@ -341,10 +290,7 @@ mod tests {
         let near_old = offset(INDIRANAGAR, 300.0, 0.0);
         assert!(map.best_store(near_old.0, near_old.1).unwrap().is_some());
         map.upsert_store("indiranagar", 19.0760, 72.8777).unwrap();
-        let got = map
-            .best_store(near_old.0, near_old.1)
-            .unwrap()
-            .map(|s| map.store(s.store).id.clone());
+        let got = map.best_store(near_old.0, near_old.1).unwrap().map(|s| map.store(s.store).id.clone());
         assert_eq!(got, None);
         assert_eq!(map.n_stores(), 2);
     }

@@ -50,19 +50,13 @@ impl OrderStatus {
     pub fn holds_stock(self) -> bool {
         matches!(
             self,
-            OrderStatus::PendingPayment
-                | OrderStatus::Confirmed
-                | OrderStatus::Packed
-                | OrderStatus::Assigned
+            OrderStatus::PendingPayment | OrderStatus::Confirmed | OrderStatus::Packed | OrderStatus::Assigned
         )
     }
 
     /// True once nothing more can happen to the order.
     pub fn is_final(self) -> bool {
-        matches!(
-            self,
-            OrderStatus::Delivered | OrderStatus::Cancelled | OrderStatus::Expired
-        )
+        matches!(self, OrderStatus::Delivered | OrderStatus::Cancelled | OrderStatus::Expired)
     }
 
     /// Whether the lifecycle allows going from `self` to `next`.
@@ -112,11 +106,7 @@ mod tests {
         ];
         for from in OrderStatus::ALL {
             for to in OrderStatus::ALL {
-                assert_eq!(
-                    from.can_become(to),
-                    allowed.contains(&(from, to)),
-                    "{from:?} -> {to:?}"
-                );
+                assert_eq!(from.can_become(to), allowed.contains(&(from, to)), "{from:?} -> {to:?}");
             }
         }
     }

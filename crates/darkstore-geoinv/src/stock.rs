@@ -64,11 +64,7 @@ impl StockLine {
     }
 
     pub fn totals(&self, now: Millis) -> LineTotals {
-        let mut t = LineTotals {
-            on_hand: 0,
-            reserved: 0,
-            available: 0,
-        };
+        let mut t = LineTotals { on_hand: 0, reserved: 0, available: 0 };
         for lot in &self.lots {
             t.on_hand += lot.on_hand;
             t.reserved += lot.reserved;
@@ -80,20 +76,12 @@ impl StockLine {
     }
 
     pub fn available(&self, now: Millis) -> i64 {
-        self.lots
-            .iter()
-            .filter(|l| !l.is_expired(now))
-            .map(Lot::free)
-            .sum()
+        self.lots.iter().filter(|l| !l.is_expired(now)).map(Lot::free).sum()
     }
 
     /// The earliest expiry among lots that still have units, if any.
     pub fn next_expiry(&self) -> Option<Millis> {
-        self.lots
-            .iter()
-            .filter(|l| l.on_hand > 0)
-            .filter_map(|l| l.expires_at)
-            .min()
+        self.lots.iter().filter(|l| l.on_hand > 0).filter_map(|l| l.expires_at).min()
     }
 
     fn insert_lot(&mut self, lot: Lot) {
@@ -123,29 +111,17 @@ pub struct LotDelta {
 impl LotDelta {
     /// The delta that undoes this one.
     pub fn negated(&self) -> LotDelta {
-        LotDelta {
-            d_on_hand: -self.d_on_hand,
-            d_reserved: -self.d_reserved,
-            ..self.clone()
-        }
+        LotDelta { d_on_hand: -self.d_on_hand, d_reserved: -self.d_reserved, ..self.clone() }
     }
 
     /// For a reservation: the delta that releases it (an order cancelled or expired).
     pub fn release(&self) -> LotDelta {
-        LotDelta {
-            d_on_hand: 0,
-            d_reserved: -self.d_reserved,
-            ..self.clone()
-        }
+        LotDelta { d_on_hand: 0, d_reserved: -self.d_reserved, ..self.clone() }
     }
 
     /// For a reservation: the delta that turns it into a sale (the units leave with the rider).
     pub fn sale(&self) -> LotDelta {
-        LotDelta {
-            d_on_hand: -self.d_reserved,
-            d_reserved: -self.d_reserved,
-            ..self.clone()
-        }
+        LotDelta { d_on_hand: -self.d_reserved, d_reserved: -self.d_reserved, ..self.clone() }
     }
 }
 
@@ -221,36 +197,21 @@ impl StoreStock {
     }
 
     fn sku_key(&self, sku: &str) -> Arc<str> {
-        self.lines
-            .get_key_value(sku)
-            .map(|(k, _)| k.clone())
-            .unwrap_or_else(|| Arc::from(sku))
+        self.lines.get_key_value(sku).map(|(k, _)| k.clone()).unwrap_or_else(|| Arc::from(sku))
     }
 
     /// Reserves every line or none. Each line takes units from the first-expiring unexpired lots.
     /// Duplicate SKUs in `wants` are summed for the check.
-    pub fn reserve(
-        &mut self,
-        wants: &[Want<'_>],
-        now: Millis,
-    ) -> Result<Vec<LotDelta>, Vec<Shortfall>> {
+    pub fn reserve(&mut self, wants: &[Want<'_>], now: Millis) -> Result<Vec<LotDelta>, Vec<Shortfall>> {
         let mut shortfalls = Vec::new();
         for (i, want) in wants.iter().enumerate() {
             if wants[..i].iter().any(|w| w.sku == want.sku) {
                 continue;
             }
-            let requested: i64 = wants
-                .iter()
-                .filter(|w| w.sku == want.sku)
-                .map(|w| w.qty)
-                .sum();
+            let requested: i64 = wants.iter().filter(|w| w.sku == want.sku).map(|w| w.qty).sum();
             let available = self.lines.get(want.sku).map_or(0, |l| l.available(now));
             if requested > available {
-                shortfalls.push(Shortfall {
-                    sku: want.sku.to_owned(),
-                    requested,
-                    available,
-                });
+                shortfalls.push(Shortfall { sku: want.sku.to_owned(), requested, available });
             }
         }
         if !shortfalls.is_empty() {
@@ -299,36 +260,19 @@ impl StoreStock {
         let key = self.sku_key(sku);
         if delta > 0 {
             let line = self.line_entry(sku);
-            line.insert_lot(Lot {
-                id: new_lot,
-                expires_at,
-                on_hand: delta,
-                reserved: 0,
-            });
-            return Ok(vec![LotDelta {
-                sku: key,
-                lot: new_lot,
-                expires_at,
-                d_on_hand: delta,
-                d_reserved: 0,
-            }]);
+            line.insert_lot(Lot { id: new_lot, expires_at, on_hand: delta, reserved: 0 });
+            return Ok(vec![LotDelta { sku: key, lot: new_lot, expires_at, d_on_hand: delta, d_reserved: 0 }]);
         }
         let line = match self.lines.get_mut(sku) {
             Some(line) => line,
             None => {
-                return Err(AdjustError::BelowReserved {
-                    on_hand: 0,
-                    reserved: 0,
-                });
+                return Err(AdjustError::BelowReserved { on_hand: 0, reserved: 0 });
             }
         };
         let totals = line.totals(now);
         let free: i64 = totals.on_hand - totals.reserved;
         if -delta > free {
-            return Err(AdjustError::BelowReserved {
-                on_hand: totals.on_hand,
-                reserved: totals.reserved,
-            });
+            return Err(AdjustError::BelowReserved { on_hand: totals.on_hand, reserved: totals.reserved });
         }
         let mut left = -delta;
         let mut deltas = Vec::new();
@@ -361,11 +305,7 @@ impl StoreStock {
     pub fn expire(&mut self, now: Millis) -> Vec<LotDelta> {
         let mut deltas = Vec::new();
         for (sku, line) in self.lines.iter_mut() {
-            for lot in line
-                .lots
-                .iter_mut()
-                .filter(|l| l.is_expired(now) && l.free() > 0)
-            {
+            for lot in line.lots.iter_mut().filter(|l| l.is_expired(now) && l.free() > 0) {
                 deltas.push(LotDelta {
                     sku: sku.clone(),
                     lot: lot.id,
@@ -400,23 +340,11 @@ impl StoreStock {
     }
 
     /// Rebuilds a lot from ledger sums (start-up). Empty lots are skipped.
-    pub fn restore_lot(
-        &mut self,
-        sku: &str,
-        lot: LotId,
-        expires_at: Option<Millis>,
-        on_hand: i64,
-        reserved: i64,
-    ) {
+    pub fn restore_lot(&mut self, sku: &str, lot: LotId, expires_at: Option<Millis>, on_hand: i64, reserved: i64) {
         if on_hand == 0 && reserved == 0 {
             return;
         }
-        self.line_entry(sku).insert_lot(Lot {
-            id: lot,
-            expires_at,
-            on_hand,
-            reserved,
-        });
+        self.line_entry(sku).insert_lot(Lot { id: lot, expires_at, on_hand, reserved });
     }
 }
 
@@ -431,8 +359,7 @@ mod tests {
     fn store(rows: &[(&str, i64, Option<i64>, i64)]) -> StoreStock {
         let mut s = StoreStock::new();
         for &(sku, lot, exp, qty) in rows {
-            s.adjust(sku, qty, LotId(lot), exp.map(|h| T0 + h * HOUR), T0)
-                .unwrap();
+            s.adjust(sku, qty, LotId(lot), exp.map(|h| T0 + h * HOUR), T0).unwrap();
         }
         s
     }
@@ -465,34 +392,12 @@ mod tests {
     #[test]
     fn shortfall_reports_each_short_line() {
         let mut s = store(&[("milk", 1, None, 2)]);
-        let err = s
-            .reserve(
-                &[
-                    Want {
-                        sku: "milk",
-                        qty: 3,
-                    },
-                    Want {
-                        sku: "eggs",
-                        qty: 1,
-                    },
-                ],
-                T0,
-            )
-            .unwrap_err();
+        let err = s.reserve(&[Want { sku: "milk", qty: 3 }, Want { sku: "eggs", qty: 1 }], T0).unwrap_err();
         assert_eq!(
             err,
             vec![
-                Shortfall {
-                    sku: "milk".into(),
-                    requested: 3,
-                    available: 2
-                },
-                Shortfall {
-                    sku: "eggs".into(),
-                    requested: 1,
-                    available: 0
-                },
+                Shortfall { sku: "milk".into(), requested: 3, available: 2 },
+                Shortfall { sku: "eggs".into(), requested: 1, available: 0 },
             ]
         );
     }
@@ -500,20 +405,8 @@ mod tests {
     #[test]
     fn allocation_takes_first_expiring_lot_first() {
         // Lot 1 expires in 48 h, lot 2 in 24 h, lot 3 never: 2 then 1 then 3.
-        let mut s = store(&[
-            ("milk", 1, Some(48), 2),
-            ("milk", 2, Some(24), 2),
-            ("milk", 3, None, 2),
-        ]);
-        let deltas = s
-            .reserve(
-                &[Want {
-                    sku: "milk",
-                    qty: 5,
-                }],
-                T0,
-            )
-            .unwrap();
+        let mut s = store(&[("milk", 1, Some(48), 2), ("milk", 2, Some(24), 2), ("milk", 3, None, 2)]);
+        let deltas = s.reserve(&[Want { sku: "milk", qty: 5 }], T0).unwrap();
         let got: Vec<(i64, i64)> = deltas.iter().map(|d| (d.lot.0, d.d_reserved)).collect();
         assert_eq!(got, vec![(2, 2), (1, 2), (3, 1)]);
     }
@@ -522,41 +415,18 @@ mod tests {
     fn expired_units_are_never_sold() {
         let s0 = store(&[("milk", 1, Some(1), 3), ("milk", 2, Some(10), 2)]);
         // (now, available, can reserve 3)
-        let cases = [
-            (T0, 5, true),
-            (T0 + HOUR - 1, 5, true),
-            (T0 + HOUR, 2, false),
-            (T0 + 10 * HOUR, 0, false),
-        ];
+        let cases = [(T0, 5, true), (T0 + HOUR - 1, 5, true), (T0 + HOUR, 2, false), (T0 + 10 * HOUR, 0, false)];
         for (now, available, can) in cases {
             let mut s = s0.clone();
             assert_eq!(avail(&s, "milk", now), available, "now={now}");
-            assert_eq!(
-                s.reserve(
-                    &[Want {
-                        sku: "milk",
-                        qty: 3
-                    }],
-                    now
-                )
-                .is_ok(),
-                can,
-                "now={now}"
-            );
+            assert_eq!(s.reserve(&[Want { sku: "milk", qty: 3 }], now).is_ok(), can, "now={now}");
         }
     }
 
     #[test]
     fn expire_writes_off_free_units_only() {
         let mut s = store(&[("milk", 1, Some(1), 3)]);
-        s.reserve(
-            &[Want {
-                sku: "milk",
-                qty: 1,
-            }],
-            T0,
-        )
-        .unwrap();
+        s.reserve(&[Want { sku: "milk", qty: 1 }], T0).unwrap();
         let deltas = s.expire(T0 + HOUR);
         assert_eq!(deltas.len(), 1);
         assert_eq!(deltas[0].d_on_hand, -2);
@@ -569,15 +439,7 @@ mod tests {
     #[test]
     fn release_and_sell() {
         let mut s = store(&[("milk", 1, None, 5)]);
-        let held = s
-            .reserve(
-                &[Want {
-                    sku: "milk",
-                    qty: 2,
-                }],
-                T0,
-            )
-            .unwrap();
+        let held = s.reserve(&[Want { sku: "milk", qty: 2 }], T0).unwrap();
         let mut released = s.clone();
         held.iter().for_each(|h| released.apply(&h.release()));
         let t = released.line("milk").unwrap().totals(T0);
@@ -592,30 +454,13 @@ mod tests {
     #[test]
     fn adjust_table() {
         // (delta, expected result ok, on_hand after) with 5 on hand and 3 reserved.
-        let cases = [
-            (2, true, 7),
-            (-2, true, 3),
-            (-3, false, 5),
-            (0, false, 5),
-            (-100, false, 5),
-        ];
+        let cases = [(2, true, 7), (-2, true, 3), (-3, false, 5), (0, false, 5), (-100, false, 5)];
         for (delta, ok, on_hand) in cases {
             let mut s = store(&[("milk", 1, None, 5)]);
-            s.reserve(
-                &[Want {
-                    sku: "milk",
-                    qty: 3,
-                }],
-                T0,
-            )
-            .unwrap();
+            s.reserve(&[Want { sku: "milk", qty: 3 }], T0).unwrap();
             let r = s.adjust("milk", delta, LotId(9), None, T0);
             assert_eq!(r.is_ok(), ok, "delta {delta}");
-            assert_eq!(
-                s.line("milk").unwrap().totals(T0).on_hand,
-                on_hand,
-                "delta {delta}"
-            );
+            assert_eq!(s.line("milk").unwrap().totals(T0).on_hand, on_hand, "delta {delta}");
         }
     }
 
@@ -623,24 +468,13 @@ mod tests {
     fn negated_deltas_undo_a_change() {
         let before = store(&[("milk", 1, Some(5), 4), ("milk", 2, None, 3)]);
         let mut s = before.clone();
-        let held = s
-            .reserve(
-                &[Want {
-                    sku: "milk",
-                    qty: 5,
-                }],
-                T0,
-            )
-            .unwrap();
+        let held = s.reserve(&[Want { sku: "milk", qty: 5 }], T0).unwrap();
         let mut writeoff = s.adjust("milk", -2, LotId(0), None, T0).unwrap();
         writeoff.extend(held);
         for d in writeoff.iter().rev() {
             s.apply(&d.negated());
         }
-        assert_eq!(
-            s.line("milk").unwrap().lots(),
-            before.line("milk").unwrap().lots()
-        );
+        assert_eq!(s.line("milk").unwrap().lots(), before.line("milk").unwrap().lots());
     }
 
     #[test]
@@ -652,11 +486,7 @@ mod tests {
 
     #[test]
     fn ledger_sums_rebuild_the_same_stock() {
-        let mut s = store(&[
-            ("milk", 1, Some(5), 4),
-            ("milk", 2, None, 3),
-            ("bread", 3, None, 1),
-        ]);
+        let mut s = store(&[("milk", 1, Some(5), 4), ("milk", 2, None, 3), ("bread", 3, None, 1)]);
         let mut ledger: Vec<LotDelta> = Vec::new();
         for (sku, line) in s.lines() {
             for lot in line.lots() {
@@ -669,15 +499,7 @@ mod tests {
                 });
             }
         }
-        let held = s
-            .reserve(
-                &[Want {
-                    sku: "milk",
-                    qty: 5,
-                }],
-                T0,
-            )
-            .unwrap();
+        let held = s.reserve(&[Want { sku: "milk", qty: 5 }], T0).unwrap();
         ledger.extend(held.iter().cloned());
         let sale = held[0].sale();
         s.apply(&sale);
@@ -685,9 +507,7 @@ mod tests {
         ledger.extend(s.adjust("bread", -1, LotId(0), None, T0).unwrap());
         let mut sums: BTreeMap<(Arc<str>, LotId), (Option<Millis>, i64, i64)> = BTreeMap::new();
         for d in &ledger {
-            let e = sums
-                .entry((d.sku.clone(), d.lot))
-                .or_insert((d.expires_at, 0, 0));
+            let e = sums.entry((d.sku.clone(), d.lot)).or_insert((d.expires_at, 0, 0));
             e.1 += d.d_on_hand;
             e.2 += d.d_reserved;
         }
@@ -696,10 +516,7 @@ mod tests {
             rebuilt.restore_lot(&sku, lot, exp, on_hand, reserved);
         }
         for (sku, line) in s.lines() {
-            let rebuilt_lots = rebuilt
-                .line(sku)
-                .map(|l| l.lots().to_vec())
-                .unwrap_or_default();
+            let rebuilt_lots = rebuilt.line(sku).map(|l| l.lots().to_vec()).unwrap_or_default();
             assert_eq!(rebuilt_lots, line.lots().to_vec(), "{sku}");
         }
         assert!(rebuilt.line("bread").is_none());
@@ -707,18 +524,10 @@ mod tests {
 
     #[test]
     fn available_after_pages_in_sku_order() {
-        let s = store(&[
-            ("c", 1, None, 1),
-            ("a", 2, None, 1),
-            ("b", 3, None, 1),
-            ("d", 4, Some(-1), 1),
-        ]);
+        let s = store(&[("c", 1, None, 1), ("a", 2, None, 1), ("b", 3, None, 1), ("d", 4, Some(-1), 1)]);
         let all: Vec<&str> = s.available_after(None, T0).map(|(k, _)| &**k).collect();
         assert_eq!(all, ["a", "b", "c"]);
-        let after_a: Vec<&str> = s
-            .available_after(Some("a"), T0)
-            .map(|(k, _)| &**k)
-            .collect();
+        let after_a: Vec<&str> = s.available_after(Some("a"), T0).map(|(k, _)| &**k).collect();
         assert_eq!(after_a, ["b", "c"]);
     }
 }

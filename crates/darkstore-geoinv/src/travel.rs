@@ -22,12 +22,7 @@ pub struct TravelModel {
 
 impl Default for TravelModel {
     fn default() -> Self {
-        TravelModel {
-            rider_speed_mps: 5.0,
-            detour_factor: 1.4,
-            picking_minutes: 2.0,
-            promise_minutes: 10.0,
-        }
+        TravelModel { rider_speed_mps: 5.0, detour_factor: 1.4, picking_minutes: 2.0, promise_minutes: 10.0 }
     }
 }
 
@@ -69,10 +64,7 @@ pub fn distance_m(lat1: f64, lng1: f64, lat2: f64, lng2: f64) -> f64 {
 
 /// True when (lat, lng) are finite WGS84 degrees in range.
 pub fn valid_coordinates(lat: f64, lng: f64) -> bool {
-    lat.is_finite()
-        && lng.is_finite()
-        && (-90.0..=90.0).contains(&lat)
-        && (-180.0..=180.0).contains(&lng)
+    lat.is_finite() && lng.is_finite() && (-90.0..=90.0).contains(&lat) && (-180.0..=180.0).contains(&lng)
 }
 
 #[cfg(test)]
@@ -91,10 +83,7 @@ mod tests {
 
     #[test]
     fn picking_longer_than_promise_reaches_nothing() {
-        let model = TravelModel {
-            picking_minutes: 12.0,
-            ..TravelModel::default()
-        };
+        let model = TravelModel { picking_minutes: 12.0, ..TravelModel::default() };
         assert_eq!(model.reach_m(), 0.0);
     }
 
