@@ -1,1 +1,146 @@
-fn main() {}
+//! In-process availability lookups: 200 stores × 5,000 SKUs in one city.
+//!
+//! `cargo bench --bench availability` measures `State::availability` (the code behind
+//! `GET /v1/availability`: point → H3 cell → candidate stores → fastest store → a page of in-stock
+//! SKUs with catalog data) and, in the same run, a baseline that finds the store by scanning every
+//! store's distance instead of the H3 service-area map.
+
+use std::hint::black_box;
+use std::sync::Arc;
+use std::time::Instant;
+
+use darkstore::state::{State, StateConfig};
+use darkstore_db::scratch::ScratchDb;
+use darkstore_db::{Committer, Db, LotSum, ProductRow, Snapshot, StoreRow};
+use darkstore_geoinv::travel::{TravelModel, distance_m};
+use hdrhistogram::Histogram;
+
+const N_STORES: usize = 200;
+const N_SKUS: usize = 5_000;
+const N_LOOKUPS: usize = 200_000;
+
+/// A tiny deterministic generator (xorshift), so runs are comparable.
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn unit(&mut self) -> f64 {
+        (self.next() >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
+fn snapshot(rng: &mut Rng) -> (Snapshot, Vec<(f64, f64)>) {
+    // A 40 km × 40 km city centred on Bengaluru.
+    let (lat0, lng0) = (12.97, 77.59);
+    let mut snap = Snapshot::default();
+    let mut sites = Vec::new();
+    for i in 0..N_STORES {
+        let lat = lat0 + (rng.unit() - 0.5) * 0.36;
+        let lng = lng0 + (rng.unit() - 0.5) * 0.37;
+        sites.push((lat, lng));
+        snap.stores.push(StoreRow { id: format!("store-{i:03}"), name: format!("Store {i}"), lat, lng });
+    }
+    for s in 0..N_SKUS {
+        snap.products.push(ProductRow {
+            sku: format!("sku-{s:05}"),
+            name: format!("Product {s}"),
+            category: ["dairy", "snacks", "staples", "fruit_veg", "household"][s % 5].into(),
+            price_minor: 1000 + s as i64,
+            low_stock_threshold: 5,
+        });
+    }
+    let mut lot = 0;
+    for i in 0..N_STORES {
+        for s in 0..N_SKUS {
+            lot += 1;
+            // About one line in ten is out of stock.
+            let on_hand = if rng.next() % 10 == 0 { 0 } else { 1 + (rng.next() % 50) as i64 };
+            if on_hand > 0 {
+                snap.lots.push(LotSum {
+                    store_id: format!("store-{i:03}"),
+                    sku: format!("sku-{s:05}"),
+                    lot_id: lot,
+                    expires_at: None,
+                    on_hand,
+                    reserved: 0,
+                });
+            }
+        }
+    }
+    snap.max_lot_id = lot;
+    (snap, sites)
+}
+
+fn report(name: &str, h: &Histogram<u64>) {
+    println!(
+        "{name:<44} p50 {:>6.2} µs  p99 {:>6.2} µs  p99.9 {:>6.2} µs  max {:>7.1} µs  ({} lookups)",
+        h.value_at_quantile(0.5) as f64 / 1000.0,
+        h.value_at_quantile(0.99) as f64 / 1000.0,
+        h.value_at_quantile(0.999) as f64 / 1000.0,
+        h.max() as f64 / 1000.0,
+        h.len()
+    );
+}
+
+fn main() {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let mut rng = Rng(0x9e3779b97f4a7c15);
+    let (snap, sites) = snapshot(&mut rng);
+    let scratch = ScratchDb::sqlite("ds_bench_avail");
+    let state = runtime.block_on(async {
+        let db = Db::connect(&scratch.url).await.unwrap();
+        let (committer, _task) = Committer::spawn(db.clone(), 16, 16);
+        let config = StateConfig { travel: TravelModel::default(), payment_hold_ms: None };
+        Arc::new(State::from_snapshot(config, db, committer, snap))
+    });
+    // Customer points: within 1.5 km of a random store.
+    let points: Vec<(f64, f64)> = (0..N_LOOKUPS)
+        .map(|_| {
+            let (lat, lng) = sites[(rng.next() % N_STORES as u64) as usize];
+            (lat + (rng.unit() - 0.5) * 0.02, lng + (rng.unit() - 0.5) * 0.02)
+        })
+        .collect();
+    let now = darkstore::state::now_ms();
+    println!("availability: {N_STORES} stores × {N_SKUS} SKUs, {N_LOOKUPS} lookups per case, one thread");
+
+    for (name, limit) in [("State::availability, limit 200 (default)", 200), ("State::availability, limit 20", 20)] {
+        let mut h = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3).unwrap();
+        let mut served = 0usize;
+        for &(lat, lng) in &points {
+            let t = Instant::now();
+            let page = state.availability(lat, lng, None, None, limit, now).unwrap();
+            let elapsed = t.elapsed().as_nanos() as u64;
+            served += page.items.len();
+            black_box(page);
+            h.record(elapsed.max(1)).unwrap();
+        }
+        report(name, &h);
+        println!("{:<44} {:.1} items per page on average", "", served as f64 / N_LOOKUPS as f64);
+    }
+
+    // Baseline: the same page, but the store found by scanning all stores.
+    let model = TravelModel::default();
+    let mut h = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3).unwrap();
+    for &(lat, lng) in &points {
+        let t = Instant::now();
+        let mut best: Option<(usize, f64)> = None;
+        for (i, &(slat, slng)) in sites.iter().enumerate() {
+            let eta = model.eta_minutes(distance_m(slat, slng, lat, lng));
+            if eta <= model.promise_minutes && best.is_none_or(|(_, b)| eta < b) {
+                best = Some((i, eta));
+            }
+        }
+        // Then the same page query on the chosen store's point (exactly at the store).
+        if let Some((i, _)) = best {
+            let (slat, slng) = sites[i];
+            black_box(state.availability(slat, slng, None, None, 200, now).unwrap());
+        }
+        h.record((t.elapsed().as_nanos() as u64).max(1)).unwrap();
+    }
+    report("baseline: linear scan of stores, limit 200", &h);
+    runtime.block_on(scratch.drop_database());
+}
