@@ -58,7 +58,7 @@ fn snapshot(rng: &mut Rng) -> (Snapshot, Vec<(f64, f64)>) {
         for s in 0..N_SKUS {
             lot += 1;
             // About one line in ten is out of stock.
-            let on_hand = if rng.next() % 10 == 0 { 0 } else { 1 + (rng.next() % 50) as i64 };
+            let on_hand = if rng.next().is_multiple_of(10) { 0 } else { 1 + (rng.next() % 50) as i64 };
             if on_hand > 0 {
                 snap.lots.push(LotSum {
                     store_id: format!("store-{i:03}"),
