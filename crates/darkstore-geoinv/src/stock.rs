@@ -371,7 +371,8 @@ mod tests {
     #[test]
     fn reservation_is_all_or_nothing() {
         // (wants, expect ok, milk available after, bread available after)
-        let cases: Vec<(Vec<(&str, i64)>, bool, i64, i64)> = vec![
+        type Case = (Vec<(&'static str, i64)>, bool, i64, i64);
+        let cases: Vec<Case> = vec![
             (vec![("milk", 2), ("bread", 1)], true, 3, 1),
             (vec![("milk", 5), ("bread", 2)], true, 0, 0),
             (vec![("milk", 6), ("bread", 1)], false, 5, 2),
@@ -505,7 +506,8 @@ mod tests {
         s.apply(&sale);
         ledger.push(sale);
         ledger.extend(s.adjust("bread", -1, LotId(0), None, T0).unwrap());
-        let mut sums: BTreeMap<(Arc<str>, LotId), (Option<Millis>, i64, i64)> = BTreeMap::new();
+        type Sums = BTreeMap<(Arc<str>, LotId), (Option<Millis>, i64, i64)>;
+        let mut sums = Sums::new();
         for d in &ledger {
             let e = sums.entry((d.sku.clone(), d.lot)).or_insert((d.expires_at, 0, 0));
             e.1 += d.d_on_hand;
