@@ -82,7 +82,7 @@ const FAMILIES: [Family; 8] = [
             ("Rusk", 6000),
             ("Muffin Chocolate", 8000),
         ],
-        &[("single", 100), ("pack of 2", 190)],
+        &[("single", 100), ("pack of 2", 190), ("pack of 4", 360)],
     ),
     (
         "staples",
