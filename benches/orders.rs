@@ -132,6 +132,15 @@ async fn run_server(db_url: &str, clients: u64, secs: u64) -> Outcome {
     let line = &stock["lines"][0];
     assert_eq!(line["reserved"].as_u64(), Some(out.ok), "every 201 reserved exactly one unit: {line}");
     assert!(line["available"].as_i64().unwrap() >= 0);
+    let metrics = client.get(format!("{base}/metrics")).send().await.unwrap().text().await.unwrap();
+    let read = |name: &str| -> f64 {
+        metrics.lines().find_map(|l| l.strip_prefix(name).and_then(|v| v.trim().parse().ok())).unwrap_or(0.0)
+    };
+    let (jobs, transactions) = (read("darkstore_db_commit_jobs_total "), read("darkstore_db_transactions_total "));
+    println!(
+        "  group commit: {jobs} jobs in {transactions} transactions, {:.1} jobs per transaction",
+        jobs / transactions.max(1.0)
+    );
     let _ = child.kill();
     let _ = child.wait();
     out
