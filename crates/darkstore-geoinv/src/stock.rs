@@ -44,20 +44,9 @@ impl Lot {
 }
 
 /// One SKU's lots in one store, kept in first-expiry-first-out order.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct StockLine {
     lots: Vec<Lot>,
-    /// Free units over all lots, expired or not. Kept by `settle` after every change.
-    free: i64,
-    /// The earliest expiry among lots with free units (`Millis::MAX` when none). Before it,
-    /// what is available is `free`, read without touching the lots: the availability hot path.
-    free_until: Millis,
-}
-
-impl Default for StockLine {
-    fn default() -> Self {
-        StockLine { lots: Vec::new(), free: 0, free_until: Millis::MAX }
-    }
 }
 
 /// The totals of a line, as the API reports them.
@@ -87,13 +76,7 @@ impl StockLine {
     }
 
     pub fn available(&self, now: Millis) -> i64 {
-        let slow = || self.lots.iter().filter(|l| !l.is_expired(now)).map(Lot::free).sum();
-        if now < self.free_until {
-            debug_assert_eq!(self.free, slow());
-            self.free
-        } else {
-            slow()
-        }
+        self.lots.iter().filter(|l| !l.is_expired(now)).map(Lot::free).sum()
     }
 
     /// The earliest expiry among lots that still have units, if any.
@@ -104,19 +87,14 @@ impl StockLine {
     fn insert_lot(&mut self, lot: Lot) {
         let at = self.lots.partition_point(|l| l.fefo_key() < lot.fefo_key());
         self.lots.insert(at, lot);
-        self.settle();
     }
 
     fn lot_mut(&mut self, id: LotId) -> Option<&mut Lot> {
         self.lots.iter_mut().find(|l| l.id == id)
     }
 
-    /// Drops empty lots and recomputes the cached totals; every change ends here.
-    fn settle(&mut self) {
+    fn drop_empty_lots(&mut self) {
         self.lots.retain(|l| l.on_hand != 0 || l.reserved != 0);
-        self.free = self.lots.iter().map(Lot::free).sum();
-        self.free_until =
-            self.lots.iter().filter(|l| l.free() > 0).filter_map(|l| l.expires_at).min().unwrap_or(Millis::MAX);
     }
 }
 
@@ -262,7 +240,6 @@ impl StoreStock {
                 }
             }
             debug_assert_eq!(left, 0);
-            line.settle();
         }
         Ok(deltas)
     }
@@ -320,7 +297,7 @@ impl StoreStock {
                 });
             }
         }
-        line.settle();
+        line.drop_empty_lots();
         Ok(deltas)
     }
 
@@ -338,7 +315,7 @@ impl StoreStock {
                 });
                 lot.on_hand = lot.reserved;
             }
-            line.settle();
+            line.drop_empty_lots();
         }
         deltas
     }
@@ -359,7 +336,7 @@ impl StoreStock {
                 reserved: d.d_reserved,
             }),
         }
-        line.settle();
+        line.drop_empty_lots();
     }
 
     /// Rebuilds a lot from ledger sums (start-up). Empty lots are skipped.
