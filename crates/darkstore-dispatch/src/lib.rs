@@ -1,0 +1,425 @@
+//! The dispatch optimizer of darkstore: which rider takes which orders, and when.
+//!
+//! Pure: no IO, no clock, no async. Time is the `now` argument (milliseconds), so the real-time
+//! server and the simulated-time MDRP replay run this same code.
+//!
+//! Every tick ([`plan_tick`]) sees the open orders (placed, not yet assigned) and the riders that
+//! are idle or will be free soon, and:
+//! 1. **bundles** orders of the same store: greedy insertion in ready-time order, into a bundle of
+//!    at most `max_bundle` orders, when the bundle still meets every order's deadline and either
+//!    riders are scarce near the store (more orders than riders that can be there in time) or the
+//!    bundle saves rider time (the insertion costs less than `bundle_saving` of a separate trip);
+//! 2. finds **candidate riders** per bundle from an R-tree of rider positions (`candidates`
+//!    nearest to the store that can make the pickup before their shift ends);
+//! 3. solves a **min-cost assignment** of bundles to riders on that candidate graph
+//!    ([`assign::solve`], optimal for the graph), where a route's cost is the click-to-door time
+//!    of its orders, plus `late_weight` × lateness past the deadline, plus `rider_time_weight` ×
+//!    the rider's time on the route;
+//! 4. **holds back** an assignment when waiting can still improve it: the rider is not free yet,
+//!    or its orders are not ready and the rider could still leave a tick later and be at the
+//!    store when they are. It never holds past that point, so holding back never breaks a
+//!    promise the plan would have kept, and a ready order with a free rider leaves at once.
+//!
+//! [`greedy_tick`] is the baseline: first come, first served, each order alone to the rider who
+//! can pick it up earliest, committed at once.
+
+pub mod assign;
+
+use rstar::{AABB, PointDistance, RTree, RTreeObject};
+
+/// Milliseconds (of the unix epoch in the server, of the instance day in the replay).
+pub type Millis = i64;
+
+/// A point: planar metres (x, y) in the replay; (lng, lat) degrees in the server.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Pt {
+    pub x: f64,
+    pub y: f64,
+}
+
+impl Pt {
+    pub fn new(x: f64, y: f64) -> Pt {
+        Pt { x, y }
+    }
+}
+
+/// Travel time between two points.
+pub trait Travel {
+    fn ms(&self, from: Pt, to: Pt) -> Millis;
+}
+
+/// The MDRP rule: `ceil(euclidean metres / metres_per_minute)` whole minutes.
+#[derive(Debug, Clone, Copy)]
+pub struct PlanarTravel {
+    pub metres_per_minute: f64,
+}
+
+impl Travel for PlanarTravel {
+    fn ms(&self, a: Pt, b: Pt) -> Millis {
+        let d = ((a.x - b.x).powi(2) + (a.y - b.y).powi(2)).sqrt();
+        (d / self.metres_per_minute).ceil() as Millis * 60_000
+    }
+}
+
+/// The server's rule: great-circle distance × detour at a rider speed; points are (lng, lat).
+#[derive(Debug, Clone, Copy)]
+pub struct GeoTravel {
+    pub speed_mps: f64,
+    pub detour: f64,
+}
+
+impl Travel for GeoTravel {
+    fn ms(&self, a: Pt, b: Pt) -> Millis {
+        use geo::{Distance, Haversine, Point};
+        let d = Haversine.distance(Point::new(a.x, a.y), Point::new(b.x, b.y));
+        (d * self.detour / self.speed_mps * 1000.0).ceil() as Millis
+    }
+}
+
+/// An order waiting for a rider.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OrderIn {
+    /// The caller's key, returned in plans.
+    pub key: usize,
+    /// Orders of one store may be bundled.
+    pub store: u32,
+    pub pickup: Pt,
+    pub drop: Pt,
+    pub placed_at: Millis,
+    /// When it is (or is expected to be) packed and ready to leave.
+    pub ready_at: Millis,
+    /// The promise: delivered by then.
+    pub deadline: Millis,
+}
+
+/// A rider who is free, or will be.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RiderIn {
+    pub key: usize,
+    /// Where the rider is (or will be when free).
+    pub pos: Pt,
+    /// When the rider is free (≤ now when idle).
+    pub free_at: Millis,
+    /// No pickups after this time (end of shift); `Millis::MAX` when none.
+    pub off_at: Millis,
+}
+
+/// The knobs of the optimizer (documented in ARCHITECTURE.md).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Params {
+    pub pickup_service_ms: Millis,
+    pub dropoff_service_ms: Millis,
+    /// Most orders in a bundle (1 turns bundling off).
+    pub max_bundle: usize,
+    /// A bundle also forms when adding an order costs less than this share of a separate trip.
+    pub bundle_saving: f64,
+    /// Candidate riders per bundle.
+    pub candidates: usize,
+    /// The period between ticks: how long holding back delays a decision.
+    pub tick_ms: Millis,
+    /// Weight of lateness past the deadline, on top of click-to-door.
+    pub late_weight: f64,
+    /// Weight of the rider's time on the route.
+    pub rider_time_weight: f64,
+    /// Hold back commitments while waiting can still improve them.
+    pub hold_back: bool,
+}
+
+impl Default for Params {
+    fn default() -> Self {
+        Params {
+            pickup_service_ms: 60_000,
+            dropoff_service_ms: 60_000,
+            max_bundle: 3,
+            bundle_saving: 0.6,
+            candidates: 8,
+            tick_ms: 10_000,
+            late_weight: 4.0,
+            rider_time_weight: 0.5,
+            hold_back: true,
+        }
+    }
+}
+
+/// A route for one rider: to the store, then each drop-off in order.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Plan {
+    /// The rider's key.
+    pub rider: usize,
+    /// Order keys, in delivery sequence.
+    pub orders: Vec<usize>,
+    pub store: u32,
+    pub start_at: Millis,
+    pub arrive_store_at: Millis,
+    pub pickup_at: Millis,
+    /// Per order, in delivery sequence.
+    pub drop_at: Vec<Millis>,
+    /// When the rider is free again, at the last drop-off.
+    pub free_at: Millis,
+    pub end: Pt,
+}
+
+/// Times of a route for `rider` through `orders` in sequence, or None when the pickup would fall
+/// after the rider's shift.
+pub fn route(travel: &impl Travel, params: &Params, rider: &RiderIn, orders: &[&OrderIn], now: Millis) -> Option<Plan> {
+    let first = orders.first()?;
+    let start_at = rider.free_at.max(now);
+    let arrive_store_at = start_at + travel.ms(rider.pos, first.pickup);
+    let ready = orders.iter().map(|o| o.ready_at).max().unwrap_or(now);
+    let pickup_at = ready.max(arrive_store_at + params.pickup_service_ms / 2);
+    if pickup_at > rider.off_at {
+        return None;
+    }
+    let mut t = pickup_at + params.pickup_service_ms / 2;
+    let mut at = first.pickup;
+    let mut drop_at = Vec::with_capacity(orders.len());
+    for o in orders {
+        t += travel.ms(at, o.drop);
+        let dropped = t + params.dropoff_service_ms / 2;
+        drop_at.push(dropped);
+        t = dropped + params.dropoff_service_ms / 2;
+        at = o.drop;
+    }
+    Some(Plan {
+        rider: rider.key,
+        orders: orders.iter().map(|o| o.key).collect(),
+        store: first.store,
+        start_at,
+        arrive_store_at,
+        pickup_at,
+        drop_at,
+        free_at: t,
+        end: at,
+    })
+}
+
+/// The cost of a plan, in weighted milliseconds.
+pub fn cost(params: &Params, plan: &Plan, orders: &[&OrderIn]) -> i64 {
+    let mut total = 0.0;
+    for (o, &dropped) in orders.iter().zip(&plan.drop_at) {
+        total += (dropped - o.placed_at) as f64;
+        total += params.late_weight * (dropped - o.deadline).max(0) as f64;
+    }
+    total += params.rider_time_weight * (plan.free_at - plan.start_at) as f64;
+    total as i64
+}
+
+/// The cost of leaving a bundle without a rider this tick: more than any route costs, so the
+/// assignment serves as many bundles as riders allow.
+const UNASSIGNED_COST: i64 = 1_000_000_000_000;
+
+struct RiderPoint {
+    idx: usize,
+    at: [f64; 2],
+}
+
+impl RTreeObject for RiderPoint {
+    type Envelope = AABB<[f64; 2]>;
+    fn envelope(&self) -> Self::Envelope {
+        AABB::from_point(self.at)
+    }
+}
+
+impl PointDistance for RiderPoint {
+    fn distance_2(&self, p: &[f64; 2]) -> f64 {
+        (self.at[0] - p[0]).powi(2) + (self.at[1] - p[1]).powi(2)
+    }
+}
+
+/// The best delivery sequence of `orders` from their store (at most 3 orders: all permutations).
+fn best_sequence<'a>(
+    travel: &impl Travel,
+    params: &Params,
+    courier_at_store: &RiderIn,
+    orders: &[&'a OrderIn],
+    now: Millis,
+) -> Option<(Vec<&'a OrderIn>, Plan, i64)> {
+    let mut best: Option<(Vec<&OrderIn>, Plan, i64)> = None;
+    let mut consider = |seq: Vec<&'a OrderIn>| {
+        if let Some(plan) = route(travel, params, courier_at_store, &seq, now) {
+            let c = cost(params, &plan, &seq);
+            if best.as_ref().is_none_or(|b| c < b.2) {
+                best = Some((seq, plan, c));
+            }
+        }
+    };
+    match orders.len() {
+        1 => consider(orders.to_vec()),
+        2 => {
+            consider(vec![orders[0], orders[1]]);
+            consider(vec![orders[1], orders[0]]);
+        }
+        _ => {
+            // Insertion order is the sequence for longer bundles; try each rotation of the tail.
+            for k in 0..orders.len() {
+                let mut seq = orders.to_vec();
+                seq.rotate_left(k);
+                consider(seq);
+            }
+        }
+    }
+    best
+}
+
+/// Groups orders of one store into bundles (each a list of indices into `group`).
+fn bundle_store(
+    travel: &impl Travel,
+    params: &Params,
+    group: &[&OrderIn],
+    riders_in_time: usize,
+    now: Millis,
+) -> Vec<Vec<usize>> {
+    let mut order: Vec<usize> = (0..group.len()).collect();
+    order.sort_by_key(|&i| (group[i].ready_at, group[i].placed_at, group[i].key));
+    if params.max_bundle <= 1 || group.len() == 1 {
+        return order.into_iter().map(|i| vec![i]).collect();
+    }
+    // A courier standing at the store: bundling is judged on the store-side route alone.
+    let at_store = RiderIn { key: usize::MAX, pos: group[0].pickup, free_at: now, off_at: Millis::MAX };
+    let scarce = group.len() > riders_in_time;
+    let target = if scarce { (group.len().div_ceil(riders_in_time.max(1))).clamp(1, params.max_bundle) } else { 1 };
+    let mut bundles: Vec<Vec<usize>> = Vec::new();
+    for i in order {
+        let o = group[i];
+        let alone = best_sequence(travel, params, &at_store, &[o], now).map(|b| b.1.free_at - b.1.start_at);
+        let mut best: Option<(usize, i64)> = None;
+        for (b, members) in bundles.iter().enumerate() {
+            if members.len() >= params.max_bundle {
+                continue;
+            }
+            let mut with: Vec<&OrderIn> = members.iter().map(|&m| group[m]).collect();
+            let before = best_sequence(travel, params, &at_store, &with, now);
+            with.push(o);
+            let Some((seq, plan, c)) = best_sequence(travel, params, &at_store, &with, now) else { continue };
+            // Every order of the bundle must still meet its deadline.
+            if seq.iter().zip(&plan.drop_at).any(|(s, &d)| d > s.deadline) {
+                continue;
+            }
+            let extra_time = plan.free_at - plan.start_at - before.map_or(0, |b| b.1.free_at - b.1.start_at);
+            let pays = alone.is_some_and(|a| (extra_time as f64) < params.bundle_saving * a as f64);
+            let wanted = members.len() < target;
+            if (pays || wanted) && best.is_none_or(|(_, bc)| c < bc) {
+                best = Some((b, c));
+            }
+        }
+        match best {
+            Some((b, _)) => bundles[b].push(i),
+            None => bundles.push(vec![i]),
+        }
+    }
+    bundles
+}
+
+/// One tick of the optimizer: the plans to commit now. Orders not in a returned plan wait for a
+/// later tick.
+pub fn plan_tick(
+    now: Millis,
+    orders: &[OrderIn],
+    riders: &[RiderIn],
+    params: &Params,
+    travel: &impl Travel,
+) -> Vec<Plan> {
+    if orders.is_empty() || riders.is_empty() {
+        return Vec::new();
+    }
+    let tree = RTree::bulk_load(
+        riders.iter().enumerate().map(|(idx, r)| RiderPoint { idx, at: [r.pos.x, r.pos.y] }).collect(),
+    );
+    // Orders by store.
+    let mut stores: Vec<u32> = orders.iter().map(|o| o.store).collect();
+    stores.sort_unstable();
+    stores.dedup();
+    let mut rows: Vec<Vec<&OrderIn>> = Vec::new();
+    for &s in &stores {
+        let group: Vec<&OrderIn> = orders.iter().filter(|o| o.store == s).collect();
+        let latest_ready = group.iter().map(|o| o.ready_at).max().unwrap_or(now).max(now);
+        // Riders who can be at the store by the time its orders are ready.
+        let store_pt = group[0].pickup;
+        let in_time = tree
+            .nearest_neighbor_iter(&[store_pt.x, store_pt.y])
+            .take(params.candidates * 2)
+            .filter(|p| {
+                let r = &riders[p.idx];
+                r.free_at.max(now) + travel.ms(r.pos, store_pt) <= latest_ready + params.tick_ms
+            })
+            .count();
+        for b in bundle_store(travel, params, &group, in_time, now) {
+            rows.push(b.into_iter().map(|i| group[i]).collect());
+        }
+    }
+    // Candidate edges.
+    let mut edges: Vec<Vec<(usize, i64)>> = Vec::with_capacity(rows.len());
+    let mut unassigned = Vec::with_capacity(rows.len());
+    for bundle in &rows {
+        let store_pt = bundle[0].pickup;
+        let mut row = Vec::with_capacity(params.candidates);
+        for p in tree.nearest_neighbor_iter(&[store_pt.x, store_pt.y]) {
+            if row.len() >= params.candidates {
+                break;
+            }
+            if let Some((_, _, c)) = best_sequence(travel, params, &riders[p.idx], bundle, now) {
+                row.push((p.idx, c));
+            }
+        }
+        // Staying unassigned costs more than any route: assign whenever a rider can.
+        unassigned.push(UNASSIGNED_COST);
+        edges.push(row);
+    }
+    let solution = assign::solve(riders.len(), &edges, &unassigned);
+    let mut plans = Vec::new();
+    for (bundle, col) in rows.iter().zip(solution) {
+        let Some(r) = col else { continue };
+        let rider = &riders[r];
+        let Some((_, plan, _)) = best_sequence(travel, params, rider, bundle, now) else { continue };
+        if rider.free_at > now {
+            // The best rider is still busy: wait for it (the plan holds until it is free).
+            continue;
+        }
+        if params.hold_back {
+            let ready = bundle.iter().map(|o| o.ready_at).max().unwrap_or(now);
+            let to_store = travel.ms(rider.pos, bundle[0].pickup) + params.pickup_service_ms / 2;
+            // Leaving a tick later still reaches the store before the orders are ready.
+            if now + params.tick_ms + to_store <= ready {
+                continue;
+            }
+        }
+        plans.push(plan);
+    }
+    plans
+}
+
+/// The baseline: orders first come, first served, each alone to the free rider who can pick it up
+/// earliest, committed at once.
+pub fn greedy_tick(
+    now: Millis,
+    orders: &[OrderIn],
+    riders: &[RiderIn],
+    params: &Params,
+    travel: &impl Travel,
+) -> Vec<Plan> {
+    let mut order: Vec<&OrderIn> = orders.iter().collect();
+    order.sort_by_key(|o| (o.placed_at, o.key));
+    let mut taken = vec![false; riders.len()];
+    let mut plans = Vec::new();
+    for o in order {
+        let mut best: Option<(usize, Plan)> = None;
+        for (i, r) in riders.iter().enumerate() {
+            if taken[i] || r.free_at > now {
+                continue;
+            }
+            if let Some(plan) = route(travel, params, r, &[o], now)
+                && best.as_ref().is_none_or(|(_, b)| plan.pickup_at < b.pickup_at)
+            {
+                best = Some((i, plan));
+            }
+        }
+        if let Some((i, plan)) = best {
+            taken[i] = true;
+            plans.push(plan);
+        }
+    }
+    plans
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,163 @@
+//! Table-driven tests of the optimizer on a planar city (320 m a minute, as in MDRP).
+
+use super::*;
+
+const MIN: Millis = 60_000;
+
+fn travel() -> PlanarTravel {
+    PlanarTravel { metres_per_minute: 320.0 }
+}
+
+fn params() -> Params {
+    Params { pickup_service_ms: 2 * MIN, dropoff_service_ms: 2 * MIN, tick_ms: MIN, ..Params::default() }
+}
+
+/// An order of store 0 at the origin, dropped at (x, y) metres, placed at 0, ready at `ready`
+/// minutes, due 40 minutes after placement.
+fn order(key: usize, x: f64, y: f64, ready: i64) -> OrderIn {
+    OrderIn {
+        key,
+        store: 0,
+        pickup: Pt::new(0.0, 0.0),
+        drop: Pt::new(x, y),
+        placed_at: 0,
+        ready_at: ready * MIN,
+        deadline: 40 * MIN,
+    }
+}
+
+/// The same order, picked up at store `store` at (x, 0).
+fn at_store(mut o: OrderIn, store: u32, x: f64) -> OrderIn {
+    o.store = store;
+    o.pickup = Pt::new(x, 0.0);
+    o
+}
+
+fn rider(key: usize, x: f64, y: f64, free: i64) -> RiderIn {
+    RiderIn { key, pos: Pt::new(x, y), free_at: free * MIN, off_at: Millis::MAX }
+}
+
+fn keys(plans: &[Plan]) -> Vec<(usize, Vec<usize>)> {
+    let mut k: Vec<(usize, Vec<usize>)> = plans.iter().map(|p| (p.rider, p.orders.clone())).collect();
+    k.sort();
+    k
+}
+
+#[test]
+fn decisions_table() {
+    // (what, now in minutes, orders, riders, expected (rider, orders in sequence) committed now)
+    type Case = (&'static str, i64, Vec<OrderIn>, Vec<RiderIn>, Vec<(usize, Vec<usize>)>);
+    let cases: Vec<Case> = vec![
+        (
+            "bundling wins: one rider, two drops on the same street",
+            0,
+            vec![order(1, 1000.0, 0.0, 0), order(2, 1300.0, 0.0, 0)],
+            vec![rider(10, 0.0, 0.0, 0)],
+            vec![(10, vec![1, 2])],
+        ),
+        (
+            "bundling pays even with riders to spare: two drops at one address",
+            0,
+            vec![order(1, 2000.0, 0.0, 0), order(2, 2000.0, 50.0, 0)],
+            vec![rider(10, 0.0, 0.0, 0), rider(11, 10.0, 0.0, 0), rider(12, 20.0, 0.0, 0)],
+            vec![(10, vec![1, 2])],
+        ),
+        (
+            "no bundle with riders to spare and drops in opposite directions",
+            0,
+            vec![order(1, 3000.0, 0.0, 0), order(2, -3000.0, 0.0, 0)],
+            vec![rider(10, 0.0, 0.0, 0), rider(11, 10.0, 0.0, 0)],
+            vec![(10, vec![1]), (11, vec![2])],
+        ),
+        (
+            "no bundle that breaks a promise, even with one rider",
+            0,
+            vec![order(1, 6000.0, 0.0, 0), order(2, -6100.0, 0.0, 0)],
+            vec![rider(10, 0.0, 0.0, 0)],
+            vec![(10, vec![1])],
+        ),
+        (
+            "hold back: the order is ready in 20 minutes and the rider is 1 minute away",
+            0,
+            vec![order(1, 1000.0, 0.0, 20)],
+            vec![rider(10, 300.0, 0.0, 0)],
+            vec![],
+        ),
+        (
+            "hold back ends in time: leaving a tick later would be late for the ready time",
+            18,
+            vec![order(1, 1000.0, 0.0, 20)],
+            vec![rider(10, 300.0, 0.0, 0)],
+            vec![(10, vec![1])],
+        ),
+        (
+            "a ready order leaves at once",
+            5,
+            vec![order(1, 1000.0, 0.0, 5)],
+            vec![rider(10, 3000.0, 0.0, 0)],
+            vec![(10, vec![1])],
+        ),
+        (
+            "the optimal assignment is not first come, first served",
+            0,
+            // Store 0 at the origin, store 1 at x = 3000; rider 10 between them, rider 11 west.
+            vec![order(1, 0.0, 500.0, 0), at_store(order(2, 3000.0, 500.0, 0), 1, 3000.0)],
+            vec![rider(10, 1400.0, 0.0, 0), rider(11, -1600.0, 0.0, 0)],
+            vec![(10, vec![2]), (11, vec![1])],
+        ),
+        (
+            "a busy rider who is better is waited for, not replaced by a worse one",
+            0,
+            vec![order(1, 500.0, 0.0, 10)],
+            vec![rider(10, 0.0, 0.0, 3), rider(11, 9000.0, 0.0, 0)],
+            vec![],
+        ),
+        (
+            "no pickups after the end of a shift",
+            0,
+            vec![order(1, 500.0, 0.0, 0)],
+            vec![RiderIn { key: 10, pos: Pt::new(3000.0, 0.0), free_at: 0, off_at: 5 * MIN }],
+            vec![],
+        ),
+    ];
+    for (what, now, orders, riders, expected) in cases {
+        let plans = plan_tick(now * MIN, &orders, &riders, &params(), &travel());
+        assert_eq!(keys(&plans), expected, "{what}");
+    }
+}
+
+#[test]
+fn bundling_and_holding_back_can_be_turned_off() {
+    let orders = vec![order(1, 1000.0, 0.0, 20), order(2, 1300.0, 0.0, 20)];
+    let riders = vec![rider(10, 0.0, 0.0, 0), rider(11, 0.0, 0.0, 0)];
+    let p = Params { max_bundle: 1, hold_back: false, ..params() };
+    let plans = plan_tick(0, &orders, &riders, &p, &travel());
+    assert_eq!(plans.len(), 2);
+    assert!(plans.iter().all(|p| p.orders.len() == 1));
+}
+
+#[test]
+fn routes_follow_the_mdrp_timing_rules() {
+    // Travel 1000 m = ceil(3.125) = 4 minutes; service 2 minutes (half before, half after).
+    let o = order(1, 1000.0, 0.0, 10);
+    let r = rider(10, 1000.0, 0.0, 0);
+    let plan = route(&travel(), &params(), &r, &[&o], 0).unwrap();
+    assert_eq!(plan.arrive_store_at, 4 * MIN);
+    assert_eq!(plan.pickup_at, 10 * MIN, "waits for the ready time");
+    assert_eq!(plan.drop_at, vec![(10 + 1 + 4 + 1) * MIN]);
+    assert_eq!(plan.free_at, 17 * MIN);
+    assert_eq!(plan.end, Pt::new(1000.0, 0.0));
+}
+
+#[test]
+fn greedy_serves_first_come_first_served() {
+    let orders = vec![order(1, 0.0, 500.0, 0), at_store(order(2, 3000.0, 500.0, 0), 1, 3000.0)];
+    // Order 1 (placed first; ties by key) goes to the rider who picks it up earliest, rider 10,
+    // which leaves rider 11 the long way to store 1: what the optimizer avoids (decisions_table).
+    let riders = vec![rider(10, 1400.0, 0.0, 0), rider(11, -1600.0, 0.0, 0)];
+    let plans = greedy_tick(0, &orders, &riders, &params(), &travel());
+    assert_eq!(keys(&plans), vec![(10, vec![1]), (11, vec![2])]);
+    // With only the far rider, greedy still sends it at once.
+    let plans = greedy_tick(0, &orders[..1], &riders[1..], &params(), &travel());
+    assert_eq!(keys(&plans), vec![(11, vec![1])]);
+}
