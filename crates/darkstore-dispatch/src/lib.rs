@@ -123,6 +123,9 @@ pub struct Params {
     pub rider_time_weight: f64,
     /// Hold back commitments while waiting can still improve them.
     pub hold_back: bool,
+    /// Weight of the time an order has already waited, when it is left unassigned: older orders
+    /// go first when riders are scarce.
+    pub age_weight: f64,
 }
 
 impl Default for Params {
@@ -132,11 +135,12 @@ impl Default for Params {
             dropoff_service_ms: 60_000,
             max_bundle: 3,
             bundle_saving: 0.6,
-            candidates: 8,
+            candidates: 32,
             tick_ms: 10_000,
             late_weight: 4.0,
             rider_time_weight: 0.5,
             hold_back: true,
+            age_weight: 5.0,
         }
     }
 }
@@ -204,9 +208,9 @@ pub fn cost(params: &Params, plan: &Plan, orders: &[&OrderIn]) -> i64 {
     total as i64
 }
 
-/// The cost of leaving a bundle without a rider this tick: more than any route costs, so the
-/// assignment serves as many bundles as riders allow.
-const UNASSIGNED_COST: i64 = 1_000_000_000_000;
+/// The cost of leaving an order without a rider this tick: more than any route costs, so the
+/// assignment serves as many orders as riders allow.
+const UNASSIGNED_COST: i64 = 1_000_000_000;
 
 struct RiderPoint {
     idx: usize,
@@ -361,8 +365,10 @@ pub fn plan_tick(
                 row.push((p.idx, c));
             }
         }
-        // Staying unassigned costs more than any route: assign whenever a rider can.
-        unassigned.push(UNASSIGNED_COST);
+        // Staying unassigned costs more than any route (so as many orders as possible leave), and
+        // more the longer the orders have waited (so the oldest are not starved by newer ones).
+        let waited: f64 = bundle.iter().map(|o| (now - o.placed_at).max(0) as f64).sum();
+        unassigned.push(UNASSIGNED_COST * bundle.len() as i64 + (params.age_weight * waited) as i64);
         edges.push(row);
     }
     let solution = assign::solve(riders.len(), &edges, &unassigned);
