@@ -382,8 +382,17 @@ pub fn bench(data_dir: &Path, tick: i64, knobs: &Knobs) -> Result<(), String> {
     let mut table = String::from(
         "| instance | orders | policy | delivered % | mean c2d | p90 c2d | ready→pickup | orders/courier-h | c2d ÷ LB | bundled | ms |\n|---|---|---|---|---|---|---|---|---|---|---|\n",
     );
-    // Per policy: (orders, delivered, sum c2d, sum lb, worst ratio, worst instance, infeasible)
-    let mut totals: HashMap<&str, (usize, usize, f64, f64, f64, String, usize)> = HashMap::new();
+    #[derive(Default)]
+    struct Totals {
+        orders: usize,
+        delivered: usize,
+        c2d: f64,
+        lb: f64,
+        worst: f64,
+        worst_name: String,
+        infeasible: usize,
+    }
+    let mut totals: HashMap<&str, Totals> = HashMap::new();
     for dir in &dirs {
         let name = dir.file_name().and_then(|n| n.to_str()).unwrap_or("?").to_owned();
         let inst = load(dir)?;
@@ -405,21 +414,21 @@ pub fn bench(data_dir: &Path, tick: i64, knobs: &Knobs) -> Result<(), String> {
                 m["bundled_orders"],
                 out.seconds * 1000.0,
             );
-            let t = totals.entry(label).or_insert((0, 0, 0.0, 0.0, 0.0, String::new(), 0));
-            t.0 += inst.orders.len();
-            t.1 += m["orders_delivered"].as_u64().unwrap_or(0) as usize;
-            t.2 += f("sum_click_to_door");
-            t.3 += f("sum_lower_bound");
-            if ratio > t.4 {
-                t.4 = ratio;
-                t.5 = name.clone();
+            let t = totals.entry(label).or_default();
+            t.orders += inst.orders.len();
+            t.delivered += m["orders_delivered"].as_u64().unwrap_or(0) as usize;
+            t.c2d += f("sum_click_to_door");
+            t.lb += f("sum_lower_bound");
+            if ratio > t.worst {
+                t.worst = ratio;
+                t.worst_name = name.clone();
             }
-            t.6 += m["infeasibilities"].as_array().map_or(0, Vec::len);
+            t.infeasible += m["infeasibilities"].as_array().map_or(0, Vec::len);
         }
     }
     println!("{table}");
     for label in ["optimizer", "greedy"] {
-        if let Some((orders, delivered, c2d, lb, worst, worst_name, infeasible)) = totals.get(label) {
+        if let Some(Totals { orders, delivered, c2d, lb, worst, worst_name, infeasible }) = totals.get(label) {
             println!(
                 "{label}: {} instances, {delivered}/{orders} delivered ({:.3}% undelivered), mean c2d {:.2} min, c2d ÷ LB {:.3} over all delivered orders, worst instance {worst_name} at {worst:.3}, {infeasible} infeasibilities",
                 dirs.len(),
