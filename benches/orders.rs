@@ -50,7 +50,8 @@ fn print(name: &str, o: &Outcome) {
 
 async fn run_server(db_url: &str, clients: u64, secs: u64) -> Outcome {
     let mut child = Command::new(env!("CARGO_BIN_EXE_darkstore"))
-        .args(["serve", "--http", "127.0.0.1:0", "--database-url", db_url, "--jwt-secret", SECRET])
+        .args(["serve", "--http", "127.0.0.1:0", "--mqtt-listen", "127.0.0.1:0"])
+        .args(["--database-url", db_url, "--jwt-secret", SECRET])
         .args(["--rate-limit-per-sec", "0"])
         .env("DARKSTORE_LOG", "warn")
         .stdout(Stdio::piped())

@@ -88,6 +88,18 @@ pub struct ServeConfig {
     #[arg(long, env = "DARKSTORE_EXPIRY_SWEEP_SECS", default_value_t = 60)]
     pub expiry_sweep_secs: u64,
 
+    /// Milliseconds between dispatch ticks.
+    #[arg(long, env = "DARKSTORE_DISPATCH_TICK_MS", default_value_t = 2000)]
+    pub dispatch_tick_ms: u64,
+
+    /// Seconds without a message after which a rider is unavailable (and unpicked orders go back).
+    #[arg(long, env = "DARKSTORE_RIDER_SILENCE_SECS", default_value_t = 30)]
+    pub rider_silence_secs: u64,
+
+    /// Rider messages queued between the MQTT client and the ingest worker; beyond it they are shed.
+    #[arg(long, env = "DARKSTORE_MQTT_QUEUE", default_value_t = 65_536)]
+    pub mqtt_queue: usize,
+
     /// Log format on stderr: text or json.
     #[arg(long, env = "DARKSTORE_LOG_FORMAT", default_value = "text")]
     pub log_format: String,

@@ -16,9 +16,12 @@
 pub mod auth;
 pub mod config;
 pub mod demo;
+pub mod dispatch;
 pub mod error;
+pub mod fleet;
 pub mod http;
 pub mod metrics;
+pub mod mqtt;
 pub mod ratelimit;
 pub mod state;
 
@@ -32,6 +35,8 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::config::ServeConfig;
+use crate::dispatch::Dispatcher;
+use crate::fleet::Fleet;
 use crate::http::App;
 use crate::ratelimit::RateLimiter;
 use crate::state::{State, StateConfig, now_ms};
@@ -90,16 +95,46 @@ pub async fn start(config: &ServeConfig, listener: TcpListener) -> Result<Server
     let payment_hold_ms =
         config.payment_webhook_secret.as_ref().map(|_| (config.payment_hold_minutes.max(0.0) * 60_000.0) as i64);
     let state = Arc::new(State::from_snapshot(StateConfig { travel, payment_hold_ms }, db, committer, snapshot));
+    // Riders: live state, the MQTT broker and client, the dispatcher.
+    let fleet = Arc::new(Fleet::new(config.rider_silence_secs.max(1) as i64 * 1000));
+    for (id, _) in state.riders() {
+        fleet.register(&id);
+    }
+    let (mqtt_url, credentials) = match &config.mqtt_url {
+        Some(url) => (url.clone(), None),
+        None => {
+            let internal = auth::hmac_hex(jwt_secret.as_bytes(), b"darkstore mqtt server credential");
+            let (secret, server_password) = (jwt_secret.clone().into_bytes(), internal.clone());
+            let addr = mqtt::start_embedded_broker(config.mqtt_listen, move |_client, user, pass| {
+                broker_auth(&secret, &server_password, &user, &pass)
+            })?;
+            (format!("mqtt://{addr}"), Some((mqtt::SERVER_USERNAME.to_owned(), internal)))
+        }
+    };
+    let (mqtt, incoming) = mqtt::connect(&mqtt_url, credentials, config.mqtt_queue)?;
+    for _ in 0..50 {
+        if mqtt.connected.load(std::sync::atomic::Ordering::Relaxed) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    if !mqtt.connected.load(std::sync::atomic::Ordering::Relaxed) {
+        tracing::warn!(url = %mqtt.url, "the MQTT broker is not reachable yet; /readyz says so until it is");
+    }
+    let tick_ms = config.dispatch_tick_ms.max(100);
+    let dispatcher = Arc::new(Dispatcher::new(state.clone(), fleet.clone(), Some(mqtt.clone()), tick_ms as i64));
     let app = Arc::new(App {
         state: state.clone(),
         jwt_secret: jwt_secret.into_bytes(),
         webhook_secret: config.payment_webhook_secret.clone().map(String::into_bytes),
         limiter: RateLimiter::new(config.rate_limit_per_sec, config.rate_limit_burst),
         max_body_bytes: config.max_body_bytes,
-        broker_ready: Arc::new(|| true),
+        fleet,
+        dispatcher: dispatcher.clone(),
+        mqtt: Some(mqtt.clone()),
     });
     let (stop, stopped) = watch::channel(false);
-    let mut background = Vec::new();
+    let mut background = dispatch::spawn(dispatcher, incoming, Duration::from_millis(tick_ms), stopped.clone());
     // Payment holds that ran out (also those that ran out while the server was down).
     background.push(every(Duration::from_secs(1), stopped.clone(), {
         let state = state.clone();
@@ -124,13 +159,25 @@ pub async fn start(config: &ServeConfig, listener: TcpListener) -> Result<Server
     }));
     Ok(Server {
         http_addr: listener.local_addr()?,
-        mqtt_url: config.mqtt_url.clone(),
+        mqtt_url: Some(mqtt.url.clone()),
         app,
         listener,
         commit_task,
         background,
         stop,
     })
+}
+
+/// Who may connect to the embedded broker: the server itself, a rider with its own rider token
+/// (username = rider id), or an admin token.
+fn broker_auth(secret: &[u8], server_password: &str, user: &str, pass: &str) -> bool {
+    if user == mqtt::SERVER_USERNAME {
+        return pass == server_password;
+    }
+    match auth::verify(secret, pass, now_ms() / 1000) {
+        Ok(c) => c.role == auth::Role::Admin || (c.role == auth::Role::Rider && c.sub == user),
+        Err(_) => false,
+    }
 }
 
 /// Runs `tick` every `period` until `stop` turns true.
@@ -171,6 +218,9 @@ impl Server {
             let _ = task.await;
         }
         let db = self.app.state.db.clone();
+        if let Some(m) = &self.app.mqtt {
+            let _ = m.client.try_disconnect();
+        }
         drop(self.app);
         // The commit task ends when the last handle to the state (and its committer) is gone.
         if tokio::time::timeout(Duration::from_secs(10), self.commit_task).await.is_err() {

@@ -33,7 +33,7 @@ fn main() -> ExitCode {
 
 fn init_logs(format: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("DARKSTORE_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,rumqttd=off"));
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     if format == "json" {
         builder.json().init();
@@ -71,6 +71,9 @@ async fn serve(config: ServeConfig, with_demo: bool) -> Result<(), BoxError> {
     let server = darkstore::start(&config, listener).await?;
     if with_demo {
         demo::load_city(&server.app.state).await?;
+        for (id, _) in server.app.state.riders() {
+            server.app.fleet.register(&id);
+        }
         let secret = String::from_utf8_lossy(&server.app.jwt_secret).into_owned();
         demo::print_welcome(&server, &secret);
     }

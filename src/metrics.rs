@@ -116,7 +116,7 @@ impl Metrics {
     }
 
     /// Renders every series; `extra` appends gauges owned by others.
-    pub fn render(&self, extra: &[(&str, &str, f64)]) -> String {
+    pub fn render(&self, extra: &[(String, &'static str, f64)]) -> String {
         let mut out = String::with_capacity(8192);
         out.push_str("# TYPE darkstore_http_requests_total counter\n");
         let mut rows: Vec<_> =
@@ -164,7 +164,10 @@ impl Metrics {
         }
         for (name, kind, value) in extra {
             let family = name.split('{').next().unwrap_or(name);
-            let _ = writeln!(out, "# TYPE {family} {kind}");
+            if family != last_family {
+                let _ = writeln!(out, "# TYPE {family} {kind}");
+                last_family = family;
+            }
             let _ = writeln!(out, "{name} {value}");
         }
         out

@@ -86,6 +86,8 @@ pub struct Order {
     pub lines: Vec<OrderLine>,
     /// The reservations the order holds while its status holds stock.
     pub holds: Vec<LotDelta>,
+    /// When staff marked it packed (kept when a rider hands it back, so it returns to `packed`).
+    pub packed_at: Option<Millis>,
 }
 
 /// A stock line as the API shows it.
@@ -195,6 +197,8 @@ pub struct State {
     holds: Mutex<BTreeSet<(Millis, String)>>,
     next_lot: AtomicI64,
     next_order: AtomicI64,
+    /// Orders waiting for a rider (confirmed or packed), for the dispatcher.
+    dispatchable: Mutex<BTreeSet<String>>,
 }
 
 fn ledger_writes(
@@ -239,6 +243,7 @@ impl State {
             holds: Mutex::new(BTreeSet::new()),
             next_lot: AtomicI64::new(snap.max_lot_id + 1),
             next_order: AtomicI64::new(1),
+            dispatchable: Mutex::new(BTreeSet::new()),
         };
         for s in snap.stores {
             if let Err(InvalidPoint) = state.put_store_in_memory(&s.id, &s.name, s.lat, s.lng) {
@@ -306,7 +311,11 @@ impl State {
                 (o.customer_id.clone(), o.idempotency_key.clone()),
                 IdemState::Done { request_hash: o.request_hash.clone(), order_id: o.id.clone() },
             );
+            if matches!(status, OrderStatus::Confirmed | OrderStatus::Packed) {
+                state.dispatchable.lock().expect("dispatchable lock").insert(o.id.clone());
+            }
             let order = Order {
+                packed_at: snap.packed_at.get(&o.id).copied(),
                 holds: if status.holds_stock() { holds.remove(&o.id).unwrap_or_default() } else { Vec::new() },
                 id: o.id.clone(),
                 customer_id: o.customer_id,
@@ -406,6 +415,10 @@ impl State {
             .map_err(|e| e.to_string())?;
         let mut catalog = self.catalog.write().expect("catalog lock");
         Ok(catalog.insert(product.sku.clone(), Arc::new(product)).is_none())
+    }
+
+    pub fn riders(&self) -> Vec<(String, Rider)> {
+        self.riders.iter().map(|e| (e.key().clone(), e.value().clone())).collect()
     }
 
     pub fn rider(&self, id: &str) -> Option<Rider> {
@@ -558,6 +571,16 @@ impl State {
         self.orders.get(id).map(|o| o.clone())
     }
 
+    /// Ids of the orders waiting for a rider.
+    pub fn dispatchable(&self) -> Vec<String> {
+        self.dispatchable.lock().expect("dispatchable lock").iter().cloned().collect()
+    }
+
+    /// The store with this index.
+    pub fn store_at(&self, idx: StoreIdx) -> Option<Arc<Store>> {
+        self.stores.read().expect("stores lock").get(idx.0 as usize).cloned()
+    }
+
     pub fn n_orders(&self) -> usize {
         self.orders.len()
     }
@@ -636,6 +659,7 @@ impl State {
             hold_expires_at,
             lines,
             holds,
+            packed_at: None,
         };
         let mut writes = Vec::with_capacity(1 + order.holds.len());
         writes.push(Write::Order(NewOrder {
@@ -665,6 +689,9 @@ impl State {
             self.holds.lock().expect("holds lock").insert((deadline, id.clone()));
         }
         self.orders.insert(id.clone(), Arc::new(tokio::sync::Mutex::new(order.clone())));
+        if status == OrderStatus::Confirmed {
+            self.dispatchable.lock().expect("dispatchable lock").insert(id.clone());
+        }
         claim.finish(req.request_hash.clone(), id);
         Ok(Placed { order, replayed: false })
     }
@@ -723,6 +750,17 @@ impl State {
             && let Some(deadline) = order.hold_expires_at
         {
             self.holds.lock().expect("holds lock").remove(&(deadline, order.id.clone()));
+        }
+        if to == OrderStatus::Packed {
+            order.packed_at = Some(now);
+        }
+        {
+            let mut dispatchable = self.dispatchable.lock().expect("dispatchable lock");
+            if matches!(to, OrderStatus::Confirmed | OrderStatus::Packed) {
+                dispatchable.insert(order.id.clone());
+            } else {
+                dispatchable.remove(&order.id);
+            }
         }
         order.status = to;
         order.rider_id = rider_id;

@@ -155,6 +155,8 @@ pub async fn put_rider(
     let rider = Rider { id: rider_id, name: body.name, store_id: body.store_id };
     let json = json!({"id": rider.id, "name": rider.name, "store_id": rider.store_id});
     let state = app.state.clone();
+    let id = rider.id.clone();
     let created = detached(async move { state.put_rider(rider).await }).await?.map_err(ApiError::unavailable)?;
+    app.fleet.register(&id);
     Ok((created_or_ok(created), Json(json)))
 }

@@ -8,6 +8,7 @@
 mod catalog;
 mod ops;
 mod orders;
+mod riders;
 mod stock;
 
 use std::net::SocketAddr;
@@ -36,8 +37,16 @@ pub struct App {
     pub webhook_secret: Option<Vec<u8>>,
     pub limiter: RateLimiter,
     pub max_body_bytes: usize,
-    /// Reports whether the MQTT broker is reachable (always true while none is configured).
-    pub broker_ready: Arc<dyn Fn() -> bool + Send + Sync>,
+    pub fleet: Arc<crate::fleet::Fleet>,
+    pub dispatcher: Arc<crate::dispatch::Dispatcher>,
+    pub mqtt: Option<crate::mqtt::Mqtt>,
+}
+
+impl App {
+    /// Whether the MQTT broker is connected (true when the server runs without one).
+    pub fn broker_ready(&self) -> bool {
+        self.mqtt.as_ref().is_none_or(|m| m.connected.load(std::sync::atomic::Ordering::Relaxed))
+    }
 }
 
 pub type AppRef = Arc<App>;
@@ -51,7 +60,10 @@ pub fn router(app: AppRef) -> Router {
         .route("/openapi.json", get(ops::openapi))
         .route("/v1/stores/{store_id}", put(catalog::put_store).get(catalog::get_store))
         .route("/v1/catalog/{sku}", put(catalog::put_product).get(catalog::get_product))
-        .route("/v1/riders/{rider_id}", put(catalog::put_rider))
+        .route("/v1/riders/{rider_id}", put(catalog::put_rider).get(riders::get))
+        .route("/v1/riders/{rider_id}/location", post(riders::location))
+        .route("/v1/riders/{rider_id}/shift", post(riders::shift))
+        .route("/v1/riders/{rider_id}/events", post(riders::event))
         .route("/v1/stores/{store_id}/stock", post(stock::post_stock).get(stock::get_stock))
         .route("/v1/availability", get(stock::availability))
         .route("/v1/orders", post(orders::place))

@@ -19,7 +19,7 @@ pub async fn healthz() -> impl IntoResponse {
 /// Ready when the database answers and the broker (if any) is connected.
 pub async fn readyz(State(app): State<AppRef>) -> Response {
     let db = app.state.db.ping().await;
-    let broker = (app.broker_ready)();
+    let broker = app.broker_ready();
     let status = if db && broker { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     (status, axum::Json(json!({"ready": db && broker, "database": db, "broker": broker}))).into_response()
 }
@@ -27,17 +27,47 @@ pub async fn readyz(State(app): State<AppRef>) -> Response {
 pub async fn metrics(State(app): State<AppRef>) -> Response {
     let state = &app.state;
     let commits = state.committer().stats();
-    let extra = [
-        ("darkstore_db_transactions_total", "counter", commits.transactions.load(Ordering::Relaxed) as f64),
-        ("darkstore_db_commit_jobs_total", "counter", commits.jobs.load(Ordering::Relaxed) as f64),
-        ("darkstore_db_commit_failures_total", "counter", commits.failures.load(Ordering::Relaxed) as f64),
-        ("darkstore_db_commit_seconds_total", "counter", commits.commit_micros.load(Ordering::Relaxed) as f64 / 1e6),
-        ("darkstore_db_commit_queue", "gauge", commits.queued.load(Ordering::Relaxed) as f64),
-        ("darkstore_stores", "gauge", state.stores().len() as f64),
-        ("darkstore_products", "gauge", state.n_products() as f64),
-        ("darkstore_orders", "gauge", state.n_orders() as f64),
-        ("darkstore_rate_limit_clients", "gauge", app.limiter.n_clients() as f64),
+    let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed) as f64;
+    let mut extra: Vec<(String, &'static str, f64)> = vec![
+        ("darkstore_db_transactions_total".into(), "counter", load(&commits.transactions)),
+        ("darkstore_db_commit_jobs_total".into(), "counter", load(&commits.jobs)),
+        ("darkstore_db_commit_failures_total".into(), "counter", load(&commits.failures)),
+        ("darkstore_db_commit_seconds_total".into(), "counter", load(&commits.commit_micros) / 1e6),
+        ("darkstore_db_commit_queue".into(), "gauge", load(&commits.queued)),
+        ("darkstore_stores".into(), "gauge", state.stores().len() as f64),
+        ("darkstore_products".into(), "gauge", state.n_products() as f64),
+        ("darkstore_orders".into(), "gauge", state.n_orders() as f64),
+        ("darkstore_orders_waiting_for_rider".into(), "gauge", state.dispatchable().len() as f64),
+        ("darkstore_rate_limit_clients".into(), "gauge", app.limiter.n_clients() as f64),
     ];
+    let fleet = &app.fleet.counters;
+    extra.push(("darkstore_rider_positions_total".into(), "counter", load(&fleet.positions)));
+    for d in crate::fleet::Drop::ALL {
+        extra.push((
+            format!("darkstore_rider_messages_dropped_total{{reason=\"{}\"}}", d.as_str()),
+            "counter",
+            load(&fleet.drops[d as usize]),
+        ));
+    }
+    let shed = load(&fleet.shed) + app.mqtt.as_ref().map_or(0.0, |m| load(&m.shed));
+    extra.push(("darkstore_rider_messages_dropped_total{reason=\"shed\"}".into(), "counter", shed));
+    extra.push(("darkstore_rider_events_total".into(), "counter", load(&fleet.events)));
+    extra.push(("darkstore_rider_events_ignored_total".into(), "counter", load(&fleet.events_ignored)));
+    extra.push(("darkstore_riders_available".into(), "gauge", app.fleet.n_indexed() as f64));
+    if let Some(m) = &app.mqtt {
+        let up = if m.connected.load(Ordering::Relaxed) { 1.0 } else { 0.0 };
+        extra.push(("darkstore_mqtt_connected".into(), "gauge", up));
+        extra.push(("darkstore_mqtt_connection_errors_total".into(), "counter", load(&m.reconnects)));
+        extra.push(("darkstore_mqtt_published_total".into(), "counter", load(&m.published)));
+    }
+    let d = &app.dispatcher.counters;
+    extra.push(("darkstore_dispatch_ticks_total".into(), "counter", load(&d.ticks)));
+    extra.push(("darkstore_dispatch_tick_seconds_total".into(), "counter", load(&d.tick_micros) / 1e6));
+    extra.push(("darkstore_dispatch_last_tick_seconds".into(), "gauge", load(&d.last_tick_micros) / 1e6));
+    extra.push(("darkstore_dispatch_tasks_total".into(), "counter", load(&d.tasks)));
+    extra.push(("darkstore_dispatch_orders_assigned_total".into(), "counter", load(&d.orders_assigned)));
+    extra.push(("darkstore_dispatch_orders_bundled_total".into(), "counter", load(&d.orders_bundled)));
+    extra.push(("darkstore_dispatch_orders_handed_back_total".into(), "counter", load(&d.handed_back)));
     let body = state.metrics.render(&extra);
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
 }

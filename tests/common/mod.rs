@@ -18,6 +18,8 @@ pub struct Server {
     pub child: Child,
     pub base: String,
     pub db_url: String,
+    /// The broker the ready line names.
+    pub mqtt: Option<String>,
     pub client: reqwest::Client,
 }
 
@@ -34,11 +36,12 @@ impl Server {
     /// Starts the server on `db_url` with extra flags and waits for its ready line.
     pub fn start(db_url: &str, extra: &[&str]) -> Server {
         let mut child = Command::new(env!("CARGO_BIN_EXE_darkstore"))
-            .args(["serve", "--http", "127.0.0.1:0", "--database-url", db_url, "--jwt-secret", SECRET])
+            .args(["serve", "--http", "127.0.0.1:0", "--mqtt-listen", "127.0.0.1:0"])
+            .args(["--database-url", db_url, "--jwt-secret", SECRET])
             .args(extra)
             // Limits off unless a test's flags turn them on.
             .env("DARKSTORE_RATE_LIMIT_PER_SEC", "0")
-            .env("DARKSTORE_LOG", "warn")
+            .env("DARKSTORE_LOG", "warn,rumqttd=off")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
@@ -56,10 +59,12 @@ impl Server {
         let line = rx.recv_timeout(Duration::from_secs(60)).expect("darkstore printed its ready line");
         assert!(line.starts_with("darkstore ready http="), "ready line: {line}");
         let addr = line.split_whitespace().find_map(|w| w.strip_prefix("http=")).expect("http=").to_owned();
+        let mqtt = line.split_whitespace().find_map(|w| w.strip_prefix("mqtt=")).map(str::to_owned);
         Server {
             child,
             base: format!("http://{addr}"),
             db_url: db_url.to_owned(),
+            mqtt,
             client: reqwest::Client::builder().pool_max_idle_per_host(64).build().unwrap(),
         }
     }

@@ -88,6 +88,8 @@ pub struct Snapshot {
     pub holds: Vec<OrderHold>,
     /// The largest lot id ever used (0 when none).
     pub max_lot_id: i64,
+    /// When each order that was ever packed was last packed.
+    pub packed_at: std::collections::HashMap<String, i64>,
 }
 
 impl Db {
@@ -191,6 +193,12 @@ impl Db {
                 expires_at: r.try_get(3)?,
                 reserved: r.try_get(4)?,
             });
+        }
+        for r in sqlx::query("SELECT order_id, MAX(ts) FROM order_events WHERE status = 'packed' GROUP BY order_id")
+            .fetch_all(&self.pool)
+            .await?
+        {
+            snap.packed_at.insert(r.try_get(0)?, r.try_get(1)?);
         }
         Ok(snap)
     }

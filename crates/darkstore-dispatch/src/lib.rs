@@ -24,6 +24,7 @@
 //! can pick it up earliest, committed at once.
 
 pub mod assign;
+pub mod index;
 
 use rstar::{AABB, PointDistance, RTree, RTreeObject};
 

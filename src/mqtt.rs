@@ -1,0 +1,236 @@
+//! MQTT: the embedded broker (rumqttd) when no external one is configured, and the server's own
+//! client (rumqttc), the same code path for both.
+//!
+//! The client subscribes to the riders' topics and hands each message to a bounded queue; when
+//! the queue is full the message is shed and counted, never buffered without bound. After a
+//! broker restart rumqttc reconnects on the next poll; every CONNACK resubscribes, and the
+//! `connected` flag (what `/readyz` reports) is false in between.
+
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use tokio::sync::mpsc;
+
+use crate::BoxError;
+
+/// Topics the server subscribes to.
+pub const RIDER_TOPICS: [&str; 3] = ["riders/+/location", "riders/+/shift", "riders/+/events"];
+/// The username the server itself connects with to the embedded broker.
+pub const SERVER_USERNAME: &str = "darkstore-server";
+/// Largest MQTT payload accepted, bytes.
+pub const MAX_PAYLOAD: usize = 16 * 1024;
+
+/// An incoming message.
+#[derive(Debug)]
+pub struct Incoming {
+    pub topic: String,
+    pub payload: bytes::Bytes,
+}
+
+/// The server's MQTT client.
+#[derive(Clone)]
+pub struct Mqtt {
+    pub client: AsyncClient,
+    pub connected: Arc<AtomicBool>,
+    pub url: String,
+    pub shed: Arc<AtomicU64>,
+    pub reconnects: Arc<AtomicU64>,
+    pub published: Arc<AtomicU64>,
+}
+
+/// A username and password.
+type Credentials = (String, String);
+
+/// Parses `mqtt://[user:pass@]host:port`.
+fn parse_url(url: &str) -> Result<(String, u16, Option<Credentials>), BoxError> {
+    let rest = url
+        .strip_prefix("mqtt://")
+        .or_else(|| url.strip_prefix("tcp://"))
+        .ok_or_else(|| format!("--mqtt-url {url:?} must start with mqtt://"))?;
+    let (creds, hostport) = match rest.rsplit_once('@') {
+        Some((c, h)) => {
+            let (u, p) = c.split_once(':').unwrap_or((c, ""));
+            (Some((u.to_owned(), p.to_owned())), h)
+        }
+        None => (None, rest),
+    };
+    let hostport = hostport.trim_end_matches('/');
+    let (host, port) = match hostport.rsplit_once(':') {
+        Some((h, p)) => (h.to_owned(), p.parse::<u16>().map_err(|_| format!("--mqtt-url {url:?}: bad port"))?),
+        None => (hostport.to_owned(), 1883),
+    };
+    if host.is_empty() {
+        return Err(format!("--mqtt-url {url:?}: no host").into());
+    }
+    Ok((host, port, creds))
+}
+
+/// Starts the embedded broker on `listen` (port 0 picks a free port), authenticating each client
+/// with `auth(client_id, username, password)`. Returns the address it listens on, once it accepts
+/// connections.
+pub fn start_embedded_broker(
+    listen: SocketAddr,
+    auth: impl Fn(String, String, String) -> bool + Send + Sync + 'static,
+) -> Result<SocketAddr, BoxError> {
+    // rumqttd binds by itself, does not report its port, and only logs a failed bind: bind here
+    // first, so port 0 becomes a real port and a taken address is an error, not a silent
+    // connection to whoever holds it.
+    let probe =
+        TcpListener::bind(listen).map_err(|e| format!("the embedded MQTT broker cannot listen on {listen}: {e}"))?;
+    let addr = probe.local_addr()?;
+    drop(probe);
+    let auth = Arc::new(auth);
+    let mut connections = rumqttd::ConnectionSettings {
+        connection_timeout_ms: 60_000,
+        max_payload_size: MAX_PAYLOAD,
+        max_inflight_count: 500,
+        auth: None,
+        external_auth: None,
+        dynamic_filters: true,
+    };
+    connections.set_auth_handler(move |client_id, user, pass| {
+        let auth = auth.clone();
+        async move { auth(client_id, user, pass) }
+    });
+    let server = rumqttd::ServerSettings {
+        name: "darkstore".to_owned(),
+        listen: addr,
+        tls: None,
+        next_connection_delay_ms: 0,
+        connections,
+    };
+    let config = rumqttd::Config {
+        id: 0,
+        router: rumqttd::RouterConfig {
+            max_connections: 20_010,
+            max_outgoing_packet_count: 1_000,
+            max_segment_size: 100 * 1024 * 1024,
+            max_segment_count: 10,
+            custom_segment: None,
+            initialized_filters: None,
+            shared_subscriptions_strategy: Default::default(),
+        },
+        v4: Some([("darkstore".to_owned(), server)].into_iter().collect()),
+        v5: None,
+        ws: None,
+        cluster: None,
+        console: None,
+        bridge: None,
+        prometheus: None,
+        metrics: None,
+    };
+    std::thread::Builder::new().name("mqtt-broker".into()).spawn(move || {
+        // Broker::start blocks for the life of the broker; it has no shutdown, so the thread ends
+        // with the process.
+        if let Err(e) = rumqttd::Broker::new(config).start() {
+            tracing::error!(error = %e, "embedded MQTT broker stopped");
+        }
+    })?;
+    // Ready when it accepts a TCP connection.
+    for _ in 0..100 {
+        if TcpStream::connect_timeout(&addr, Duration::from_millis(100)).is_ok() {
+            return Ok(addr);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Err(format!("the embedded MQTT broker did not start on {addr}").into())
+}
+
+/// Connects the server's client to `url` and starts its event loop. Incoming rider messages go to
+/// the returned queue (bounded by `queue`).
+pub fn connect(
+    url: &str,
+    credentials: Option<Credentials>,
+    queue: usize,
+) -> Result<(Mqtt, mpsc::Receiver<Incoming>), BoxError> {
+    let (host, port, url_creds) = parse_url(url)?;
+    let client_id = format!("darkstore-server-{}", std::process::id());
+    let mut options = MqttOptions::new(client_id, host, port);
+    options.set_keep_alive(Duration::from_secs(10));
+    options.set_clean_session(true);
+    options.set_max_packet_size(MAX_PAYLOAD + 1024, MAX_PAYLOAD + 1024);
+    if let Some((user, pass)) = credentials.or(url_creds) {
+        options.set_credentials(user, pass);
+    }
+    let (client, mut eventloop) = AsyncClient::new(options, 4096);
+    let (tx, rx) = mpsc::channel(queue.max(1));
+    let mqtt = Mqtt {
+        client: client.clone(),
+        connected: Arc::new(AtomicBool::new(false)),
+        url: format!(
+            "mqtt://{}",
+            url.trim_start_matches("mqtt://").trim_start_matches("tcp://").rsplit('@').next().unwrap_or(url)
+        ),
+        shed: Arc::new(AtomicU64::new(0)),
+        reconnects: Arc::new(AtomicU64::new(0)),
+        published: Arc::new(AtomicU64::new(0)),
+    };
+    let (connected, shed, reconnects) = (mqtt.connected.clone(), mqtt.shed.clone(), mqtt.reconnects.clone());
+    tokio::spawn(async move {
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            match eventloop.poll().await {
+                Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                    connected.store(true, Ordering::Relaxed);
+                    backoff = Duration::from_millis(100);
+                    for topic in RIDER_TOPICS {
+                        if let Err(e) = client.try_subscribe(topic, QoS::AtLeastOnce) {
+                            tracing::warn!(%topic, error = %e, "subscribing failed");
+                        }
+                    }
+                    tracing::info!("connected to the MQTT broker; subscribed to rider topics");
+                }
+                Ok(Event::Incoming(Packet::Publish(p))) => {
+                    let msg = Incoming { topic: p.topic, payload: p.payload };
+                    match tx.try_send(msg) {
+                        Ok(()) => {}
+                        Err(mpsc::error::TrySendError::Full(_)) => {
+                            shed.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Err(mpsc::error::TrySendError::Closed(_)) => break,
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    if connected.swap(false, Ordering::Relaxed) {
+                        tracing::warn!(error = %e, "lost the MQTT broker; reconnecting");
+                    }
+                    reconnects.fetch_add(1, Ordering::Relaxed);
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(2));
+                }
+            }
+        }
+    });
+    Ok((mqtt, rx))
+}
+
+impl Mqtt {
+    /// Publishes JSON without waiting for the broker (QoS 1 is acknowledged in the event loop).
+    pub fn publish(&self, topic: String, payload: Vec<u8>, qos: QoS) {
+        match self.client.try_publish(topic, qos, false, payload) {
+            Ok(()) => {
+                self.published.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(e) => tracing::warn!(error = %e, "MQTT publish failed"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_url;
+
+    #[test]
+    fn urls() {
+        assert_eq!(parse_url("mqtt://127.0.0.1:1883").unwrap(), ("127.0.0.1".into(), 1883, None));
+        assert_eq!(parse_url("mqtt://broker").unwrap(), ("broker".into(), 1883, None));
+        assert_eq!(parse_url("mqtt://u:p@host:1884/").unwrap(), ("host".into(), 1884, Some(("u".into(), "p".into()))));
+        assert!(parse_url("http://host").is_err());
+        assert!(parse_url("mqtt://host:x").is_err());
+        assert!(parse_url("mqtt://:1883").is_err());
+    }
+}
