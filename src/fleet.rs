@@ -292,6 +292,28 @@ impl Fleet {
         true
     }
 
+    /// Rebuilds, at start-up, a task from an order the database says the rider holds. The rider
+    /// counts as just heard from, so if it never comes back the silence sweep hands the order back.
+    pub fn restore(&self, rider: &str, order_id: &str, store_id: &str, picked_up: bool, now: Millis) {
+        self.register(rider);
+        let Some(mut live) = self.live.get_mut(rider) else { return };
+        live.on_shift = true;
+        live.seen_at = now;
+        let task = live.task.get_or_insert_with(|| Task {
+            id: format!("restored-{rider}"),
+            store_id: store_id.to_owned(),
+            orders: Vec::new(),
+            picked: Vec::new(),
+            free_at: now,
+            end: (0.0, 0.0),
+        });
+        task.orders.push(order_id.to_owned());
+        if picked_up {
+            task.picked.push(order_id.to_owned());
+        }
+        live.status = if task.picked.is_empty() { RiderStatus::ToStore } else { RiderStatus::Delivering };
+    }
+
     /// Removes one order from a rider's task (a failed assignment, a rejection, a cancellation);
     /// the rider is idle again when nothing is left.
     pub fn unassign(&self, rider: &str, order_id: &str, now: Millis) {

@@ -100,6 +100,9 @@ pub async fn start(config: &ServeConfig, listener: TcpListener) -> Result<Server
     for (id, _) in state.riders() {
         fleet.register(&id);
     }
+    for (order_id, store_id, rider, picked_up) in state.orders_with_riders().await {
+        fleet.restore(&rider, &order_id, &store_id, picked_up, now_ms());
+    }
     let (mqtt_url, credentials) = match &config.mqtt_url {
         Some(url) => (url.clone(), None),
         None => {

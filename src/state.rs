@@ -571,6 +571,19 @@ impl State {
         self.orders.get(id).map(|o| o.clone())
     }
 
+    /// Orders a rider holds (assigned or picked up): (order, store, rider, picked up).
+    pub async fn orders_with_riders(&self) -> Vec<(String, String, String, bool)> {
+        let orders: Vec<_> = self.orders.iter().map(|e| e.value().clone()).collect();
+        let mut out = Vec::new();
+        for o in orders {
+            let o = o.lock().await;
+            if let (Some(rider), OrderStatus::Assigned | OrderStatus::PickedUp) = (&o.rider_id, o.status) {
+                out.push((o.id.clone(), o.store_id.clone(), rider.clone(), o.status == OrderStatus::PickedUp));
+            }
+        }
+        out
+    }
+
     /// Ids of the orders waiting for a rider.
     pub fn dispatchable(&self) -> Vec<String> {
         self.dispatchable.lock().expect("dispatchable lock").iter().cloned().collect()

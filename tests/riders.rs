@@ -354,3 +354,40 @@ async fn a_broker_restart_is_survived() {
     drop(server);
     scratch.drop_database().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_crash_a_rider_who_never_returns_gives_its_order_back() {
+    let scratch = ScratchDb::sqlite("ds_crash_rider");
+    let flags = ["--dispatch-tick-ms", "200", "--rider-silence-secs", "1"];
+    let mut server = Server::start(&scratch.url, &flags);
+    server.seed("s1", "milk", 5).await;
+    let rider = unique("rider");
+    server.call("PUT", &format!("/v1/riders/{rider}"), Some(&admin()), Some(json!({"name": "R"}))).await;
+    let rider_token = token(Role::Rider, &rider, None);
+    let now = darkstore::state::now_ms();
+    for (path, body) in
+        [("shift", json!({"on_shift": true})), ("location", json!({"lat": STORE_LAT, "lng": STORE_LNG, "ts": now}))]
+    {
+        let (s, b) = server.call("POST", &format!("/v1/riders/{rider}/{path}"), Some(&rider_token), Some(body)).await;
+        assert_eq!(s, 204, "{b}");
+    }
+    let alice = token(Role::Customer, "alice", None);
+    let (_, order) = server.order(&alice, "k", order_body("milk", 1)).await;
+    let id = order["id"].as_str().unwrap().to_owned();
+    server.call("POST", &format!("/v1/orders/{id}/packed"), Some(&admin()), None).await;
+    eventually("the order assigned", 10, || async {
+        let (_, o) = server.call("GET", &format!("/v1/orders/{id}"), Some(&alice), None).await;
+        (o["status"] == "assigned").then_some(())
+    })
+    .await;
+    server.kill();
+    let server = Server::start(&scratch.url, &flags);
+    // Restored with its rider; the rider stays silent, so the order goes back to the queue.
+    eventually("the order handed back after the silence limit", 15, || async {
+        let (_, o) = server.call("GET", &format!("/v1/orders/{id}"), Some(&alice), None).await;
+        (o["status"] == "packed" && o["rider_id"].is_null()).then_some(())
+    })
+    .await;
+    drop(server);
+    scratch.drop_database().await;
+}
