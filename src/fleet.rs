@@ -64,6 +64,10 @@ pub struct Live {
     pub on_shift: bool,
     pub status: RiderStatus,
     pub task: Option<Task>,
+    /// The index partition, and the position it was computed at: recomputed only after a move of
+    /// about a kilometre (queries also search neighbouring partitions, so a rider just across a
+    /// border is still found).
+    part: Option<(PartitionKey, (f64, f64))>,
 }
 
 /// Why a message from a rider was dropped.
@@ -135,7 +139,7 @@ pub struct FleetCounters {
 }
 
 pub struct Fleet {
-    live: DashMap<String, Live>,
+    live: DashMap<String, Live, ahash::RandomState>,
     /// Dense index → rider id.
     names: Mutex<Vec<String>>,
     /// Riders who can take work now: on shift, idle, heard from recently.
@@ -151,7 +155,7 @@ fn partition_of(lat: f64, lng: f64) -> Option<PartitionKey> {
 impl Fleet {
     pub fn new(silence_ms: Millis) -> Fleet {
         Fleet {
-            live: DashMap::new(),
+            live: DashMap::default(),
             names: Mutex::new(Vec::new()),
             index: Mutex::new(RiderIndex::new()),
             silence_ms,
@@ -180,6 +184,7 @@ impl Fleet {
                 on_shift: false,
                 status: RiderStatus::Idle,
                 task: None,
+                part: None,
             });
         }
     }
@@ -205,13 +210,22 @@ impl Fleet {
     }
 
     /// Puts the rider in the index, or takes it out, as its state says.
-    fn reindex(&self, live: &Live, now: Millis) {
-        let mut index = self.index.lock().expect("index lock");
-        match live.pos {
-            Some((lat, lng)) if Self::available(live, now, self.silence_ms) => match partition_of(lat, lng) {
-                Some(key) => index.upsert(live.idx, key, lng, lat),
-                None => index.remove(live.idx),
+    fn reindex(&self, live: &mut Live, now: Millis) {
+        let available = Self::available(live, now, self.silence_ms);
+        let key = match live.pos {
+            Some((lat, lng)) if available => match live.part {
+                Some((key, (plat, plng))) if (plat - lat).abs() < 0.01 && (plng - lng).abs() < 0.01 => Some(key),
+                _ => {
+                    let key = partition_of(lat, lng);
+                    live.part = key.map(|k| (k, (lat, lng)));
+                    key
+                }
             },
+            _ => None,
+        };
+        let mut index = self.index.lock().expect("index lock");
+        match (key, live.pos) {
+            (Some(key), Some((lat, lng))) => index.upsert(live.idx, key, lng, lat),
             _ => index.remove(live.idx),
         }
     }
@@ -239,9 +253,8 @@ impl Fleet {
         live.pos = Some((loc.lat, loc.lng));
         live.ts = loc.ts;
         live.seen_at = now;
-        let snapshot = live.clone();
+        self.reindex(&mut live, now);
         drop(live);
-        self.reindex(&snapshot, now);
         self.counters.positions.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
@@ -253,9 +266,7 @@ impl Fleet {
         live.on_shift = on_shift;
         live.seen_at = now;
         let handed_back = if on_shift { Vec::new() } else { Self::drop_unpicked(&mut live) };
-        let snapshot = live.clone();
-        drop(live);
-        self.reindex(&snapshot, now);
+        self.reindex(&mut live, now);
         Ok(handed_back)
     }
 
@@ -286,9 +297,7 @@ impl Fleet {
         }
         live.task = Some(task);
         live.status = RiderStatus::ToStore;
-        let snapshot = live.clone();
-        drop(live);
-        self.reindex(&snapshot, now);
+        self.reindex(&mut live, now);
         true
     }
 
@@ -326,9 +335,7 @@ impl Fleet {
                 live.status = RiderStatus::Idle;
             }
         }
-        let snapshot = live.clone();
-        drop(live);
-        self.reindex(&snapshot, now);
+        self.reindex(&mut live, now);
     }
 
     /// Records an event's effect on the rider: arrival, pickup, delivery.
@@ -357,9 +364,7 @@ impl Fleet {
             }
             _ => {}
         }
-        let snapshot = live.clone();
-        drop(live);
-        self.reindex(&snapshot, now);
+        self.reindex(&mut live, now);
     }
 
     /// Riders silent for longer than the silence limit: they leave the index, and the orders they

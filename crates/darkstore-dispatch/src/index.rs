@@ -9,6 +9,8 @@
 use std::collections::HashMap;
 use std::hash::Hash;
 
+type FastMap<K, V> = HashMap<K, V, ahash::RandomState>;
+
 use rstar::{AABB, PointDistance, RTree, RTreeObject};
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -33,7 +35,7 @@ impl PointDistance for Entry {
 #[derive(Debug, Default)]
 struct Partition {
     /// rider → position
-    slots: HashMap<u32, [f64; 2]>,
+    slots: FastMap<u32, [f64; 2]>,
     tree: RTree<Entry>,
     dirty: bool,
 }
@@ -51,14 +53,14 @@ impl Partition {
 /// Riders by position, partitioned by `K`. Riders are dense `u32` ids chosen by the caller.
 #[derive(Debug)]
 pub struct RiderIndex<K> {
-    partitions: HashMap<K, Partition>,
+    partitions: FastMap<K, Partition>,
     /// rider → its partition
-    where_is: HashMap<u32, K>,
+    where_is: FastMap<u32, K>,
 }
 
 impl<K: Hash + Eq + Copy> Default for RiderIndex<K> {
     fn default() -> Self {
-        RiderIndex { partitions: HashMap::new(), where_is: HashMap::new() }
+        RiderIndex { partitions: FastMap::default(), where_is: FastMap::default() }
     }
 }
 
@@ -119,18 +121,36 @@ impl<K: Hash + Eq + Copy> RiderIndex<K> {
     }
 
     /// The `n` riders nearest to (x, y) within the given partitions, nearest first (planar
-    /// distance in the coordinates given, which is what candidate selection needs).
+    /// distance in the coordinates given, which is what candidate selection needs). Partitions
+    /// are searched nearest first, and one whose bounding box is farther than the n-th rider found
+    /// so far is skipped.
     pub fn nearest(&mut self, keys: &[K], x: f64, y: f64, n: usize) -> Vec<u32> {
-        let mut found: Vec<(f64, u32)> = Vec::with_capacity(n * keys.len());
+        let point = [x, y];
+        let mut parts: Vec<(f64, K)> = Vec::with_capacity(keys.len());
         for k in keys {
             if let Some(p) = self.partitions.get_mut(k) {
-                for e in p.fresh_tree().nearest_neighbor_iter(&[x, y]).take(n) {
-                    found.push((e.distance_2(&[x, y]), e.rider));
-                }
+                let d = p.fresh_tree().root().envelope().distance_2(&point);
+                parts.push((d, *k));
             }
         }
-        found.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
-        found.into_iter().take(n).map(|(_, r)| r).collect()
+        parts.sort_by(|a, b| a.0.total_cmp(&b.0));
+        let mut found: Vec<(f64, u32)> = Vec::with_capacity(n + 1);
+        for (box_distance, k) in parts {
+            if found.len() == n && found.last().is_some_and(|f| f.0 < box_distance) {
+                break;
+            }
+            let Some(p) = self.partitions.get(&k) else { continue };
+            for e in p.tree.nearest_neighbor_iter(&point).take(n) {
+                let d = e.distance_2(&point);
+                if found.len() == n && found.last().is_some_and(|f| f.0 <= d) {
+                    break;
+                }
+                let at = found.partition_point(|f| (f.0, f.1) < (d, e.rider));
+                found.insert(at, (d, e.rider));
+                found.truncate(n);
+            }
+        }
+        found.into_iter().map(|(_, r)| r).collect()
     }
 }
 

@@ -1,0 +1,252 @@
+//! Rider positions: into the index in process, nearest-rider queries, and through a real broker
+//! (Mosquitto at 127.0.0.1:1883) against a plain subscriber on the same broker and against Redis
+//! `GEOADD` (redis-benchmark, 50 clients) on the same machine, all in one run.
+//!
+//! `cargo bench --bench riders` (`BENCH_SECS`, default 10, sets the broker phase).
+
+use std::hint::black_box;
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use darkstore::auth::{self, Claims, Role};
+use darkstore::fleet::{Fleet, Location};
+use darkstore_db::scratch::ScratchDb;
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+
+const SECRET: &str = "bench-secret-0123456789abcdef";
+const N_RIDERS: usize = 100_000;
+
+struct Rng(u64);
+impl Rng {
+    fn unit(&mut self) -> f64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        (self.0 >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
+fn in_process() {
+    let mut rng = Rng(0x9e3779b97f4a7c15);
+    let fleet = Fleet::new(3_600_000);
+    let t0 = darkstore::state::now_ms();
+    let names: Vec<String> = (0..N_RIDERS).map(|i| format!("r{i}")).collect();
+    let mut pos: Vec<(f64, f64)> = Vec::with_capacity(N_RIDERS);
+    for n in &names {
+        fleet.register(n);
+        fleet.shift(n, true, t0).unwrap();
+        let p = (12.97 + (rng.unit() - 0.5) * 0.3, 77.59 + (rng.unit() - 0.5) * 0.3);
+        fleet
+            .location(
+                n,
+                &Location { lat: p.0, lng: p.1, ts: t0, speed_mps: None, heading_deg: None, accuracy_m: None },
+                t0,
+            )
+            .unwrap();
+        pos.push(p);
+    }
+    // Updates: every rider moves a few metres a second.
+    let rounds = 10;
+    let started = Instant::now();
+    for round in 1..=rounds {
+        let ts = t0 + round * 1000;
+        for (i, n) in names.iter().enumerate() {
+            let p = &mut pos[i];
+            p.0 += (rng.unit() - 0.5) * 0.0001;
+            p.1 += (rng.unit() - 0.5) * 0.0001;
+            let loc = Location { lat: p.0, lng: p.1, ts, speed_mps: None, heading_deg: None, accuracy_m: None };
+            black_box(fleet.location(n, &loc, ts).is_ok());
+        }
+    }
+    let secs = started.elapsed().as_secs_f64();
+    let n = rounds as usize * N_RIDERS;
+    println!(
+        "Fleet::location, {N_RIDERS} riders, one thread: {:.2} M updates/s ({n} updates in {secs:.2} s)",
+        n as f64 / secs / 1e6
+    );
+
+    // The same with the JSON payload parsed, as the MQTT path does.
+    let payloads: Vec<Vec<u8>> = (0..N_RIDERS)
+        .map(|i| format!(r#"{{"lat":{},"lng":{},"ts":{}}}"#, pos[i].0, pos[i].1, t0 + 100_000).into_bytes())
+        .collect();
+    let started = Instant::now();
+    for (n, payload) in names.iter().zip(&payloads) {
+        let loc: Location = serde_json::from_slice(payload).unwrap();
+        black_box(fleet.location(n, &loc, t0 + 100_000).is_ok());
+    }
+    let secs = started.elapsed().as_secs_f64();
+    println!("JSON parse + Fleet::location: {:.2} M updates/s", N_RIDERS as f64 / secs / 1e6);
+
+    // Nearest 10 among 100k (the first query rebuilds the dirty partitions).
+    let t = Instant::now();
+    black_box(fleet.nearest(12.97, 77.59, 10));
+    println!(
+        "first nearest-10 query after updates (rebuilds dirty partitions): {:.1} ms",
+        t.elapsed().as_secs_f64() * 1000.0
+    );
+    let queries = 100_000;
+    let mut times: Vec<u64> = Vec::with_capacity(queries);
+    for _ in 0..queries {
+        let (lat, lng) = (12.97 + (rng.unit() - 0.5) * 0.3, 77.59 + (rng.unit() - 0.5) * 0.3);
+        let t = Instant::now();
+        black_box(fleet.nearest(lat, lng, 10));
+        times.push(t.elapsed().as_nanos() as u64);
+    }
+    times.sort_unstable();
+    println!(
+        "Fleet::nearest(10) among {N_RIDERS} (H3 partition lookup, 7 partitions, ids returned): p50 {:.2} µs, p99 {:.2} µs",
+        times[queries / 2] as f64 / 1000.0,
+        times[queries * 99 / 100] as f64 / 1000.0
+    );
+
+    // The index alone: one partition holding all 100k riders.
+    let mut index = darkstore_dispatch::index::RiderIndex::<u8>::new();
+    for (i, p) in pos.iter().enumerate() {
+        index.upsert(i as u32, 0, p.1, p.0);
+    }
+    black_box(index.nearest(&[0], 77.59, 12.97, 10));
+    let mut times: Vec<u64> = Vec::with_capacity(queries);
+    for _ in 0..queries {
+        let (lat, lng) = (12.97 + (rng.unit() - 0.5) * 0.3, 77.59 + (rng.unit() - 0.5) * 0.3);
+        let t = Instant::now();
+        black_box(index.nearest(&[0], lng, lat, 10));
+        times.push(t.elapsed().as_nanos() as u64);
+    }
+    times.sort_unstable();
+    println!(
+        "RiderIndex::nearest(10) among {N_RIDERS}, one partition: p50 {:.2} µs, p99 {:.2} µs",
+        times[queries / 2] as f64 / 1000.0,
+        times[queries * 99 / 100] as f64 / 1000.0
+    );
+}
+
+async fn through_broker(secs: u64) {
+    let scratch = ScratchDb::sqlite("ds_bench_riders");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_darkstore"))
+        .args(["serve", "--http", "127.0.0.1:0", "--mqtt-url", "mqtt://127.0.0.1:1883"])
+        .args(["--database-url", &scratch.url, "--jwt-secret", SECRET, "--rate-limit-per-sec", "0"])
+        .env("DARKSTORE_LOG", "warn,rumqttd=off")
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("start darkstore");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    let base = format!("http://{}", line.split_whitespace().find_map(|w| w.strip_prefix("http=")).unwrap());
+    let exp = darkstore::state::now_ms() / 1000 + 3600;
+    let admin = auth::sign(SECRET.as_bytes(), &Claims { sub: "admin".into(), role: Role::Admin, store: None, exp });
+    let http = reqwest::Client::new();
+    let n_riders = 1000;
+    for i in 0..n_riders {
+        http.put(format!("{base}/v1/riders/bench-{i}"))
+            .bearer_auth(&admin)
+            .body(r#"{"name":"B"}"#)
+            .send()
+            .await
+            .unwrap();
+    }
+    let metric = |text: &str, name: &str| -> f64 {
+        text.lines().find_map(|l| l.strip_prefix(name).and_then(|v| v.trim().parse().ok())).unwrap_or(0.0)
+    };
+    let before = http.get(format!("{base}/metrics")).send().await.unwrap().text().await.unwrap();
+    let processed_before = metric(&before, "darkstore_rider_positions_total ");
+
+    // A plain subscriber on the same broker.
+    let received = Arc::new(AtomicU64::new(0));
+    let mut opts = MqttOptions::new(format!("bench-sub-{}", std::process::id()), "127.0.0.1", 1883);
+    opts.set_keep_alive(Duration::from_secs(10));
+    let (sub, mut sub_loop) = AsyncClient::new(opts, 1000);
+    sub.subscribe("riders/+/location", QoS::AtMostOnce).await.unwrap();
+    let counter = received.clone();
+    tokio::spawn(async move {
+        while let Ok(ev) = sub_loop.poll().await {
+            if let Event::Incoming(Packet::Publish(_)) = ev {
+                counter.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    // Publishers: 8 connections, each for 125 riders, as fast as the broker takes them (QoS 0).
+    let stop = Arc::new(AtomicBool::new(false));
+    let sent = Arc::new(AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    for p in 0..8 {
+        let stop = stop.clone();
+        let sent = sent.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut opts = MqttOptions::new(format!("bench-pub-{p}-{}", std::process::id()), "127.0.0.1", 1883);
+            opts.set_keep_alive(Duration::from_secs(10));
+            let (client, mut el) = AsyncClient::new(opts, 10_000);
+            tokio::spawn(async move { while el.poll().await.is_ok() {} });
+            let mut ts = darkstore::state::now_ms();
+            let mut rng = Rng(0x1234 + p as u64);
+            while !stop.load(Ordering::Relaxed) {
+                ts += 1;
+                for r in (p * 125)..((p + 1) * 125) {
+                    let body = format!(
+                        r#"{{"lat":{},"lng":{},"ts":{ts}}}"#,
+                        12.97 + (rng.unit() - 0.5) * 0.001,
+                        77.59 + (rng.unit() - 0.5) * 0.001
+                    );
+                    if client.publish(format!("riders/bench-{r}/location"), QoS::AtMostOnce, false, body).await.is_err()
+                    {
+                        return;
+                    }
+                    sent.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }));
+    }
+    let started = Instant::now();
+    let received_at_start = received.load(Ordering::Relaxed);
+    tokio::time::sleep(Duration::from_secs(secs)).await;
+    stop.store(true, Ordering::Relaxed);
+    let elapsed = started.elapsed().as_secs_f64();
+    let got = received.load(Ordering::Relaxed) - received_at_start;
+    let sent = sent.load(Ordering::Relaxed);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let after = http.get(format!("{base}/metrics")).send().await.unwrap().text().await.unwrap();
+    let processed = metric(&after, "darkstore_rider_positions_total ") - processed_before;
+    let shed = metric(&after, "darkstore_rider_messages_dropped_total{reason=\"shed\"} ");
+    let stale = metric(&after, "darkstore_rider_messages_dropped_total{reason=\"stale\"} ");
+    println!("through Mosquitto, {n_riders} riders, 8 publishers, {secs} s:");
+    println!("  published            {:>9.0} positions/s", sent as f64 / elapsed);
+    println!("  plain subscriber got {:>9.0} positions/s", got as f64 / elapsed);
+    println!(
+        "  darkstore applied    {:>9.0} positions/s ({:.2} of the subscriber; shed {shed}, stale {stale})",
+        processed / elapsed,
+        processed / got.max(1) as f64
+    );
+    for t in tasks {
+        let _ = t.await;
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    scratch.drop_database().await;
+}
+
+fn redis_geoadd() {
+    let out = Command::new("redis-benchmark")
+        .args(["-h", "127.0.0.1", "-p", "6379", "-c", "50", "-n", "300000", "-r", "100000", "-q"])
+        .args(["GEOADD", "bench:riders", "77.59", "12.97", "rider:__rand_int__"])
+        .output();
+    match out {
+        Ok(o) => {
+            let text = String::from_utf8_lossy(&o.stdout);
+            let last = text.split('\r').filter(|l| !l.trim().is_empty()).last().unwrap_or("").trim().to_owned();
+            println!("redis-benchmark GEOADD, 50 clients, unpipelined: {last}");
+        }
+        Err(e) => println!("redis-benchmark not available: {e}"),
+    }
+    let _ = Command::new("redis-cli").args(["DEL", "bench:riders"]).output();
+}
+
+fn main() {
+    in_process();
+    let secs = std::env::var("BENCH_SECS").ok().and_then(|v| v.parse().ok()).unwrap_or(10);
+    tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap().block_on(through_broker(secs));
+    redis_geoadd();
+}
