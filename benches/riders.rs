@@ -236,7 +236,7 @@ fn redis_geoadd() {
     match out {
         Ok(o) => {
             let text = String::from_utf8_lossy(&o.stdout);
-            let last = text.split('\r').filter(|l| !l.trim().is_empty()).last().unwrap_or("").trim().to_owned();
+            let last = text.split('\r').rfind(|l| !l.trim().is_empty()).unwrap_or("").trim().to_owned();
             println!("redis-benchmark GEOADD, 50 clients, unpipelined: {last}");
         }
         Err(e) => println!("redis-benchmark not available: {e}"),
