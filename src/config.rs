@@ -100,6 +100,14 @@ pub struct ServeConfig {
     #[arg(long, env = "DARKSTORE_MQTT_QUEUE", default_value_t = 65_536)]
     pub mqtt_queue: usize,
 
+    /// Most WebSocket connections at once; more are refused with 503.
+    #[arg(long, env = "DARKSTORE_WS_MAX_CONNECTIONS", default_value_t = 20_000)]
+    pub ws_max_connections: usize,
+
+    /// Messages queued for one WebSocket client before it counts as too slow and is closed (1013).
+    #[arg(long, env = "DARKSTORE_WS_QUEUE", default_value_t = 256)]
+    pub ws_queue: usize,
+
     /// Log format on stderr: text or json.
     #[arg(long, env = "DARKSTORE_LOG_FORMAT", default_value = "text")]
     pub log_format: String,

@@ -64,6 +64,36 @@ impl Dispatcher {
         }
     }
 
+    /// Publishes a rider's state to whoever watches it: `riders` (admins), its store's
+    /// `store/{id}`, and `order/{id}` for the orders it carries. Positions coalesce per rider.
+    pub fn rider_update(&self, rider: &str) {
+        let feeds = &self.state.feeds;
+        let to_riders = feeds.has_subscribers("riders");
+        let store_id = self.state.rider(rider).and_then(|r| r.store_id);
+        let store_topic = store_id.as_ref().map(|s| format!("store/{s}")).filter(|t| feeds.has_subscribers(t));
+        let Some(live) = self.fleet.get(rider) else { return };
+        let order_topics: Vec<String> = live
+            .task
+            .iter()
+            .flat_map(|t| t.orders.iter())
+            .map(|o| format!("order/{o}"))
+            .filter(|t| feeds.has_subscribers(t))
+            .collect();
+        if !to_riders && store_topic.is_none() && order_topics.is_empty() {
+            return;
+        }
+        let json = crate::views::rider_json(rider, store_id.as_deref(), &live);
+        if to_riders {
+            feeds.publish_latest("riders", "rider", rider, &json);
+        }
+        if let Some(t) = store_topic {
+            feeds.publish_latest(&t, "rider", rider, &json);
+        }
+        for t in order_topics {
+            feeds.publish_latest(&t, "rider_position", rider, &json);
+        }
+    }
+
     /// Puts an order a rider will not deliver back for reassignment.
     async fn hand_back(&self, order_id: &str, rider: &str) {
         let Some(order) = self.state.order(order_id) else { return };
@@ -77,6 +107,7 @@ impl Dispatcher {
             Err(e) => tracing::debug!(order = %order_id, %rider, ?e, "hand-back not applied"),
         }
         self.fleet.unassign(rider, order_id, now_ms());
+        self.rider_update(rider);
     }
 
     /// One tick: hand back orders of silent riders, plan, commit and publish tasks.
@@ -192,6 +223,7 @@ impl Dispatcher {
                 mqtt.publish(format!("riders/{rider}/tasks"), payload.to_string().into_bytes(), QoS::AtLeastOnce);
             }
             tracing::info!(%rider, task = %task_id, orders = assigned.len(), "task assigned");
+            self.rider_update(&rider);
         }
         let micros = started.elapsed().as_micros() as u64;
         self.counters.ticks.fetch_add(1, Ordering::Relaxed);
@@ -205,6 +237,7 @@ impl Dispatcher {
         for o in back {
             self.hand_back(&o, rider).await;
         }
+        self.rider_update(rider);
         Ok(())
     }
 
@@ -242,7 +275,10 @@ impl Dispatcher {
             _ => return Err(Drop::Malformed),
         };
         match result {
-            Ok(()) => self.fleet.progress(rider, &event.kind, &event.order_id, now),
+            Ok(()) => {
+                self.fleet.progress(rider, &event.kind, &event.order_id, now);
+                self.rider_update(rider);
+            }
             Err(TransitionError::Unavailable(e)) => tracing::warn!(%rider, error = %e, "rider event not stored"),
             Err(e) => {
                 // Not this rider's order, or a duplicate of an event already applied.
@@ -285,7 +321,7 @@ pub fn spawn(
             };
             let result = match kind {
                 "location" => match serde_json::from_slice::<Location>(&msg.payload) {
-                    Ok(loc) => d.fleet.location(rider, &loc, now_ms()),
+                    Ok(loc) => d.fleet.location(rider, &loc, now_ms()).map(|()| d.rider_update(rider)),
                     Err(_) => Err(Drop::Malformed),
                 },
                 "shift" => match serde_json::from_slice::<Shift>(&msg.payload) {

@@ -18,12 +18,14 @@ pub mod config;
 pub mod demo;
 pub mod dispatch;
 pub mod error;
+pub mod feeds;
 pub mod fleet;
 pub mod http;
 pub mod metrics;
 pub mod mqtt;
 pub mod ratelimit;
 pub mod state;
+pub mod views;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -124,6 +126,10 @@ pub async fn start(config: &ServeConfig, listener: TcpListener) -> Result<Server
     if !mqtt.connected.load(std::sync::atomic::Ordering::Relaxed) {
         tracing::warn!(url = %mqtt.url, "the MQTT broker is not reachable yet; /readyz says so until it is");
     }
+    {
+        let mqtt = mqtt.clone();
+        state.feeds.set_mqtt(Box::new(move |topic, payload| mqtt.publish(topic, payload, rumqttc::QoS::AtLeastOnce)));
+    }
     let tick_ms = config.dispatch_tick_ms.max(100);
     let dispatcher = Arc::new(Dispatcher::new(state.clone(), fleet.clone(), Some(mqtt.clone()), tick_ms as i64));
     let app = Arc::new(App {
@@ -135,6 +141,7 @@ pub async fn start(config: &ServeConfig, listener: TcpListener) -> Result<Server
         fleet,
         dispatcher: dispatcher.clone(),
         mqtt: Some(mqtt.clone()),
+        ws: http::ws::WsLimits::new(config.ws_max_connections, config.ws_queue),
     });
     let (stop, stopped) = watch::channel(false);
     let mut background = dispatch::spawn(dispatcher, incoming, Duration::from_millis(tick_ms), stopped.clone());

@@ -52,6 +52,8 @@ pub struct Store {
     pub lat: f64,
     pub lng: f64,
     pub stock: Mutex<StoreStock>,
+    /// Per SKU, whether it was last announced as available (for `availability/{cell}` feeds).
+    shown: Mutex<HashMap<Arc<str>, bool>>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -185,6 +187,8 @@ pub struct State {
     pub db: Db,
     committer: Committer,
     pub metrics: Metrics,
+    /// Where changes are published (WebSocket and MQTT).
+    pub feeds: Arc<crate::feeds::Feeds>,
     area: RwLock<ServiceAreaMap>,
     /// Indexed by `StoreIdx`.
     stores: RwLock<Vec<Arc<Store>>>,
@@ -235,6 +239,7 @@ impl State {
             db,
             committer,
             metrics: Metrics::default(),
+            feeds: Arc::new(crate::feeds::Feeds::new()),
             stores: RwLock::new(Vec::new()),
             catalog: RwLock::new(FastMap::default()),
             riders: DashMap::new(),
@@ -281,6 +286,14 @@ impl State {
                 None => {
                     tracing::warn!(store = %lot.store_id, "ledger rows for an unknown store; skipped")
                 }
+            }
+        }
+        let now = now_ms();
+        for store in state.stores() {
+            let stock = store.stock.lock().expect("stock lock");
+            let mut shown = store.shown.lock().expect("shown lock");
+            for (sku, line) in stock.lines() {
+                shown.insert(sku.clone(), line.available(now) > 0);
             }
         }
         let mut holds: HashMap<String, Vec<LotDelta>> = HashMap::new();
@@ -342,6 +355,11 @@ impl State {
         state
     }
 
+    /// The delivery promise, in milliseconds.
+    pub fn promise_ms(&self) -> Millis {
+        (self.config.travel.promise_minutes * 60_000.0) as Millis
+    }
+
     pub fn committer(&self) -> &Committer {
         &self.committer
     }
@@ -356,8 +374,19 @@ impl State {
             Some(old) => std::mem::take(&mut *old.stock.lock().expect("stock lock")),
             None => StoreStock::new(),
         };
-        let store =
-            Arc::new(Store { idx, id: id.to_owned(), name: name.to_owned(), lat, lng, stock: Mutex::new(stock) });
+        let shown = match stores.get(idx.0 as usize) {
+            Some(old) => std::mem::take(&mut *old.shown.lock().expect("shown lock")),
+            None => HashMap::new(),
+        };
+        let store = Arc::new(Store {
+            idx,
+            id: id.to_owned(),
+            name: name.to_owned(),
+            lat,
+            lng,
+            stock: Mutex::new(stock),
+            shown: Mutex::new(shown),
+        });
         if created {
             stores.push(store);
         } else {
@@ -482,9 +511,8 @@ impl State {
                 .commit(ledger_writes(store_id, reason, std::slice::from_ref(&arrival), None, now))
                 .await
                 .map_err(|e| StockError::Unavailable(e.to_string()))?;
-            let mut stock = store.stock.lock().expect("stock lock");
-            stock.apply(&arrival);
-            return Ok(self.line_view(sku, &stock, now));
+            store.stock.lock().expect("stock lock").apply(&arrival);
+            return Ok(self.stock_changed(&store, &[sku], now).remove(0));
         }
         // Units leave: taken now, given back if the commit fails.
         let deltas = {
@@ -496,8 +524,77 @@ impl State {
             deltas.iter().for_each(|d| stock.apply(&d.negated()));
             return Err(StockError::Unavailable(e.to_string()));
         }
-        let stock = store.stock.lock().expect("stock lock");
-        Ok(self.line_view(sku, &stock, now))
+        Ok(self.stock_changed(&store, &[sku], now).remove(0))
+    }
+
+    /// Publishes the new state of stock lines: to `store/{id}` and MQTT `stores/{id}/stock`, and
+    /// to `availability/{cell}` for SKUs that appeared or disappeared. Returns the lines.
+    pub fn stock_changed(&self, store: &Store, skus: &[&str], now: Millis) -> Vec<LineView> {
+        let lines: Vec<LineView> = {
+            let stock = store.stock.lock().expect("stock lock");
+            skus.iter().map(|sku| self.line_view(sku, &stock, now)).collect()
+        };
+        let store_topic = format!("store/{}", store.id);
+        let mut crossings = Vec::new();
+        for line in &lines {
+            let product = self.product(&line.sku);
+            let json = crate::views::line_json(line, product.as_deref());
+            self.feeds.publish(&store_topic, "stock", &json);
+            let mut payload = json.clone();
+            payload["ts"] = serde_json::json!(now);
+            self.feeds.mqtt(format!("stores/{}/stock", store.id), &payload);
+            let now_shown = line.totals.available > 0;
+            let was = store.shown.lock().expect("shown lock").insert(Arc::from(line.sku.as_str()), now_shown);
+            if was.unwrap_or(false) != now_shown {
+                crossings.push((line.sku.clone(), now_shown, line.totals.available, product));
+            }
+        }
+        if !crossings.is_empty() {
+            for topic in self.feeds.topics_with_prefix("availability/") {
+                let Some(cell) = topic.strip_prefix("availability/") else { continue };
+                if self.store_for_cell(cell).map(|s| s.idx) != Some(store.idx) {
+                    continue;
+                }
+                for (sku, shown, available, product) in &crossings {
+                    if *shown {
+                        let item = serde_json::json!({
+                            "sku": sku,
+                            "name": product.as_ref().map(|p| p.name.clone()),
+                            "category": product.as_ref().map(|p| p.category.clone()),
+                            "price_minor": product.as_ref().map(|p| p.price_minor),
+                            "available": available,
+                        });
+                        self.feeds.publish(&topic, "item_available", &item);
+                    } else {
+                        self.feeds.publish(&topic, "item_unavailable", &serde_json::json!({"sku": sku}));
+                    }
+                }
+            }
+        }
+        lines
+    }
+
+    /// The store serving the centre of an H3 cell (given as its string form), if any.
+    pub fn store_for_cell(&self, cell: &str) -> Option<Arc<Store>> {
+        let cell: h3o::CellIndex = cell.parse().ok()?;
+        let centre = h3o::LatLng::from(cell);
+        let serving = self.area.read().expect("area lock").best_store(centre.lat(), centre.lng()).ok()??;
+        self.store_at(serving.store)
+    }
+
+    /// Publishes an order's new state: `order/{id}`, `store/{store}` and MQTT `orders/{id}/status`.
+    pub fn order_changed(&self, order: &Order) {
+        let json = crate::views::order_json(order, self.promise_ms());
+        self.feeds.publish(&format!("order/{}", order.id), "status", &json);
+        self.feeds.publish(&format!("store/{}", order.store_id), "order", &json);
+        let payload = serde_json::json!({
+            "order_id": order.id,
+            "status": order.status.as_str(),
+            "store_id": order.store_id,
+            "rider_id": order.rider_id,
+            "ts": order.updated_at,
+        });
+        self.feeds.mqtt(format!("orders/{}/status", order.id), &payload);
     }
 
     /// Writes off the free units of expired lots in every store.
@@ -509,6 +606,8 @@ impl State {
             }
             match self.committer.commit(ledger_writes(&store.id, "expiry", &deltas, None, now)).await {
                 Ok(()) => {
+                    let skus: Vec<&str> = deltas.iter().map(|d| &*d.sku).collect();
+                    self.stock_changed(&store, &skus, now);
                     self.metrics.lots_expired.fetch_add(deltas.len() as u64, Ordering::Relaxed);
                     tracing::info!(store = %store.id, lots = deltas.len(), "expired lots written off");
                 }
@@ -582,6 +681,25 @@ impl State {
             }
         }
         out
+    }
+
+    /// Every order of a store (oldest first).
+    pub async fn orders_of_store(&self, store_id: &str) -> Vec<Order> {
+        let orders: Vec<_> = self.orders.iter().map(|e| e.value().clone()).collect();
+        let mut out = Vec::new();
+        for o in orders {
+            let o = o.lock().await;
+            if o.store_id == store_id {
+                out.push(o.clone());
+            }
+        }
+        out.sort_by_key(|o| (o.created_at, o.id.clone()));
+        out
+    }
+
+    /// The H3 cells a store covers, as strings.
+    pub fn store_cell_ids(&self, idx: StoreIdx) -> Vec<h3o::CellIndex> {
+        self.area.read().expect("area lock").cells_of(idx).to_vec()
     }
 
     /// Ids of the orders waiting for a rider.
@@ -706,6 +824,9 @@ impl State {
             self.dispatchable.lock().expect("dispatchable lock").insert(id.clone());
         }
         claim.finish(req.request_hash.clone(), id);
+        self.order_changed(&order);
+        let skus: Vec<&str> = order.lines.iter().map(|l| l.sku.as_str()).collect();
+        self.stock_changed(&store, &skus, now);
         Ok(Placed { order, replayed: false })
     }
 
@@ -779,6 +900,13 @@ impl State {
         order.rider_id = rider_id;
         order.updated_at = now;
         self.metrics.order_transitions.fetch_add(1, Ordering::Relaxed);
+        self.order_changed(&order);
+        if !settle.is_empty()
+            && let Some(store) = self.store(&order.store_id)
+        {
+            let skus: Vec<&str> = settle.iter().map(|d| &*d.sku).collect();
+            self.stock_changed(&store, &skus, now);
+        }
         Ok(order.clone())
     }
 

@@ -160,3 +160,26 @@ pub async fn put_rider(
     app.fleet.register(&id);
     Ok((created_or_ok(created), Json(json)))
 }
+
+/// `GET /v1/stores`: every store (staff and admin).
+pub async fn list_stores(State(app): State<AppRef>, caller: Caller) -> Result<Json<Value>, ApiError> {
+    caller.require(&[Role::Admin, Role::Staff])?;
+    let stores: Vec<Value> =
+        app.state.stores().iter().map(|s| json!({"id": s.id, "name": s.name, "lat": s.lat, "lng": s.lng})).collect();
+    Ok(Json(json!({ "stores": stores })))
+}
+
+/// `GET /v1/stores/{id}/area`: the H3 cells the store covers, with their boundaries, for maps.
+pub async fn store_area(State(app): State<AppRef>, Path(store_id): Path<String>) -> Result<Json<Value>, ApiError> {
+    let store = app.state.store(&store_id).ok_or_else(|| ApiError::not_found("no such store"))?;
+    let cells: Vec<Value> = app
+        .state
+        .store_cell_ids(store.idx)
+        .into_iter()
+        .map(|c| {
+            let boundary: Vec<[f64; 2]> = c.boundary().iter().map(|p| [p.lat(), p.lng()]).collect();
+            json!({"cell": c.to_string(), "boundary": boundary})
+        })
+        .collect();
+    Ok(Json(json!({"store_id": store.id, "lat": store.lat, "lng": store.lng, "cells": cells})))
+}

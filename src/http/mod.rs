@@ -10,6 +10,7 @@ mod ops;
 mod orders;
 mod riders;
 mod stock;
+pub mod ws;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -40,6 +41,7 @@ pub struct App {
     pub fleet: Arc<crate::fleet::Fleet>,
     pub dispatcher: Arc<crate::dispatch::Dispatcher>,
     pub mqtt: Option<crate::mqtt::Mqtt>,
+    pub ws: ws::WsLimits,
 }
 
 impl App {
@@ -66,6 +68,9 @@ pub fn router(app: AppRef) -> Router {
         .route("/v1/riders/{rider_id}/events", post(riders::event))
         .route("/v1/stores/{store_id}/stock", post(stock::post_stock).get(stock::get_stock))
         .route("/v1/availability", get(stock::availability))
+        .route("/v1/ws", get(ws::upgrade))
+        .route("/v1/stores", get(catalog::list_stores))
+        .route("/v1/stores/{store_id}/area", get(catalog::store_area))
         .route("/v1/orders", post(orders::place))
         .route("/v1/orders/{id}", get(orders::get))
         .route("/v1/orders/{id}/cancel", post(orders::cancel))
@@ -82,7 +87,7 @@ pub fn router(app: AppRef) -> Router {
 
 /// The identity a request carries, set by [`edge`].
 #[derive(Clone, Debug)]
-enum Identity {
+pub(crate) enum Identity {
     Anonymous,
     Invalid(&'static str),
     Token(Claims),
@@ -143,7 +148,7 @@ async fn normalize_rejection(response: Response) -> Response {
     ApiError::new(status, code, if message.is_empty() { status.to_string() } else { message }).into_response()
 }
 
-fn identify(app: &App, req: &Request) -> Identity {
+pub(crate) fn identify(app: &App, req: &Request) -> Identity {
     let Some(value) = req.headers().get(axum::http::header::AUTHORIZATION) else {
         return Identity::Anonymous;
     };
@@ -237,12 +242,6 @@ pub fn check_point(lat: f64, lng: f64) -> Result<(), ApiError> {
     } else {
         Err(ApiError::invalid("lat must be in [-90, 90] and lng in [-180, 180]"))
     }
-}
-
-/// RFC 3339 UTC with milliseconds.
-pub fn rfc3339(ms: i64) -> String {
-    let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms.max(0) as u64);
-    humantime::format_rfc3339_millis(t).to_string()
 }
 
 /// Runs a state change on its own task, so a client that hangs up cannot cancel it half-way

@@ -60,6 +60,17 @@ pub async fn metrics(State(app): State<AppRef>) -> Response {
         extra.push(("darkstore_mqtt_connection_errors_total".into(), "counter", load(&m.reconnects)));
         extra.push(("darkstore_mqtt_published_total".into(), "counter", load(&m.published)));
     }
+    let w = &app.ws;
+    extra.push(("darkstore_ws_connections".into(), "gauge", w.connections.load(Ordering::Relaxed) as f64));
+    extra.push(("darkstore_ws_subscriptions".into(), "gauge", app.state.feeds.n_subscriptions() as f64));
+    extra.push(("darkstore_ws_frames_sent_total".into(), "counter", load(&w.frames_sent)));
+    extra.push(("darkstore_ws_closed_total{reason=\"slow\"}".into(), "counter", load(&w.closed_slow)));
+    extra.push(("darkstore_ws_closed_total{reason=\"silent\"}".into(), "counter", load(&w.closed_silent)));
+    extra.push(("darkstore_ws_refused_total".into(), "counter", load(&w.refused)));
+    let f = &app.state.feeds.counters;
+    extra.push(("darkstore_feed_published_total".into(), "counter", load(&f.published)));
+    extra.push(("darkstore_feed_coalesced_total".into(), "counter", load(&f.coalesced)));
+    extra.push(("darkstore_feed_mqtt_published_total".into(), "counter", load(&f.mqtt_published)));
     let d = &app.dispatcher.counters;
     extra.push(("darkstore_dispatch_ticks_total".into(), "counter", load(&d.ticks)));
     extra.push(("darkstore_dispatch_tick_seconds_total".into(), "counter", load(&d.tick_micros) / 1e6));

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
-use super::{AppRef, Caller, check_id, check_point, detached, parse_json, rfc3339};
+use super::{AppRef, Caller, check_id, check_point, detached, parse_json};
 use crate::auth::{self, Role};
 use crate::error::ApiError;
 use crate::metrics::OrderOutcome;
@@ -36,26 +36,9 @@ pub struct OrderBody {
     lines: Vec<LineBody>,
 }
 
-pub fn order_json(o: &Order) -> Value {
-    let lines: Vec<Value> =
-        o.lines.iter().map(|l| json!({"sku": l.sku, "qty": l.qty, "price_minor": l.price_minor})).collect();
-    let total: i64 = o.lines.iter().map(|l| l.qty * l.price_minor).sum();
-    json!({
-        "id": o.id,
-        "status": o.status.as_str(),
-        "store_id": o.store_id,
-        "rider_id": o.rider_id,
-        "customer_id": o.customer_id,
-        "lat": o.lat,
-        "lng": o.lng,
-        "eta_minutes": o.eta_minutes,
-        "lines": lines,
-        "total_minor": total,
-        "created_at": rfc3339(o.created_at),
-        "updated_at": rfc3339(o.updated_at),
-        "promised_by": rfc3339(o.created_at + o.eta_minutes * 60_000),
-        "payment_hold_expires_at": o.hold_expires_at.filter(|_| o.status == OrderStatus::PendingPayment).map(rfc3339),
-    })
+/// An order as the API shows it.
+pub fn order_json(app: &AppRef, o: &Order) -> Value {
+    crate::views::order_json(o, app.state.promise_ms())
 }
 
 fn validate(body: &OrderBody) -> Result<(), ApiError> {
@@ -85,7 +68,7 @@ pub async fn place(State(app): State<AppRef>, caller: Caller, headers: HeaderMap
     let started = std::time::Instant::now();
     let (outcome, response) = match place_inner(&app, caller, &headers, &body).await {
         Ok((order, replayed)) => {
-            let mut response = (StatusCode::CREATED, Json(order_json(&order))).into_response();
+            let mut response = (StatusCode::CREATED, Json(order_json(&app, &order))).into_response();
             if replayed {
                 response.headers_mut().insert("idempotent-replayed", HeaderValue::from_static("true"));
             }
@@ -189,7 +172,7 @@ pub async fn get(State(app): State<AppRef>, caller: Caller, Path(id): Path<Strin
             ApiError::forbidden("this order belongs to another store or rider")
         });
     }
-    Ok(Json(order_json(&order)))
+    Ok(Json(order_json(&app, &order)))
 }
 
 fn transition_error(e: TransitionError, caller_role: Role) -> ApiError {
@@ -217,7 +200,7 @@ pub async fn cancel(
         detached(async move { state.transition(&id, OrderStatus::Cancelled, None, |o| is_party(&caller, o)).await })
             .await?
             .map_err(|e| transition_error(e, role))?;
-    Ok(Json(order_json(&order)))
+    Ok(Json(order_json(&app, &order)))
 }
 
 pub async fn packed(
@@ -232,7 +215,7 @@ pub async fn packed(
         detached(async move { state.transition(&id, OrderStatus::Packed, None, |o| is_party(&caller, o)).await })
             .await?
             .map_err(|e| transition_error(e, role))?;
-    Ok(Json(order_json(&order)))
+    Ok(Json(order_json(&app, &order)))
 }
 
 #[derive(Deserialize)]
@@ -270,12 +253,12 @@ pub async fn payment_webhook(
     let order_id = event.order_id.clone();
     let result = detached(async move { state.transition(&order_id, to, None, |_| true).await }).await?;
     match result {
-        Ok(order) => Ok(Json(order_json(&order))),
+        Ok(order) => Ok(Json(order_json(&app, &order))),
         // A retried delivery of an event already applied is answered as a success.
         Err(TransitionError::NotAllowed { from, .. }) if from == to => {
             let order = app.state.order(&event.order_id).ok_or_else(|| ApiError::not_found("no such order"))?;
             let order = order.lock().await.clone();
-            Ok(Json(order_json(&order)))
+            Ok(Json(order_json(&app, &order)))
         }
         Err(e) => Err(transition_error(e, Role::Admin)),
     }

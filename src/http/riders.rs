@@ -42,6 +42,7 @@ pub async fn location(
         app.fleet.count(d);
         drop_error(d)
     })?;
+    app.dispatcher.rider_update(&rider_id);
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -5,9 +5,9 @@ use axum::extract::{Path, Query, State};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::{AppRef, Caller, JsonBody, check_point, detached, rfc3339};
+use super::{AppRef, Caller, JsonBody, check_point, detached};
 use crate::error::ApiError;
-use crate::state::{LineView, StockError, now_ms};
+use crate::state::{StockError, now_ms};
 use darkstore_geoinv::stock::AdjustError;
 
 /// Largest stock delta accepted in one adjustment.
@@ -21,17 +21,6 @@ pub struct StockBody {
     /// RFC 3339 expiry of the arriving lot (positive deltas only).
     #[serde(default)]
     expires_at: Option<String>,
-}
-
-pub fn line_json(line: &LineView) -> Value {
-    json!({
-        "sku": line.sku,
-        "on_hand": line.totals.on_hand,
-        "reserved": line.totals.reserved,
-        "available": line.totals.available,
-        "low_stock": line.low_stock,
-        "next_expiry": line.next_expiry.map(rfc3339),
-    })
 }
 
 fn parse_time(s: &str) -> Result<i64, ApiError> {
@@ -81,7 +70,7 @@ pub async fn post_stock(
     let result =
         detached(async move { state.adjust_stock(&store_id, &sku, body.delta, reason, expires_at).await }).await?;
     match result {
-        Ok(line) => Ok(Json(line_json(&line))),
+        Ok(line) => Ok(Json(crate::views::line_json(&line, app.state.product(&line.sku).as_deref()))),
         Err(StockError::UnknownStore) => Err(ApiError::not_found("no such store")),
         Err(StockError::UnknownSku) => Err(ApiError::invalid(format!("sku {:?} is not in the catalog", body.sku))),
         Err(StockError::Refused(AdjustError::BelowReserved { on_hand, reserved })) => {
@@ -101,7 +90,12 @@ pub async fn get_stock(
 ) -> Result<Json<Value>, ApiError> {
     caller.require_store(&store_id)?;
     let store = app.state.store(&store_id).ok_or_else(|| ApiError::not_found("no such store"))?;
-    let lines: Vec<Value> = app.state.stock_lines(&store, now_ms()).iter().map(line_json).collect();
+    let lines: Vec<Value> = app
+        .state
+        .stock_lines(&store, now_ms())
+        .iter()
+        .map(|l| crate::views::line_json(l, app.state.product(&l.sku).as_deref()))
+        .collect();
     Ok(Json(json!({ "store_id": store.id, "lines": lines })))
 }
 

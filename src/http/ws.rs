@@ -1,0 +1,383 @@
+//! `GET /v1/ws`: live feeds over WebSocket.
+//!
+//! One task per connection reads client ops, writes queued frames and coalesced rider positions,
+//! and keeps the connection alive with pings. Per subscription, the first message is a snapshot
+//! (`seq` 0) and every later message on it has the next `seq`, so a gap means something was lost
+//! and the client should resubscribe. A subscription is registered with the feed bus before its
+//! snapshot is taken, so nothing that changes in between is missed (deltas are full states, so one
+//! already reflected in the snapshot is harmless). A client whose queue overflows is closed with
+//! 1013; a client silent for a minute is dropped; frames over 4 KiB close the connection (1009).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade, close_code};
+use axum::extract::{Query, Request, State};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::{AppRef, Identity, identify};
+use crate::auth::{Claims, Role};
+use crate::error::ApiError;
+use crate::feeds::{Frame, Subscriber};
+use crate::state::now_ms;
+
+/// Most subscriptions one connection may hold.
+pub const MAX_SUBSCRIPTIONS: usize = 64;
+/// Largest client frame, bytes.
+pub const MAX_FRAME: usize = 4096;
+/// Client ops per second allowed (burst twice that); past it ops are refused, and a client that
+/// keeps flooding is closed.
+const OPS_PER_SEC: f64 = 20.0;
+const PING_EVERY: Duration = Duration::from_secs(20);
+const SILENT_LIMIT: Duration = Duration::from_secs(60);
+const SEND_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Connection limits and counters.
+#[derive(Debug)]
+pub struct WsLimits {
+    pub max_connections: usize,
+    pub queue: usize,
+    pub connections: AtomicUsize,
+    pub next_id: AtomicU64,
+    pub frames_sent: AtomicU64,
+    pub closed_slow: AtomicU64,
+    pub closed_silent: AtomicU64,
+    pub refused: AtomicU64,
+}
+
+impl WsLimits {
+    pub fn new(max_connections: usize, queue: usize) -> WsLimits {
+        WsLimits {
+            max_connections,
+            queue,
+            connections: AtomicUsize::new(0),
+            next_id: AtomicU64::new(1),
+            frames_sent: AtomicU64::new(0),
+            closed_slow: AtomicU64::new(0),
+            closed_silent: AtomicU64::new(0),
+            refused: AtomicU64::new(0),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+pub struct WsQuery {
+    token: Option<String>,
+}
+
+pub async fn upgrade(
+    State(app): State<AppRef>,
+    Query(q): Query<WsQuery>,
+    ws: WebSocketUpgrade,
+    req: Request,
+) -> Response {
+    let identity = match (&q.token, req.extensions().get::<Identity>()) {
+        (Some(token), _) => match crate::auth::verify(&app.jwt_secret, token, now_ms() / 1000) {
+            Ok(c) => Identity::Token(c),
+            Err(e) => Identity::Invalid(e.message()),
+        },
+        (None, Some(id)) => id.clone(),
+        (None, None) => identify(&app, &req),
+    };
+    let claims = match identity {
+        Identity::Token(c) => Some(c),
+        Identity::Invalid(why) => return ApiError::unauthorized(why).into_response(),
+        Identity::Anonymous => None,
+    };
+    let limits = &app.ws;
+    if limits.connections.fetch_add(1, Ordering::AcqRel) >= limits.max_connections {
+        limits.connections.fetch_sub(1, Ordering::AcqRel);
+        limits.refused.fetch_add(1, Ordering::Relaxed);
+        return ApiError::new(
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            "too many WebSocket connections",
+        )
+        .into_response();
+    }
+    ws.max_message_size(MAX_FRAME).max_frame_size(MAX_FRAME).on_upgrade(move |socket| async move {
+        connection(app.clone(), socket, claims).await;
+        app.ws.connections.fetch_sub(1, Ordering::AcqRel);
+    })
+}
+
+fn frame_text(topic: &str, kind: &str, seq: u64, data: &str) -> String {
+    let topic = serde_json::to_string(topic).unwrap_or_else(|_| "null".into());
+    format!(r#"{{"topic":{topic},"type":"{kind}","seq":{seq},"data":{data}}}"#)
+}
+
+fn error_text(topic: Option<&str>, error: &str, message: &str) -> String {
+    json!({"topic": topic, "type": "error", "seq": 0, "data": {"error": error, "message": message}}).to_string()
+}
+
+#[derive(Deserialize)]
+struct Op {
+    op: String,
+    topic: Option<String>,
+}
+
+/// Why a subscription was refused.
+enum Refusal {
+    Forbidden,
+    NotFound,
+    Invalid(&'static str),
+}
+
+async fn connection(app: AppRef, mut socket: WebSocket, claims: Option<Claims>) {
+    let id = app.ws.next_id.fetch_add(1, Ordering::Relaxed);
+    let (sub, mut queue) = Subscriber::new(id, app.ws.queue);
+    let feeds = app.state.feeds.clone();
+    // topic → seq of the last message sent on it
+    let mut subs: HashMap<String, u64> = HashMap::new();
+    let mut ping = tokio::time::interval(PING_EVERY);
+    ping.tick().await;
+    let mut last_heard = Instant::now();
+    let (mut tokens, mut refill_at, mut refused_ops) = (OPS_PER_SEC * 2.0, Instant::now(), 0u32);
+    let mut close: Option<(u16, &'static str)> = None;
+    loop {
+        let out: Vec<String> = tokio::select! {
+            msg = socket.recv() => {
+                last_heard = Instant::now();
+                match msg {
+                    Some(Ok(Message::Text(text))) => {
+                        let now = Instant::now();
+                        tokens = (tokens + now.duration_since(refill_at).as_secs_f64() * OPS_PER_SEC).min(OPS_PER_SEC * 2.0);
+                        refill_at = now;
+                        if tokens < 1.0 {
+                            refused_ops += 1;
+                            if refused_ops > 100 {
+                                close = Some((close_code::POLICY, "too many operations"));
+                                break;
+                            }
+                            vec![error_text(None, "rate_limited", "too many operations; slow down")]
+                        } else {
+                            tokens -= 1.0;
+                            handle_op(&app, &sub, &claims, &mut subs, text.as_str()).await
+                        }
+                    }
+                    Some(Ok(Message::Binary(_))) => vec![error_text(None, "invalid_request", "frames must be JSON text")],
+                    Some(Ok(Message::Ping(_) | Message::Pong(_))) => Vec::new(),
+                    Some(Ok(Message::Close(_))) | None => break,
+                    Some(Err(e)) => {
+                        // Oversized frames and protocol errors end here.
+                        tracing::debug!(conn = id, error = %e, "websocket read failed");
+                        close = Some((close_code::SIZE, "frame too large or malformed"));
+                        break;
+                    }
+                }
+            }
+            Some(frame) = queue.recv() => render(&mut subs, &frame).into_iter().collect(),
+            _ = sub.wake.notified() => sub.take_latest().iter().filter_map(|f| render(&mut subs, f)).collect(),
+            _ = sub.kill.notified() => break,
+            _ = ping.tick() => {
+                if last_heard.elapsed() > SILENT_LIMIT {
+                    app.ws.closed_silent.fetch_add(1, Ordering::Relaxed);
+                    break;
+                }
+                if tokio::time::timeout(SEND_TIMEOUT, socket.send(Message::Ping(Vec::new().into()))).await.is_err() {
+                    break;
+                }
+                Vec::new()
+            }
+        };
+        let mut failed = false;
+        for text in out {
+            // A client that stops reading blocks this send; its queue then overflows, which
+            // ends the wait at once.
+            let sent = tokio::select! {
+                r = tokio::time::timeout(SEND_TIMEOUT, socket.send(Message::Text(text.into()))) => matches!(r, Ok(Ok(()))),
+                _ = sub.kill.notified() => false,
+            };
+            if !sent {
+                failed = true;
+                break;
+            }
+            app.ws.frames_sent.fetch_add(1, Ordering::Relaxed);
+        }
+        if failed {
+            break;
+        }
+    }
+    if sub.overflowed.load(Ordering::Relaxed) {
+        app.ws.closed_slow.fetch_add(1, Ordering::Relaxed);
+        close = Some((close_code::AGAIN, "too slow: the client fell too far behind"));
+    }
+    for topic in subs.keys() {
+        feeds.unsubscribe(topic, id);
+    }
+    if let Some((code, reason)) = close {
+        let frame = CloseFrame { code, reason: reason.into() };
+        let _ = tokio::time::timeout(Duration::from_secs(1), socket.send(Message::Close(Some(frame)))).await;
+    }
+}
+
+/// The text for a frame on a topic still subscribed, with its next seq.
+fn render(subs: &mut HashMap<String, u64>, frame: &Frame) -> Option<String> {
+    let seq = subs.get_mut(&*frame.topic)?;
+    *seq += 1;
+    Some(frame_text(&frame.topic, frame.kind, *seq, &frame.data))
+}
+
+async fn handle_op(
+    app: &AppRef,
+    sub: &Arc<Subscriber>,
+    claims: &Option<Claims>,
+    subs: &mut HashMap<String, u64>,
+    text: &str,
+) -> Vec<String> {
+    let op: Op = match serde_json::from_str(text) {
+        Ok(op) => op,
+        Err(e) => return vec![error_text(None, "invalid_request", &format!("malformed op: {e}"))],
+    };
+    let Some(topic) = op.topic else {
+        return vec![error_text(None, "invalid_request", "an op needs a topic")];
+    };
+    match op.op.as_str() {
+        "subscribe" => {
+            if !subs.contains_key(&topic) && subs.len() >= MAX_SUBSCRIPTIONS {
+                return vec![error_text(
+                    Some(&topic),
+                    "too_many_subscriptions",
+                    "at most 64 subscriptions a connection",
+                )];
+            }
+            if let Err(r) = authorize(app, claims, &topic).await {
+                let (code, message) = match r {
+                    Refusal::Forbidden => ("forbidden", "this topic is outside your role or store"),
+                    Refusal::NotFound => ("not_found", "no such order, store or cell"),
+                    Refusal::Invalid(m) => ("invalid_request", m),
+                };
+                return vec![error_text(Some(&topic), code, message)];
+            }
+            // Register first, then snapshot: what changes meanwhile arrives after the snapshot.
+            app.state.feeds.subscribe(&topic, sub);
+            subs.insert(topic.clone(), 0);
+            let data = snapshot(app, &topic).await;
+            vec![frame_text(&topic, "snapshot", 0, &data.to_string())]
+        }
+        "unsubscribe" => {
+            app.state.feeds.unsubscribe(&topic, sub.id);
+            match subs.remove(&topic) {
+                Some(seq) => vec![frame_text(&topic, "unsubscribed", seq + 1, "null")],
+                None => vec![error_text(Some(&topic), "not_subscribed", "not subscribed to this topic")],
+            }
+        }
+        other => vec![error_text(
+            Some(&topic),
+            "invalid_request",
+            &format!("unknown op {other:?}: use subscribe or unsubscribe"),
+        )],
+    }
+}
+
+async fn authorize(app: &AppRef, claims: &Option<Claims>, topic: &str) -> Result<(), Refusal> {
+    let role = claims.as_ref().map(|c| c.role);
+    if let Some(order_id) = topic.strip_prefix("order/") {
+        let c = claims.as_ref().ok_or(Refusal::Forbidden)?;
+        let order = app.state.order(order_id).ok_or(Refusal::NotFound)?;
+        let o = order.lock().await;
+        let ok = match c.role {
+            Role::Admin => true,
+            Role::Customer => c.sub == o.customer_id,
+            Role::Staff => c.store.as_deref() == Some(o.store_id.as_str()),
+            Role::Rider => o.rider_id.as_deref() == Some(c.sub.as_str()),
+        };
+        return if ok { Ok(()) } else { Err(Refusal::Forbidden) };
+    }
+    if let Some(store_id) = topic.strip_prefix("store/") {
+        let c = claims.as_ref().ok_or(Refusal::Forbidden)?;
+        let ok = c.role == Role::Admin || (c.role == Role::Staff && c.store.as_deref() == Some(store_id));
+        if !ok {
+            return Err(Refusal::Forbidden);
+        }
+        return app.state.store(store_id).map(|_| ()).ok_or(Refusal::NotFound);
+    }
+    if let Some(cell) = topic.strip_prefix("availability/") {
+        let cell: h3o::CellIndex = cell.parse().map_err(|_| Refusal::Invalid("not an H3 cell"))?;
+        if cell.resolution() != darkstore_geoinv::area::CELL_RESOLUTION {
+            return Err(Refusal::Invalid("availability cells are H3 resolution 9"));
+        }
+        return Ok(());
+    }
+    if topic == "riders" {
+        return if role == Some(Role::Admin) { Ok(()) } else { Err(Refusal::Forbidden) };
+    }
+    Err(Refusal::Invalid("topics are order/{id}, store/{id}, availability/{h3_cell} and riders"))
+}
+
+/// The first message of a subscription: the topic's current state.
+async fn snapshot(app: &AppRef, topic: &str) -> Value {
+    let state = &app.state;
+    let promise = state.promise_ms();
+    if let Some(order_id) = topic.strip_prefix("order/") {
+        let Some(order) = state.order(order_id) else { return Value::Null };
+        let o = order.lock().await.clone();
+        let rider = o.rider_id.as_ref().and_then(|r| {
+            let reg = state.rider(r);
+            app.fleet.get(r).map(|live| crate::views::rider_json(r, reg.and_then(|x| x.store_id).as_deref(), &live))
+        });
+        return json!({"order": crate::views::order_json(&o, promise), "rider": rider});
+    }
+    if let Some(store_id) = topic.strip_prefix("store/") {
+        let Some(store) = state.store(store_id) else { return Value::Null };
+        let now = now_ms();
+        let since = now - 3_600_000;
+        let mut orders = Vec::new();
+        for o in state.orders_of_store(store_id).await {
+            if !o.status.is_final() || o.updated_at >= since || o.created_at >= since {
+                orders.push(crate::views::order_json(&o, promise));
+            }
+        }
+        let stock: Vec<Value> = state
+            .stock_lines(&store, now)
+            .iter()
+            .map(|l| crate::views::line_json(l, state.product(&l.sku).as_deref()))
+            .collect();
+        let riders: Vec<Value> = state
+            .riders()
+            .into_iter()
+            .filter(|(_, r)| r.store_id.as_deref() == Some(store_id))
+            .filter_map(|(id, r)| {
+                app.fleet.get(&id).map(|live| crate::views::rider_json(&id, r.store_id.as_deref(), &live))
+            })
+            .collect();
+        return json!({
+            "store": {"id": store.id, "name": store.name, "lat": store.lat, "lng": store.lng},
+            "promise_minutes": promise / 60_000,
+            "orders": orders,
+            "stock": stock,
+            "riders": riders,
+        });
+    }
+    if let Some(cell) = topic.strip_prefix("availability/") {
+        let Ok(c) = cell.parse::<h3o::CellIndex>() else { return Value::Null };
+        let centre = h3o::LatLng::from(c);
+        let Ok(page) = state.availability(centre.lat(), centre.lng(), None, None, 1000, now_ms()) else {
+            return Value::Null;
+        };
+        let items: Vec<Value> = page
+            .items
+            .iter()
+            .map(|i| {
+                json!({"sku": &*i.product.sku, "name": i.product.name, "category": i.product.category,
+                       "price_minor": i.product.price_minor, "available": i.available})
+            })
+            .collect();
+        return json!({"serviceable": page.store_id.is_some(), "store_id": page.store_id, "eta_minutes": page.eta_minutes, "items": items});
+    }
+    if topic == "riders" {
+        let riders: Vec<Value> = state
+            .riders()
+            .into_iter()
+            .filter_map(|(id, r)| {
+                app.fleet.get(&id).map(|live| crate::views::rider_json(&id, r.store_id.as_deref(), &live))
+            })
+            .collect();
+        return json!({"riders": riders});
+    }
+    Value::Null
+}
