@@ -298,7 +298,7 @@ pub fn print_welcome(server: &Server, secret: &str) {
     let customer = token(auth::Role::Customer, "demo-customer", None);
     let base = format!("http://{}", server.http_addr);
     eprintln!(
-        "\n  darkstore demo is running.\n\n  dashboard:      {base}/\n  availability:   {base}/v1/availability?lat=12.9719&lng=77.6412\n  \
+        "\n  darkstore demo is running.\n\n  dashboard:      {base}/#token={staff}\n  availability:   {base}/v1/availability?lat=12.9719&lng=77.6412\n  \
          API document:   {base}/openapi.json\n  metrics:        {base}/metrics\n\n  admin token:    {admin}\n  \
          staff token ({}): {staff}\n  customer token: {customer}\n\n  Ctrl-C stops it.\n",
         STORES[0].0

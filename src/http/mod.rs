@@ -56,6 +56,8 @@ pub type AppRef = Arc<App>;
 pub fn router(app: AppRef) -> Router {
     Router::new()
         .route("/", get(ops::index))
+        .route("/app.js", get(ops::app_js))
+        .route("/style.css", get(ops::style_css))
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
         .route("/metrics", get(ops::metrics))

@@ -11,6 +11,8 @@ use super::AppRef;
 
 static OPENAPI: &str = include_str!("../openapi.json");
 static INDEX: &str = include_str!("../../web/index.html");
+static APP_JS: &str = include_str!("../../web/app.js");
+static STYLE_CSS: &str = include_str!("../../web/style.css");
 
 pub async fn healthz() -> impl IntoResponse {
     axum::Json(json!({"status": "ok"}))
@@ -89,4 +91,15 @@ pub async fn openapi() -> Response {
 
 pub async fn index() -> Html<&'static str> {
     Html(INDEX)
+}
+
+/// The dashboard's script and style, embedded in the binary.
+pub async fn app_js() -> Response {
+    ([(header::CONTENT_TYPE, "text/javascript; charset=utf-8"), (header::CACHE_CONTROL, "no-cache")], APP_JS)
+        .into_response()
+}
+
+pub async fn style_css() -> Response {
+    ([(header::CONTENT_TYPE, "text/css; charset=utf-8"), (header::CACHE_CONTROL, "no-cache")], STYLE_CSS)
+        .into_response()
 }
