@@ -13,7 +13,8 @@
 //! the listener, so tests bind port 0. [`Server::run_until`] serves until the shutdown future
 //! resolves, then drains requests, stops background work and waits for the last commit.
 
-pub mod auth;
+/// Tokens and signatures (the `darkstore-auth` crate, re-exported).
+pub use darkstore_auth as auth;
 pub mod config;
 pub mod demo;
 pub mod dispatch;

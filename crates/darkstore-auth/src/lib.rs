@@ -1,4 +1,5 @@
-//! Bearer tokens: JWT with HS256, signed and verified here (HMAC-SHA256, constant-time compare).
+//! Bearer tokens: JWT with HS256, signed and verified here (HMAC-SHA256, constant-time compare),
+//! and the HMAC of webhook bodies. Pure: no clock (the caller passes `now`), no IO.
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
