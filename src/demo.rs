@@ -1,5 +1,6 @@
 //! The demo city: eight dark stores in Bengaluru, a grocery catalog of a few hundred SKUs, stock
-//! (fresh food with expiry dates) and riders. Loaded once into an empty database.
+//! (fresh food with expiry dates) and riders, loaded once into an empty database; and the
+//! simulator's traffic through it, in-process, while the demo runs.
 
 use std::sync::Arc;
 
@@ -285,6 +286,24 @@ pub async fn load_city(state: &Arc<State>) -> Result<(), BoxError> {
         "demo city loaded"
     );
     Ok(())
+}
+
+/// Starts the simulator in-process against the running server, at a pace a person can follow on
+/// the dashboard: 24 riders, an order every five seconds on average, riders and pickers four times
+/// faster than real time. It runs until the server stops.
+pub fn start_traffic(server: &Server, secret: &str) {
+    let mqtt = server.mqtt_url.clone().unwrap_or_default();
+    let mut cfg = darkstore_sim::city::RunConfig::new(&format!("http://{}", server.http_addr), &mqtt, secret);
+    cfg.riders = 24;
+    cfg.order_rate = 0.2;
+    cfg.speedup = 4.0;
+    cfg.duration = std::time::Duration::from_secs(365 * 86_400);
+    tokio::spawn(async move {
+        match darkstore_sim::city::run(cfg).await {
+            Ok(report) => tracing::info!("demo traffic ended:\n{}", report.human()),
+            Err(e) => tracing::error!(error = %e, "demo traffic could not start"),
+        }
+    });
 }
 
 /// Tells the person at the terminal where to look (on stderr; stdout carries the ready line).

@@ -76,6 +76,7 @@ async fn serve(config: ServeConfig, with_demo: bool) -> Result<(), BoxError> {
         }
         let secret = String::from_utf8_lossy(&server.app.jwt_secret).into_owned();
         demo::print_welcome(&server, &secret);
+        demo::start_traffic(&server, &secret);
     }
     println!("{}", server.ready_line());
     server.run_until(shutdown_signal()).await

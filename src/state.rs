@@ -910,6 +910,37 @@ impl State {
         Ok(order.clone())
     }
 
+    /// Staff packed an order. A confirmed order becomes `packed`; an order a rider was already
+    /// sent for stays `assigned` (the rider is on the way) and only remembers when it was packed.
+    /// Packing twice, or after pickup, is a conflict.
+    pub async fn pack(&self, order_id: &str, allowed: impl FnOnce(&Order) -> bool) -> Result<Order, TransitionError> {
+        let order = self.order(order_id).ok_or(TransitionError::NotFound)?;
+        let mut o = order.lock().await;
+        if !allowed(&o) {
+            return Err(TransitionError::Forbidden);
+        }
+        match (o.status, o.packed_at) {
+            (OrderStatus::Assigned, None) => {
+                o.packed_at = Some(now_ms());
+                self.order_changed(&o);
+                Ok(o.clone())
+            }
+            (OrderStatus::Confirmed, _) => {
+                drop(o);
+                // If a rider was assigned in between, packing now would hand the order back: refuse.
+                self.transition(order_id, OrderStatus::Packed, None, |o| o.status == OrderStatus::Confirmed)
+                    .await
+                    .map_err(|e| match e {
+                        TransitionError::Forbidden => {
+                            TransitionError::NotAllowed { from: OrderStatus::Assigned, to: OrderStatus::Packed }
+                        }
+                        other => other,
+                    })
+            }
+            (from, _) => Err(TransitionError::NotAllowed { from, to: OrderStatus::Packed }),
+        }
+    }
+
     /// Expires the payment holds whose deadline has passed.
     pub async fn expire_holds(&self, now: Millis) {
         let due: Vec<(Millis, String)> = {

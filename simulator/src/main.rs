@@ -1,79 +1,18 @@
-//! `darkstore-sim`: drives a darkstore server with a simulated city (`run`, not built yet), and
+//! `darkstore-sim`: drives a darkstore server with a simulated city (`run`), and
 //! replays Meal Delivery Routing Problem instances through darkstore's dispatch code (`mdrp`).
 
-mod mdrp;
+use darkstore_sim::mdrp::{self, Knobs, Policy};
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
 #[command(name = "darkstore-sim", version, about)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
-}
-
-#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum Policy {
-    /// darkstore's optimizer: bundling, min-cost assignment, hold-back.
-    Optimizer,
-    /// First come, first served: each order alone to the courier who picks it up earliest.
-    Greedy,
-}
-
-/// The optimizer's knobs (defaults are darkstore-dispatch's).
-#[derive(Clone, Args)]
-pub struct Knobs {
-    /// Most orders in one bundle.
-    #[arg(long)]
-    pub max_bundle: Option<usize>,
-    /// Bundle when adding an order costs less than this share of a separate trip.
-    #[arg(long)]
-    pub bundle_saving: Option<f64>,
-    /// Candidate riders per bundle.
-    #[arg(long)]
-    pub candidates: Option<usize>,
-    /// Weight of lateness past the promise.
-    #[arg(long)]
-    pub late_weight: Option<f64>,
-    /// Weight of rider time on the route.
-    #[arg(long)]
-    pub rider_time_weight: Option<f64>,
-    /// Weight of time already waited, for orders left unassigned.
-    #[arg(long)]
-    pub age_weight: Option<f64>,
-    /// Turn holding back off.
-    #[arg(long)]
-    pub no_hold_back: bool,
-}
-
-impl Knobs {
-    pub fn apply(&self, mut p: darkstore_dispatch::Params) -> darkstore_dispatch::Params {
-        if let Some(v) = self.max_bundle {
-            p.max_bundle = v;
-        }
-        if let Some(v) = self.bundle_saving {
-            p.bundle_saving = v;
-        }
-        if let Some(v) = self.candidates {
-            p.candidates = v;
-        }
-        if let Some(v) = self.late_weight {
-            p.late_weight = v;
-        }
-        if let Some(v) = self.rider_time_weight {
-            p.rider_time_weight = v;
-        }
-        if let Some(v) = self.age_weight {
-            p.age_weight = v;
-        }
-        if self.no_hold_back {
-            p.hold_back = false;
-        }
-        p
-    }
 }
 
 #[derive(Subcommand)]
@@ -99,8 +38,41 @@ enum Command {
         #[command(flatten)]
         knobs: Knobs,
     },
-    /// Drive a running server (issue 5; not built yet).
-    Run,
+    /// Drive a running server with a simulated city: riders over MQTT, customers over HTTP and
+    /// WebSocket, staff packing and restocking.
+    Run {
+        /// The server, http://HOST:PORT.
+        #[arg(long)]
+        server: String,
+        /// The server's MQTT broker, mqtt://HOST:PORT.
+        #[arg(long)]
+        mqtt: String,
+        #[arg(long, default_value_t = 20)]
+        riders: usize,
+        /// Customer orders per second.
+        #[arg(long, default_value_t = 1.0)]
+        order_rate: f64,
+        /// Seconds customers keep arriving.
+        #[arg(long, default_value_t = 60)]
+        duration: u64,
+        /// Riders move and staff pick this many times faster than real time.
+        #[arg(long, default_value_t = 1.0)]
+        speedup: f64,
+        /// Write the report as JSON here.
+        #[arg(long)]
+        json: Option<PathBuf>,
+        /// Seconds to wait after the last arrival for orders in flight.
+        #[arg(long, default_value_t = 60)]
+        drain: u64,
+        /// The server's token secret (the simulator signs its own tokens).
+        #[arg(long, env = "DARKSTORE_JWT_SECRET", hide_env_values = true)]
+        jwt_secret: String,
+        #[arg(long, default_value_t = 0x5eed)]
+        seed: u64,
+        /// No progress line.
+        #[arg(long)]
+        quiet: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -111,7 +83,25 @@ fn main() -> ExitCode {
             })
         }
         Command::MdrpBench { data_dir, tick_minutes, knobs } => mdrp::bench(&data_dir, tick_minutes, &knobs),
-        Command::Run => Err("darkstore-sim run is not built yet (issue 5)".to_owned()),
+        Command::Run { server, mqtt, riders, order_rate, duration, speedup, json, drain, jwt_secret, seed, quiet } => {
+            let mut cfg = darkstore_sim::city::RunConfig::new(&server, &mqtt, &jwt_secret);
+            cfg.riders = riders;
+            cfg.order_rate = order_rate;
+            cfg.duration = std::time::Duration::from_secs(duration);
+            cfg.drain = std::time::Duration::from_secs(drain);
+            cfg.speedup = speedup;
+            cfg.seed = seed;
+            cfg.progress = !quiet;
+            let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().map_err(|e| e.to_string());
+            runtime.and_then(|rt| rt.block_on(darkstore_sim::city::run(cfg))).and_then(|report| {
+                print!("{}", report.human());
+                match json {
+                    Some(path) => std::fs::write(&path, serde_json::to_string_pretty(&report).unwrap_or_default())
+                        .map_err(|e| format!("{}: {e}", path.display())),
+                    None => Ok(()),
+                }
+            })
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

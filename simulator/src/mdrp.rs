@@ -16,7 +16,68 @@ use std::time::Instant;
 use darkstore_dispatch::{Millis, OrderIn, Params, PlanarTravel, Pt, RiderIn, Travel, greedy_tick, plan_tick};
 use serde_json::{Value, json};
 
-use crate::{Knobs, Policy};
+use clap::{Args, ValueEnum};
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Policy {
+    /// darkstore's optimizer: bundling, min-cost assignment, hold-back.
+    Optimizer,
+    /// First come, first served: each order alone to the courier who picks it up earliest.
+    Greedy,
+}
+
+/// The optimizer's knobs (defaults are darkstore-dispatch's).
+#[derive(Clone, Args)]
+pub struct Knobs {
+    /// Most orders in one bundle.
+    #[arg(long)]
+    pub max_bundle: Option<usize>,
+    /// Bundle when adding an order costs less than this share of a separate trip.
+    #[arg(long)]
+    pub bundle_saving: Option<f64>,
+    /// Candidate riders per bundle.
+    #[arg(long)]
+    pub candidates: Option<usize>,
+    /// Weight of lateness past the promise.
+    #[arg(long)]
+    pub late_weight: Option<f64>,
+    /// Weight of rider time on the route.
+    #[arg(long)]
+    pub rider_time_weight: Option<f64>,
+    /// Weight of time already waited, for orders left unassigned.
+    #[arg(long)]
+    pub age_weight: Option<f64>,
+    /// Turn holding back off.
+    #[arg(long)]
+    pub no_hold_back: bool,
+}
+
+impl Knobs {
+    pub fn apply(&self, mut p: darkstore_dispatch::Params) -> darkstore_dispatch::Params {
+        if let Some(v) = self.max_bundle {
+            p.max_bundle = v;
+        }
+        if let Some(v) = self.bundle_saving {
+            p.bundle_saving = v;
+        }
+        if let Some(v) = self.candidates {
+            p.candidates = v;
+        }
+        if let Some(v) = self.late_weight {
+            p.late_weight = v;
+        }
+        if let Some(v) = self.rider_time_weight {
+            p.rider_time_weight = v;
+        }
+        if let Some(v) = self.age_weight {
+            p.age_weight = v;
+        }
+        if self.no_hold_back {
+            p.hold_back = false;
+        }
+        p
+    }
+}
 
 const MIN: Millis = 60_000;
 /// Couriers who will be free within this many minutes are offered to the optimizer.

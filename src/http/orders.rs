@@ -211,10 +211,9 @@ pub async fn packed(
     caller.require(&[Role::Staff, Role::Admin])?;
     let role = caller.0.role;
     let state = app.state.clone();
-    let order =
-        detached(async move { state.transition(&id, OrderStatus::Packed, None, |o| is_party(&caller, o)).await })
-            .await?
-            .map_err(|e| transition_error(e, role))?;
+    let order = detached(async move { state.pack(&id, |o| is_party(&caller, o)).await })
+        .await?
+        .map_err(|e| transition_error(e, role))?;
     Ok(Json(order_json(&app, &order)))
 }
 
