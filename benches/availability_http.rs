@@ -116,7 +116,13 @@ async fn postgres(url: &str, c: &City, secs: u64) -> (f64, u64) {
     .await
     .unwrap();
     for (id, lat, lng) in &c.stores {
-        sqlx::query("INSERT INTO stores VALUES ($1, $2, $3)").bind(id).bind(lat).bind(lng).execute(&mut conn).await.unwrap();
+        sqlx::query("INSERT INTO stores VALUES ($1, $2, $3)")
+            .bind(id)
+            .bind(lat)
+            .bind(lng)
+            .execute(&mut conn)
+            .await
+            .unwrap();
     }
     conn.execute(
         "INSERT INTO products SELECT 'sku-' || lpad(g::text, 5, '0'), 'Product ' || g, (ARRAY['dairy','snacks','staples','fruit_veg','household'])[g % 5 + 1], 1000 + g FROM generate_series(0, 4999) g",
@@ -145,7 +151,8 @@ async fn postgres(url: &str, c: &City, secs: u64) -> (f64, u64) {
     let points = Arc::new(c.points.clone());
     let mut tasks = Vec::new();
     for t in 0..16 {
-        let (stop, pages, rows_seen, points, url) = (stop.clone(), pages.clone(), rows_seen.clone(), points.clone(), url.to_owned());
+        let (stop, pages, rows_seen, points, url) =
+            (stop.clone(), pages.clone(), rows_seen.clone(), points.clone(), url.to_owned());
         tasks.push(tokio::spawn(async move {
             let mut conn = sqlx::AnyConnection::connect(&url).await.unwrap();
             let mut i = t * 61;
@@ -173,7 +180,9 @@ fn main() {
     let secs: u64 = std::env::var("BENCH_SECS").ok().and_then(|v| v.parse().ok()).unwrap_or(10);
     if std::env::var(darkstore_db::scratch::POSTGRES_ENV).is_err() {
         // SAFETY: single-threaded here, before the runtime starts.
-        unsafe { std::env::set_var(darkstore_db::scratch::POSTGRES_ENV, "postgres://postgres@127.0.0.1:5432/postgres") };
+        unsafe {
+            std::env::set_var(darkstore_db::scratch::POSTGRES_ENV, "postgres://postgres@127.0.0.1:5432/postgres")
+        };
     }
     let c = city();
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();

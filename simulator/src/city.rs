@@ -311,7 +311,9 @@ pub async fn run(cfg: RunConfig) -> Result<Report, String> {
     // Riders.
     for i in 0..ctx.cfg.riders {
         let store = stores[i % stores.len()].clone();
-        let id = format!("sim-rider-{i}");
+        // Ids carry the seed, so two simulators on one server (the demo's and a load test) do not
+        // drive the same riders.
+        let id = format!("sim{:04x}-rider-{i}", ctx.cfg.seed & 0xffff);
         let r = ctx
             .http
             .put(format!("{}/v1/riders/{id}", ctx.cfg.server))
@@ -446,7 +448,7 @@ fn rank(status: &str) -> Option<usize> {
 
 async fn customer(ctx: Arc<Ctx>, n: u64, point: (f64, f64), intended: Instant, pick: f64) {
     let s = &ctx.stats;
-    let token = ctx.token(Role::Customer, &format!("sim-customer-{n}"), None);
+    let token = ctx.token(Role::Customer, &format!("sim{:04x}-customer-{n}", ctx.cfg.seed & 0xffff), None);
     let url = format!("{}/v1/availability?lat={}&lng={}&limit=50", ctx.cfg.server, point.0, point.1);
     let avail: Value = match ctx.http.get(url).send().await {
         Ok(r) if r.status().is_success() => {
@@ -474,7 +476,7 @@ async fn customer(ctx: Arc<Ctx>, n: u64, point: (f64, f64), intended: Instant, p
         .http
         .post(format!("{}/v1/orders", ctx.cfg.server))
         .bearer_auth(&token)
-        .header("idempotency-key", format!("sim-{n}"))
+        .header("idempotency-key", format!("sim{:04x}-{n}", ctx.cfg.seed & 0xffff))
         .json(&json!({"lat": point.0, "lng": point.1, "lines": lines}))
         .send()
         .await;
