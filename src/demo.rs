@@ -201,13 +201,7 @@ pub fn catalog() -> Vec<(Product, i64)> {
                     .collect();
                 let slug = slug.split('-').filter(|p| !p.is_empty()).collect::<Vec<_>>().join("-");
                 out.push((
-                    Product {
-                        sku: Arc::from(slug.as_str()),
-                        name: format!("{base}, {variant}"),
-                        category: category.to_owned(),
-                        price_minor: price * pct / 100,
-                        low_stock_threshold: 5,
-                    },
+                    Product::new(&slug, format!("{base}, {variant}"), category.to_owned(), price * pct / 100, 5),
                     shelf_days,
                 ));
             }

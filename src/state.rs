@@ -42,6 +42,26 @@ pub struct Product {
     pub category: String,
     pub price_minor: i64,
     pub low_stock_threshold: i64,
+    /// The product's availability item up to its `available` value, serialized once:
+    /// `{"sku":…,"name":…,"category":…,"price_minor":…,"available":`. Pages are built from these.
+    json_head: Box<str>,
+}
+
+impl Product {
+    pub fn new(sku: &str, name: String, category: String, price_minor: i64, low_stock_threshold: i64) -> Product {
+        let head =
+            serde_json::json!({"sku": sku, "name": name, "category": category, "price_minor": price_minor}).to_string();
+        // `{…}` becomes `{…,"available":`, ready for the number and the closing brace.
+        let json_head = format!("{},\"available\":", &head[..head.len() - 1]).into_boxed_str();
+        Product { sku: Arc::from(sku), name, category, price_minor, low_stock_threshold, json_head }
+    }
+
+    /// Appends this product's availability item, with `available` units, to `out`.
+    pub fn write_item(&self, out: &mut String, available: i64) {
+        use std::fmt::Write as _;
+        out.push_str(&self.json_head);
+        let _ = write!(out, "{available}}}");
+    }
 }
 
 #[derive(Debug)]
@@ -258,17 +278,8 @@ impl State {
         {
             let mut catalog = state.catalog.write().expect("catalog lock");
             for p in snap.products {
-                let sku: Arc<str> = Arc::from(p.sku.as_str());
-                catalog.insert(
-                    sku.clone(),
-                    Arc::new(Product {
-                        sku,
-                        name: p.name,
-                        category: p.category,
-                        price_minor: p.price_minor,
-                        low_stock_threshold: p.low_stock_threshold,
-                    }),
-                );
+                let product = Product::new(&p.sku, p.name, p.category, p.price_minor, p.low_stock_threshold);
+                catalog.insert(product.sku.clone(), Arc::new(product));
             }
         }
         for r in snap.riders {

@@ -1,7 +1,5 @@
 //! Admin: stores, products and riders.
 
-use std::sync::Arc;
-
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
@@ -113,13 +111,7 @@ pub async fn put_product(
     if !(0..=1_000_000).contains(&body.low_stock_threshold) {
         return Err(ApiError::invalid("low_stock_threshold must be an integer in [0, 1000000]"));
     }
-    let product = Product {
-        sku: Arc::from(sku.as_str()),
-        name: body.name,
-        category: body.category,
-        price_minor: body.price_minor,
-        low_stock_threshold: body.low_stock_threshold,
-    };
+    let product = Product::new(&sku, body.name, body.category, body.price_minor, body.low_stock_threshold);
     let json = product_json(&product);
     let state = app.state.clone();
     let created = detached(async move { state.put_product(product).await }).await?.map_err(ApiError::unavailable)?;
