@@ -5,6 +5,9 @@
 //! SKUs with catalog data) and, in the same run, a baseline that finds the store by scanning every
 //! store's distance instead of the H3 service-area map.
 
+mod common;
+
+use common::Rng;
 use std::hint::black_box;
 use std::sync::Arc;
 use std::time::Instant;
@@ -18,20 +21,6 @@ use hdrhistogram::Histogram;
 const N_STORES: usize = 200;
 const N_SKUS: usize = 5_000;
 const N_LOOKUPS: usize = 200_000;
-
-/// A tiny deterministic generator (xorshift), so runs are comparable.
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn unit(&mut self) -> f64 {
-        (self.next() >> 11) as f64 / (1u64 << 53) as f64
-    }
-}
 
 fn snapshot(rng: &mut Rng) -> (Snapshot, Vec<(f64, f64)>) {
     // A 40 km × 40 km city centred on Bengaluru.

@@ -10,8 +10,10 @@
 //! darkstore: the release server on SQLite holding the same data, loaded by `wrk` (2 threads,
 //! 64 connections) cycling through the same 1,000 points.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
+mod common;
+
+use common::{BenchServer, Rng};
+use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -22,17 +24,6 @@ use sqlx::{Connection, Executor, Row};
 
 const N_STORES: usize = 200;
 const N_SKUS: usize = 5_000;
-const SECRET: &str = "bench-secret-0123456789abcdef";
-
-struct Rng(u64);
-impl Rng {
-    fn unit(&mut self) -> f64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        (self.0 >> 11) as f64 / (1u64 << 53) as f64
-    }
-}
 
 struct City {
     stores: Vec<(String, f64, f64)>,
@@ -195,16 +186,8 @@ fn main() {
 
         let sqlite = ScratchDb::sqlite("ds_bench_avail_http");
         load_darkstore(&sqlite.url, &c).await;
-        let mut child = Command::new(env!("CARGO_BIN_EXE_darkstore"))
-            .args(["serve", "--http", "127.0.0.1:0", "--mqtt-listen", "127.0.0.1:0", "--database-url", &sqlite.url])
-            .args(["--jwt-secret", SECRET, "--rate-limit-per-sec", "0"])
-            .env("DARKSTORE_LOG", "warn,rumqttd=off")
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("start darkstore");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-        let addr = line.split_whitespace().find_map(|w| w.strip_prefix("http=")).unwrap().to_owned();
+        let server = BenchServer::start(&sqlite.url, &["--mqtt-listen", "127.0.0.1:0"]);
+        let addr = server.base.trim_start_matches("http://").to_owned();
         let script = std::env::temp_dir().join(format!("ds-avail-{}.lua", std::process::id()));
         let points: Vec<String> = c.points.iter().map(|(lat, lng)| format!("\"/v1/availability?lat={lat:.6}&lng={lng:.6}\"")).collect();
         std::fs::write(
@@ -238,8 +221,7 @@ fn main() {
             Err(e) => println!("wrk is not installed ({e}): apt-get install wrk"),
         }
         let _ = std::fs::remove_file(&script);
-        let _ = child.kill();
-        let _ = child.wait();
+        drop(server);
         sqlite.drop_database().await;
     });
 }

@@ -4,6 +4,9 @@
 //!
 //! `cargo bench --bench dispatch`
 
+mod common;
+
+use common::Rng;
 use std::hint::black_box;
 use std::time::Instant;
 
@@ -13,16 +16,6 @@ use pathfinding::prelude::{Matrix, kuhn_munkres_min};
 const N: usize = 1_000;
 const N_STORES: usize = 60;
 const MIN: i64 = 60_000;
-
-struct Rng(u64);
-impl Rng {
-    fn unit(&mut self) -> f64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        (self.0 >> 11) as f64 / (1u64 << 53) as f64
-    }
-}
 
 fn main() {
     let mut rng = Rng(0x853c49e6748fea9b);

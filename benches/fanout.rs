@@ -5,20 +5,20 @@
 //! (`BENCH_SECS`); `BENCH_STEPS="1000:2000,10000:20000"` picks the steps. Positions go through the
 //! machine's Mosquitto (127.0.0.1:1883) to a release build of the server.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
+mod common;
+
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use darkstore::auth::{self, Claims, Role};
+use common::{BenchServer, token};
+use darkstore::auth::Role;
 use darkstore_db::scratch::ScratchDb;
 use futures_util::{SinkExt, StreamExt};
 use hdrhistogram::Histogram;
 use rumqttc::{AsyncClient, MqttOptions, QoS};
 use tokio_tungstenite::tungstenite::Message;
 
-const SECRET: &str = "bench-secret-0123456789abcdef";
 const N_RIDERS: usize = 500;
 
 fn now_ms() -> i64 {
@@ -131,21 +131,13 @@ fn main() {
         println!("|---|---|---|---|---|---|---|---|---|");
         for (clients, rate) in steps {
             let scratch = ScratchDb::sqlite("ds_bench_fanout");
-            let mut child = Command::new(env!("CARGO_BIN_EXE_darkstore"))
-                .args(["serve", "--http", "127.0.0.1:0", "--mqtt-url", "mqtt://127.0.0.1:1883"])
-                .args(["--database-url", &scratch.url, "--jwt-secret", SECRET, "--rate-limit-per-sec", "0"])
-                .args(["--ws-max-connections", "20000"])
-                .env("DARKSTORE_LOG", "warn,rumqttd=off")
-                .stdout(Stdio::piped())
-                .spawn()
-                .expect("start darkstore");
-            let mut line = String::new();
-            BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-            let base = format!("http://{}", line.split_whitespace().find_map(|w| w.strip_prefix("http=")).unwrap());
-            let exp = now_ms() / 1000 + 3600;
-            let admin = auth::sign(SECRET.as_bytes(), &Claims { sub: "admin".into(), role: Role::Admin, store: None, exp });
-            let staff =
-                auth::sign(SECRET.as_bytes(), &Claims { sub: "staff".into(), role: Role::Staff, store: Some("s1".into()), exp });
+            let server = BenchServer::start(
+                &scratch.url,
+                &["--mqtt-url", "mqtt://127.0.0.1:1883", "--ws-max-connections", "20000"],
+            );
+            let base = server.base.clone();
+            let admin = token(Role::Admin, "admin", None);
+            let staff = token(Role::Staff, "staff", Some("s1"));
             let http = reqwest::Client::new();
             http.put(format!("{base}/v1/stores/s1"))
                 .bearer_auth(&admin)
@@ -162,8 +154,7 @@ fn main() {
                     .unwrap();
             }
             step(&base, clients, rate, secs, &staff).await;
-            let _ = child.kill();
-            let _ = child.wait();
+            drop(server);
             scratch.drop_database().await;
         }
     });

@@ -11,18 +11,18 @@
 //! 3. PostgreSQL alone, 16 connections, one transaction per order:
 //!    `UPDATE stock SET qty = qty - 1 WHERE sku = $1 AND qty >= 1` then `INSERT INTO orders`.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
+mod common;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use darkstore::auth::{self, Claims, Role};
+use common::{BenchServer, metric, token};
+use darkstore::auth::Role;
 use darkstore_db::scratch::ScratchDb;
 use hdrhistogram::Histogram;
 use sqlx::{Connection, Executor};
 
-const SECRET: &str = "bench-secret-0123456789abcdef";
 const STOCK: i64 = 100_000_000;
 
 fn env_or(name: &str, default: u64) -> u64 {
@@ -49,20 +49,9 @@ fn print(name: &str, o: &Outcome) {
 }
 
 async fn run_server(db_url: &str, clients: u64, secs: u64) -> Outcome {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_darkstore"))
-        .args(["serve", "--http", "127.0.0.1:0", "--mqtt-listen", "127.0.0.1:0"])
-        .args(["--database-url", db_url, "--jwt-secret", SECRET])
-        .args(["--rate-limit-per-sec", "0"])
-        .env("DARKSTORE_LOG", "warn")
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("start darkstore");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-    let addr = line.split_whitespace().find_map(|w| w.strip_prefix("http=")).expect("ready line").to_owned();
-    let base = format!("http://{addr}");
-    let exp = darkstore::state::now_ms() / 1000 + 3600;
-    let admin = auth::sign(SECRET.as_bytes(), &Claims { sub: "admin".into(), role: Role::Admin, store: None, exp });
+    let server = BenchServer::start(db_url, &["--mqtt-listen", "127.0.0.1:0"]);
+    let base = server.base.clone();
+    let admin = token(Role::Admin, "admin", None);
     let client = reqwest::Client::new();
     let put = |path: &str, body: serde_json::Value| {
         client.put(format!("{base}{path}")).bearer_auth(&admin).body(body.to_string()).send()
@@ -85,8 +74,7 @@ async fn run_server(db_url: &str, clients: u64, secs: u64) -> Outcome {
     for c in 0..clients {
         let stop = stop.clone();
         let base = base.clone();
-        let token =
-            auth::sign(SECRET.as_bytes(), &Claims { sub: format!("c{c}"), role: Role::Customer, store: None, exp });
+        let token = token(Role::Customer, &format!("c{c}"), None);
         tasks.push(tokio::spawn(async move {
             let client = reqwest::Client::new();
             let mut h = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).unwrap();
@@ -134,16 +122,13 @@ async fn run_server(db_url: &str, clients: u64, secs: u64) -> Outcome {
     assert_eq!(line["reserved"].as_u64(), Some(out.ok), "every 201 reserved exactly one unit: {line}");
     assert!(line["available"].as_i64().unwrap() >= 0);
     let metrics = client.get(format!("{base}/metrics")).send().await.unwrap().text().await.unwrap();
-    let read = |name: &str| -> f64 {
-        metrics.lines().find_map(|l| l.strip_prefix(name).and_then(|v| v.trim().parse().ok())).unwrap_or(0.0)
-    };
-    let (jobs, transactions) = (read("darkstore_db_commit_jobs_total "), read("darkstore_db_transactions_total "));
+    let (jobs, transactions) =
+        (metric(&metrics, "darkstore_db_commit_jobs_total "), metric(&metrics, "darkstore_db_transactions_total "));
     println!(
         "  group commit: {jobs} jobs in {transactions} transactions, {:.1} jobs per transaction",
         jobs / transactions.max(1.0)
     );
-    let _ = child.kill();
-    let _ = child.wait();
+    drop(server);
     out
 }
 

@@ -4,30 +4,21 @@
 //!
 //! `cargo bench --bench riders` (`BENCH_SECS`, default 10, sets the broker phase).
 
+mod common;
+
+use common::{BenchServer, Rng, metric, token};
 use std::hint::black_box;
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use darkstore::auth::{self, Claims, Role};
+use darkstore::auth::Role;
 use darkstore::fleet::{Fleet, Location};
 use darkstore_db::scratch::ScratchDb;
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 
-const SECRET: &str = "bench-secret-0123456789abcdef";
 const N_RIDERS: usize = 100_000;
-
-struct Rng(u64);
-impl Rng {
-    fn unit(&mut self) -> f64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        (self.0 >> 11) as f64 / (1u64 << 53) as f64
-    }
-}
 
 fn in_process() {
     let mut rng = Rng(0x9e3779b97f4a7c15);
@@ -125,18 +116,9 @@ fn in_process() {
 
 async fn through_broker(secs: u64) {
     let scratch = ScratchDb::sqlite("ds_bench_riders");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_darkstore"))
-        .args(["serve", "--http", "127.0.0.1:0", "--mqtt-url", "mqtt://127.0.0.1:1883"])
-        .args(["--database-url", &scratch.url, "--jwt-secret", SECRET, "--rate-limit-per-sec", "0"])
-        .env("DARKSTORE_LOG", "warn,rumqttd=off")
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("start darkstore");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-    let base = format!("http://{}", line.split_whitespace().find_map(|w| w.strip_prefix("http=")).unwrap());
-    let exp = darkstore::state::now_ms() / 1000 + 3600;
-    let admin = auth::sign(SECRET.as_bytes(), &Claims { sub: "admin".into(), role: Role::Admin, store: None, exp });
+    let server = BenchServer::start(&scratch.url, &["--mqtt-url", "mqtt://127.0.0.1:1883"]);
+    let base = server.base.clone();
+    let admin = token(Role::Admin, "admin", None);
     let http = reqwest::Client::new();
     let n_riders = 1000;
     for i in 0..n_riders {
@@ -147,9 +129,6 @@ async fn through_broker(secs: u64) {
             .await
             .unwrap();
     }
-    let metric = |text: &str, name: &str| -> f64 {
-        text.lines().find_map(|l| l.strip_prefix(name).and_then(|v| v.trim().parse().ok())).unwrap_or(0.0)
-    };
     let before = http.get(format!("{base}/metrics")).send().await.unwrap().text().await.unwrap();
     let processed_before = metric(&before, "darkstore_rider_positions_total ");
 
@@ -223,8 +202,7 @@ async fn through_broker(secs: u64) {
     for t in tasks {
         let _ = t.await;
     }
-    let _ = child.kill();
-    let _ = child.wait();
+    drop(server);
     scratch.drop_database().await;
 }
 
@@ -244,7 +222,19 @@ fn redis_geoadd() {
     // Nearest 10 within 2 km of a point among what GEOADD stored (up to 100,000 members).
     let out = Command::new("redis-benchmark")
         .args(["-h", "127.0.0.1", "-p", "6379", "-c", "50", "-n", "100000", "-q"])
-        .args(["GEOSEARCH", "bench:riders", "FROMLONLAT", "77.59", "12.97", "BYRADIUS", "2", "km", "ASC", "COUNT", "10"])
+        .args([
+            "GEOSEARCH",
+            "bench:riders",
+            "FROMLONLAT",
+            "77.59",
+            "12.97",
+            "BYRADIUS",
+            "2",
+            "km",
+            "ASC",
+            "COUNT",
+            "10",
+        ])
         .output();
     if let Ok(o) = out {
         let text = String::from_utf8_lossy(&o.stdout);

@@ -1,0 +1,71 @@
+//! What the benchmarks share: a deterministic generator, starting the release server, tokens,
+//! and reading `/metrics`.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+
+use darkstore::auth::{self, Claims, Role};
+
+pub const SECRET: &str = "bench-secret-0123456789abcdef";
+
+/// A small deterministic generator (xorshift), so runs are comparable.
+pub struct Rng(pub u64);
+
+impl Rng {
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    /// Uniform in [0, 1).
+    pub fn unit(&mut self) -> f64 {
+        (self.next() >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
+/// The release server, started with `serve`, rate limits off, on `db_url`, plus `extra` flags.
+pub struct BenchServer {
+    pub child: Child,
+    /// `http://HOST:PORT`
+    pub base: String,
+    /// `mqtt://HOST:PORT`
+    pub mqtt: String,
+}
+
+impl BenchServer {
+    pub fn start(db_url: &str, extra: &[&str]) -> BenchServer {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_darkstore"))
+            .args(["serve", "--http", "127.0.0.1:0", "--database-url", db_url, "--jwt-secret", SECRET])
+            .args(["--rate-limit-per-sec", "0"])
+            .args(extra)
+            .env("DARKSTORE_LOG", "warn,rumqttd=off")
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("start darkstore");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().expect("stdout")).read_line(&mut line).expect("ready line");
+        let field =
+            |name: &str| line.split_whitespace().find_map(|w| w.strip_prefix(name)).expect("ready line").to_owned();
+        BenchServer { base: format!("http://{}", field("http=")), mqtt: field("mqtt="), child }
+    }
+}
+
+impl Drop for BenchServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn token(role: Role, sub: &str, store: Option<&str>) -> String {
+    let exp = darkstore::state::now_ms() / 1000 + 3600;
+    auth::sign(SECRET.as_bytes(), &Claims { sub: sub.into(), role, store: store.map(Into::into), exp })
+}
+
+/// The value of one series in a Prometheus text page (`name` includes labels and a space).
+pub fn metric(text: &str, name: &str) -> f64 {
+    text.lines().find_map(|l| l.strip_prefix(name).and_then(|v| v.trim().parse().ok())).unwrap_or(0.0)
+}
