@@ -381,7 +381,7 @@ pub async fn run(cfg: RunConfig) -> Result<Report, String> {
     let mut accounted = 0;
     let placed_ids = ctx.stats.placed_ids.lock().expect("ids lock").clone();
     for id in placed_ids {
-        match ctx.http.get(format!("{}/v1/orders/{id}", ctx.cfg.server)).bearer_auth(&admin).send().await {
+        match audit_get(&ctx, &format!("/v1/orders/{id}"), &admin).await {
             Ok(r) if r.status().is_success() => accounted += 1,
             Ok(r) => ctx.stats.error(format!("audit_{}", r.status().as_u16())),
             Err(_) => ctx.stats.error("audit_unreachable"),
@@ -389,8 +389,7 @@ pub async fn run(cfg: RunConfig) -> Result<Report, String> {
     }
     let mut oversold = 0;
     for store in &stores {
-        let r =
-            ctx.http.get(format!("{}/v1/stores/{}/stock", ctx.cfg.server, store.id)).bearer_auth(&admin).send().await;
+        let r = audit_get(&ctx, &format!("/v1/stores/{}/stock", store.id), &admin).await;
         match r {
             Ok(r) if r.status().is_success() => {
                 let v: Value = r.json().await.unwrap_or(Value::Null);
