@@ -220,9 +220,25 @@ impl Server {
     /// in-flight requests, stop background work, let the last commit land.
     pub async fn run_until(self, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), BoxError> {
         let router = http::router(self.app.clone());
-        axum::serve(self.listener, router.into_make_service_with_connect_info::<SocketAddr>())
-            .with_graceful_shutdown(shutdown)
-            .await?;
+        let app = self.app.clone();
+        let (drain_tx, drain_rx) = tokio::sync::oneshot::channel::<()>();
+        let signal = async move {
+            shutdown.await;
+            // WebSockets never finish by themselves: close them (1001) so the drain can end.
+            let _ = app.ws.shutdown.send(true);
+            let _ = drain_tx.send(());
+        };
+        let serve = axum::serve(self.listener, router.into_make_service_with_connect_info::<SocketAddr>())
+            .with_graceful_shutdown(signal)
+            .into_future();
+        tokio::pin!(serve);
+        tokio::select! {
+            r = &mut serve => r?,
+            _ = async {
+                let _ = drain_rx.await;
+                tokio::time::sleep(Duration::from_secs(10)).await;
+            } => tracing::warn!("requests still open 10 s after the shutdown signal; stopping anyway"),
+        }
         tracing::info!("http drained; stopping background work");
         let _ = self.stop.send(true);
         for task in self.background {

@@ -415,3 +415,33 @@ async fn mqtt_carries_stock_and_order_status() {
     drop(server);
     scratch.drop_database().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_closes_websockets_and_exits() {
+    let scratch = ScratchDb::sqlite("ds_ws_term");
+    let mut server = Server::start(&scratch.url, &[]);
+    server.seed("s1", "milk", 1).await;
+    let mut ws = connect(&server, Some(&admin())).await;
+    assert_eq!(subscribe(&mut ws, "store/s1").await["type"], "snapshot");
+    let started = Instant::now();
+    let status = tokio::task::spawn_blocking(move || {
+        let status = server.terminate();
+        (server, status)
+    });
+    let code = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match ws.next().await {
+                Some(Ok(Message::Close(f))) => return f.map(|f| u16::from(f.code)),
+                None | Some(Err(_)) => return None,
+                _ => {}
+            }
+        }
+    })
+    .await
+    .expect("the server closes the WebSocket");
+    assert_eq!(code, Some(1001));
+    let (_server, status) = status.await.unwrap();
+    assert!(status.success(), "{status:?}");
+    assert!(started.elapsed() < Duration::from_secs(10), "shut down promptly");
+    scratch.drop_database().await;
+}

@@ -47,6 +47,8 @@ pub struct WsLimits {
     pub closed_slow: AtomicU64,
     pub closed_silent: AtomicU64,
     pub refused: AtomicU64,
+    /// Turns true when the server shuts down: every connection closes with 1001.
+    pub shutdown: tokio::sync::watch::Sender<bool>,
 }
 
 impl WsLimits {
@@ -60,6 +62,7 @@ impl WsLimits {
             closed_slow: AtomicU64::new(0),
             closed_silent: AtomicU64::new(0),
             refused: AtomicU64::new(0),
+            shutdown: tokio::sync::watch::channel(false).0,
         }
     }
 }
@@ -138,6 +141,7 @@ async fn connection(app: AppRef, mut socket: WebSocket, claims: Option<Claims>) 
     let mut last_heard = Instant::now();
     let (mut tokens, mut refill_at, mut refused_ops) = (OPS_PER_SEC * 2.0, Instant::now(), 0u32);
     let mut close: Option<(u16, &'static str)> = None;
+    let mut shutdown = app.ws.shutdown.subscribe();
     loop {
         let out: Vec<String> = tokio::select! {
             msg = socket.recv() => {
@@ -173,6 +177,10 @@ async fn connection(app: AppRef, mut socket: WebSocket, claims: Option<Claims>) 
             Some(frame) = queue.recv() => render(&mut subs, &frame).into_iter().collect(),
             _ = sub.wake.notified() => sub.take_latest().iter().filter_map(|f| render(&mut subs, f)).collect(),
             _ = sub.kill.notified() => break,
+            _ = shutdown.changed() => {
+                close = Some((close_code::AWAY, "the server is shutting down"));
+                break;
+            }
             _ = ping.tick() => {
                 if last_heard.elapsed() > SILENT_LIMIT {
                     app.ws.closed_silent.fetch_add(1, Ordering::Relaxed);
