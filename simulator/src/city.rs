@@ -524,6 +524,7 @@ async fn customer(ctx: Arc<Ctx>, n: u64, point: (f64, f64), intended: Instant, p
     let mut statuses: Vec<String> = Vec::new();
     let mut last_seq = None;
     let mut assigned_at = None;
+    let mut last_position_ts = i64::MIN;
     let follow_until = Instant::now() + ctx.cfg.duration + ctx.cfg.drain;
     while Instant::now() < follow_until {
         let msg = match tokio::time::timeout(Duration::from_secs(1), ws.next()).await {
@@ -545,7 +546,12 @@ async fn customer(ctx: Arc<Ctx>, n: u64, point: (f64, f64), intended: Instant, p
             Some("snapshot") => v["data"]["order"]["status"].as_str(),
             Some("status") => v["data"]["status"].as_str(),
             Some("rider_position") => {
-                if let Some(ts) = v["data"]["ts"].as_i64() {
+                // Rider updates also follow events (status changes) with the last known position:
+                // only a newer position measures GPS-to-WebSocket latency.
+                if let Some(ts) = v["data"]["ts"].as_i64()
+                    && ts > last_position_ts
+                {
+                    last_position_ts = ts;
                     s.record(&s.gps_ms, (now_ms() - ts) as f64);
                 }
                 None
