@@ -189,16 +189,8 @@ impl Fleet {
         }
     }
 
-    pub fn name(&self, idx: u32) -> Option<String> {
-        self.names.lock().expect("names lock").get(idx as usize).cloned()
-    }
-
     pub fn get(&self, id: &str) -> Option<Live> {
         self.live.get(id).map(|l| l.clone())
-    }
-
-    pub fn all(&self) -> Vec<(String, Live)> {
-        self.live.iter().map(|e| (e.key().clone(), e.value().clone())).collect()
     }
 
     pub fn n_indexed(&self) -> usize {

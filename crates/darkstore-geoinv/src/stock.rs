@@ -168,10 +168,6 @@ impl StoreStock {
         self.lines.iter()
     }
 
-    pub fn n_lines(&self) -> usize {
-        self.lines.len()
-    }
-
     /// SKUs strictly after `after` (all when None) with units available now, in SKU order.
     pub fn available_after<'a>(
         &'a self,
