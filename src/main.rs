@@ -63,11 +63,21 @@ async fn shutdown_signal() {
     tracing::info!("shutdown requested");
 }
 
-async fn serve(config: ServeConfig, with_demo: bool) -> Result<(), BoxError> {
+async fn serve(mut config: ServeConfig, with_demo: bool) -> Result<(), BoxError> {
     init_logs(&config.log_format);
-    let listener = tokio::net::TcpListener::bind(config.http)
-        .await
-        .map_err(|e| format!("cannot listen on {}: {e}", config.http))?;
+    let listener = match tokio::net::TcpListener::bind(config.http).await {
+        Ok(l) => l,
+        // The demo is for trying things out: a taken port is no reason to stop.
+        Err(e) if with_demo => {
+            tracing::warn!(addr = %config.http, error = %e, "HTTP address taken; the demo uses a free port instead");
+            tokio::net::TcpListener::bind((config.http.ip(), 0)).await?
+        }
+        Err(e) => return Err(format!("cannot listen on {}: {e}", config.http).into()),
+    };
+    if with_demo && config.mqtt_url.is_none() && std::net::TcpListener::bind(config.mqtt_listen).is_err() {
+        tracing::warn!(addr = %config.mqtt_listen, "MQTT address taken; the demo's broker uses a free port instead");
+        config.mqtt_listen.set_port(0);
+    }
     let server = darkstore::start(&config, listener).await?;
     if with_demo {
         demo::load_city(&server.app.state).await?;
