@@ -107,8 +107,11 @@ pub fn start_embedded_broker(
         router: rumqttd::RouterConfig {
             max_connections: 20_010,
             max_outgoing_packet_count: 1_000,
-            max_segment_size: 100 * 1024 * 1024,
-            max_segment_count: 10,
+            // rumqttd keeps, per subscription filter, an in-memory log of what was published. All
+            // positions land in one filter's log: keep it to two 1 MiB segments, or memory grows
+            // with every position ever sent (its defaults allow 1 GiB per filter).
+            max_segment_size: 1024 * 1024,
+            max_segment_count: 2,
             custom_segment: None,
             initialized_filters: None,
             shared_subscriptions_strategy: Default::default(),
