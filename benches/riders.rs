@@ -219,28 +219,6 @@ fn redis_geoadd() {
         }
         Err(e) => println!("redis-benchmark not available: {e}"),
     }
-    // Nearest 10 within 2 km of a point among what GEOADD stored (up to 100,000 members).
-    let out = Command::new("redis-benchmark")
-        .args(["-h", "127.0.0.1", "-p", "6379", "-c", "50", "-n", "100000", "-q"])
-        .args([
-            "GEOSEARCH",
-            "bench:riders",
-            "FROMLONLAT",
-            "77.59",
-            "12.97",
-            "BYRADIUS",
-            "2",
-            "km",
-            "ASC",
-            "COUNT",
-            "10",
-        ])
-        .output();
-    if let Ok(o) = out {
-        let text = String::from_utf8_lossy(&o.stdout);
-        let last = text.split('\r').rfind(|l| !l.trim().is_empty()).unwrap_or("").trim().to_owned();
-        println!("redis-benchmark GEOSEARCH nearest 10, 50 clients: {last}");
-    }
     let _ = Command::new("redis-cli").args(["DEL", "bench:riders"]).output();
 }
 
