@@ -48,6 +48,27 @@ fn print(name: &str, o: &Outcome) {
     );
 }
 
+/// Lets the load run for `secs`, stops it, and sums what each task counted.
+async fn collect(
+    tasks: Vec<tokio::task::JoinHandle<(u64, u64, Histogram<u64>)>>,
+    stop: &AtomicBool,
+    started: Instant,
+    secs: u64,
+) -> Outcome {
+    tokio::time::sleep(Duration::from_secs(secs)).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut out =
+        Outcome { ok: 0, failed: 0, latency: Histogram::new_with_bounds(1, 60_000_000, 3).unwrap(), secs: 0.0 };
+    for t in tasks {
+        let (ok, failed, h) = t.await.unwrap();
+        out.ok += ok;
+        out.failed += failed;
+        out.latency.add(&h).unwrap();
+    }
+    out.secs = started.elapsed().as_secs_f64();
+    out
+}
+
 async fn run_server(db_url: &str, clients: u64, secs: u64) -> Outcome {
     let server = BenchServer::start(db_url, &["--mqtt-listen", "127.0.0.1:0"]);
     let base = server.base.clone();
@@ -104,17 +125,7 @@ async fn run_server(db_url: &str, clients: u64, secs: u64) -> Outcome {
             (ok, failed, h)
         }));
     }
-    tokio::time::sleep(Duration::from_secs(secs)).await;
-    stop.store(true, Ordering::Relaxed);
-    let mut out =
-        Outcome { ok: 0, failed: 0, latency: Histogram::new_with_bounds(1, 60_000_000, 3).unwrap(), secs: 0.0 };
-    for t in tasks {
-        let (ok, failed, h) = t.await.unwrap();
-        out.ok += ok;
-        out.failed += failed;
-        out.latency.add(&h).unwrap();
-    }
-    out.secs = started.elapsed().as_secs_f64();
+    let out = collect(tasks, &stop, started, secs).await;
     // Oversold check: reserved never exceeds what arrived.
     let r = client.get(format!("{base}/v1/stores/hot/stock")).bearer_auth(&admin).send().await.unwrap();
     let stock: serde_json::Value = r.json().await.unwrap();
@@ -177,18 +188,7 @@ async fn run_postgres_baseline(url: &str, conns: u64, secs: u64) -> Outcome {
             (ok, failed, h)
         }));
     }
-    tokio::time::sleep(Duration::from_secs(secs)).await;
-    stop.store(true, Ordering::Relaxed);
-    let mut out =
-        Outcome { ok: 0, failed: 0, latency: Histogram::new_with_bounds(1, 60_000_000, 3).unwrap(), secs: 0.0 };
-    for t in tasks {
-        let (ok, failed, h) = t.await.unwrap();
-        out.ok += ok;
-        out.failed += failed;
-        out.latency.add(&h).unwrap();
-    }
-    out.secs = started.elapsed().as_secs_f64();
-    out
+    collect(tasks, &stop, started, secs).await
 }
 
 fn main() {
