@@ -1,6 +1,6 @@
 //! Rider positions: into the index in process, nearest-rider queries, and through a real broker
-//! (Mosquitto at 127.0.0.1:1883) against a plain subscriber on the same broker and against Redis
-//! `GEOADD` (redis-benchmark, 50 clients) on the same machine, all in one run.
+//! (Mosquitto at 127.0.0.1:1883) against a plain subscriber on the same broker, and Redis `GEOADD` /
+//! `GEOSEARCH` (127.0.0.1:6379) on the same 100,000 positions, all in one run.
 //!
 //! `cargo bench --bench riders` (`BENCH_SECS`, default 10, sets the broker phase).
 
@@ -8,7 +8,6 @@ mod common;
 
 use common::{BenchServer, Rng, metric, token};
 use std::hint::black_box;
-use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -20,7 +19,8 @@ use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 
 const N_RIDERS: usize = 100_000;
 
-fn in_process() {
+/// Runs the in-process figures; returns the riders' final positions (lat, lng) for the peer.
+fn in_process() -> Vec<(f64, f64)> {
     let mut rng = Rng(0x9e3779b97f4a7c15);
     let fleet = Fleet::new(3_600_000);
     let t0 = darkstore::state::now_ms();
@@ -112,6 +112,7 @@ fn in_process() {
         times[queries / 2] as f64 / 1000.0,
         times[queries * 99 / 100] as f64 / 1000.0
     );
+    pos
 }
 
 async fn through_broker(secs: u64) {
@@ -206,25 +207,128 @@ async fn through_broker(secs: u64) {
     scratch.drop_database().await;
 }
 
-fn redis_geoadd() {
-    let out = Command::new("redis-benchmark")
-        .args(["-h", "127.0.0.1", "-p", "6379", "-c", "50", "-n", "300000", "-r", "100000", "-q"])
-        .args(["GEOADD", "bench:riders", "77.59", "12.97", "rider:__rand_int__"])
-        .output();
-    match out {
-        Ok(o) => {
-            let text = String::from_utf8_lossy(&o.stdout);
-            let last = text.split('\r').rfind(|l| !l.trim().is_empty()).unwrap_or("").trim().to_owned();
-            println!("redis-benchmark GEOADD, 50 clients, unpipelined: {last}");
-        }
-        Err(e) => println!("redis-benchmark not available: {e}"),
+/// A minimal RESP client: enough to pipeline commands and read their replies.
+struct Resp {
+    w: std::io::BufWriter<std::net::TcpStream>,
+    r: std::io::BufReader<std::net::TcpStream>,
+}
+
+impl Resp {
+    fn connect() -> std::io::Result<Resp> {
+        let s = std::net::TcpStream::connect("127.0.0.1:6379")?;
+        s.set_nodelay(true)?;
+        Ok(Resp { w: std::io::BufWriter::new(s.try_clone()?), r: std::io::BufReader::new(s) })
     }
-    let _ = Command::new("redis-cli").args(["DEL", "bench:riders"]).output();
+
+    fn send(&mut self, args: &[&str]) {
+        use std::io::Write;
+        write!(self.w, "*{}\r\n", args.len()).unwrap();
+        for a in args {
+            write!(self.w, "${}\r\n{a}\r\n", a.len()).unwrap();
+        }
+    }
+
+    fn flush(&mut self) {
+        use std::io::Write;
+        self.w.flush().unwrap();
+    }
+
+    /// Reads one reply; returns how many top-level array elements it had (0 for a scalar) and
+    /// the text of a bulk or simple string.
+    fn read(&mut self) -> (usize, String) {
+        use std::io::{BufRead, Read};
+        let mut line = String::new();
+        self.r.read_line(&mut line).unwrap();
+        let (kind, rest) = line.trim_end().split_at(1);
+        match kind {
+            "+" | ":" => (0, rest.to_owned()),
+            "-" => panic!("redis error: {rest}"),
+            "$" => {
+                let n: i64 = rest.parse().unwrap();
+                if n < 0 {
+                    return (0, String::new());
+                }
+                let mut buf = vec![0; n as usize + 2];
+                self.r.read_exact(&mut buf).unwrap();
+                (0, String::from_utf8_lossy(&buf[..n as usize]).into_owned())
+            }
+            "*" => {
+                let n: i64 = rest.parse().unwrap();
+                for _ in 0..n.max(0) {
+                    self.read();
+                }
+                (n.max(0) as usize, String::new())
+            }
+            _ => panic!("unexpected reply {line:?}"),
+        }
+    }
+
+    fn call(&mut self, args: &[&str]) -> (usize, String) {
+        self.send(args);
+        self.flush();
+        self.read()
+    }
+}
+
+/// The Redis peer on the same positions: GEOADD (pipelined, one member per command, as a stream of
+/// position updates would arrive) and GEOSEARCH for the 10 nearest from random points.
+fn redis_geo(pos: &[(f64, f64)]) {
+    let mut redis = match Resp::connect() {
+        Ok(r) => r,
+        Err(e) => return println!("Redis not available at 127.0.0.1:6379: {e}"),
+    };
+    let key = "darkstore:bench:riders";
+    redis.call(&["DEL", key]);
+    redis.call(&["CONFIG", "RESETSTAT"]);
+    let names: Vec<String> = (0..pos.len()).map(|i| format!("r{i}")).collect();
+    let started = Instant::now();
+    for chunk in pos.iter().zip(&names).collect::<Vec<_>>().chunks(1000) {
+        for ((lat, lng), name) in chunk {
+            redis.send(&["GEOADD", key, &lng.to_string(), &lat.to_string(), name]);
+        }
+        redis.flush();
+        for _ in chunk {
+            redis.read();
+        }
+    }
+    let secs = started.elapsed().as_secs_f64();
+    println!("Redis GEOADD, one member per command, pipelined 1,000 deep: {:.0} updates/s", pos.len() as f64 / secs);
+    let mut rng = Rng(0x5eed);
+    let queries = 20_000;
+    let mut times: Vec<u64> = Vec::with_capacity(queries);
+    let mut short = 0;
+    for _ in 0..queries {
+        let (lat, lng) = (12.97 + (rng.unit() - 0.5) * 0.3, 77.59 + (rng.unit() - 0.5) * 0.3);
+        let (lng, lat) = (lng.to_string(), lat.to_string());
+        let t = Instant::now();
+        let args = ["GEOSEARCH", key, "FROMLONLAT", &lng, &lat, "BYRADIUS", "1", "km", "ASC", "COUNT", "10"];
+        let (n, _) = redis.call(&args);
+        times.push(t.elapsed().as_nanos() as u64);
+        if n < 10 {
+            short += 1;
+        }
+    }
+    times.sort_unstable();
+    let (_, info) = redis.call(&["INFO", "commandstats"]);
+    let per_call = info
+        .lines()
+        .find(|l| l.starts_with("cmdstat_geosearch:"))
+        .and_then(|l| l.split(',').find_map(|f| f.strip_prefix("usec_per_call=")))
+        .unwrap_or("?")
+        .to_owned();
+    println!(
+        "Redis GEOSEARCH nearest 10 within 1 km among {}, one connection: round trip p50 {:.2} µs, p99 {:.2} µs; \
+         Redis's own time {per_call} µs per call; {short} of {queries} found fewer than 10",
+        pos.len(),
+        times[queries / 2] as f64 / 1000.0,
+        times[queries * 99 / 100] as f64 / 1000.0,
+    );
+    redis.call(&["DEL", key]);
 }
 
 fn main() {
-    in_process();
+    let positions = in_process();
     let secs = std::env::var("BENCH_SECS").ok().and_then(|v| v.parse().ok()).unwrap_or(10);
     tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap().block_on(through_broker(secs));
-    redis_geoadd();
+    redis_geo(&positions);
 }

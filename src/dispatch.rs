@@ -321,7 +321,13 @@ pub fn spawn(
             };
             let result = match kind {
                 "location" => match serde_json::from_slice::<Location>(&msg.payload) {
-                    Ok(loc) => d.fleet.location(rider, &loc, now_ms()).map(|()| d.rider_update(rider)),
+                    Ok(loc) => {
+                        let now = now_ms();
+                        d.fleet.location(rider, &loc, now).map(|()| {
+                            d.state.metrics.position_age.observe((now - loc.ts).max(0) as f64 / 1000.0);
+                            d.rider_update(rider)
+                        })
+                    }
                     Err(_) => Err(Drop::Malformed),
                 },
                 "shift" => match serde_json::from_slice::<Shift>(&msg.payload) {

@@ -7,6 +7,7 @@ use darkstore::config::{Cli, Command, ServeConfig, TokenArgs};
 use darkstore::{BoxError, JWT_SECRET_KEY, auth, demo};
 
 fn main() -> ExitCode {
+    tune_malloc();
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
@@ -62,6 +63,30 @@ async fn shutdown_signal() {
     let _ = ctrl_c.await;
     tracing::info!("shutdown requested");
 }
+
+/// Keeps glibc's allocator from letting resident memory creep under a steady load (measured in
+/// BENCHMARKS.md, Soak). Left alone, glibc raises its mmap threshold each time a large buffer is
+/// freed, so the broker's and the connections' buffers of 64 KiB and more end up inside the
+/// arenas, whose freed holes are reused poorly; and it creates up to eight arenas per core. A fixed
+/// threshold returns large buffers to the kernel when they are freed, and two arenas are plenty
+/// for a two-thread runtime. The `MALLOC_ARENA_MAX` and `MALLOC_MMAP_THRESHOLD_` environment
+/// variables still override these.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn tune_malloc() {
+    // SAFETY: mallopt only sets allocator parameters. It runs first thing in main, before any
+    // other thread exists.
+    unsafe {
+        if std::env::var_os("MALLOC_ARENA_MAX").is_none() {
+            libc::mallopt(libc::M_ARENA_MAX, 2);
+        }
+        if std::env::var_os("MALLOC_MMAP_THRESHOLD_").is_none() {
+            libc::mallopt(libc::M_MMAP_THRESHOLD, 64 * 1024);
+        }
+    }
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn tune_malloc() {}
 
 async fn serve(mut config: ServeConfig, with_demo: bool) -> Result<(), BoxError> {
     init_logs(&config.log_format);

@@ -94,6 +94,9 @@ pub struct Metrics {
     pub lots_expired: AtomicU64,
     pub rate_limited: AtomicU64,
     pub order_latency: Histogram,
+    /// How old a rider's position is (its `ts` against the server's clock) when the server applies
+    /// it: the broker's and the ingest queue's share of GPS-to-feed latency.
+    pub position_age: Histogram,
 }
 
 impl Metrics {
@@ -143,6 +146,8 @@ impl Metrics {
         }
         out.push_str("# TYPE darkstore_order_placement_seconds histogram\n");
         self.order_latency.render(&mut out, "darkstore_order_placement_seconds", "");
+        out.push_str("# TYPE darkstore_rider_position_age_seconds histogram\n");
+        self.position_age.render(&mut out, "darkstore_rider_position_age_seconds", "");
         let counters = [
             ("darkstore_stock_reservations_total{outcome=\"reserved\"}", &self.reservations_ok),
             ("darkstore_stock_reservations_total{outcome=\"insufficient\"}", &self.reservations_short),

@@ -13,7 +13,7 @@
 //! nothing not yet durable can be sold. Every caller hears back only after the commit.
 
 use std::collections::{BTreeSet, HashMap};
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use darkstore_db::{Committer, Db, LedgerRow, NewOrder, OrderStatusChange, Snapshot, Write};
@@ -74,6 +74,43 @@ pub struct Store {
     pub stock: Mutex<StoreStock>,
     /// Per SKU, whether it was last announced as available (for `availability/{cell}` feeds).
     shown: Mutex<HashMap<Arc<str>, bool>>,
+    /// First pages of availability as JSON, by (category, limit). Locked after `stock`.
+    pages: Mutex<HashMap<PageKey, Arc<CachedPage>>>,
+}
+
+/// (category, limit) of a first page.
+type PageKey = (Option<Box<str>>, usize);
+
+/// Most availability pages kept per store; the store's pages are dropped when it is full.
+const PAGES_PER_STORE: usize = 16;
+
+/// A page of availability as JSON, valid while the store's stock and the catalog are unchanged and
+/// none of its lots has expired.
+#[derive(Debug)]
+struct CachedPage {
+    stock_version: u64,
+    catalog_version: u64,
+    /// The page is stale from this time on (a lot on it expires).
+    valid_until: Millis,
+    page: PageJson,
+}
+
+/// A page of available items, serialized: what `GET /v1/availability` returns for the items.
+#[derive(Debug, Clone)]
+pub struct PageJson {
+    /// The items, comma-separated JSON objects (without the enclosing brackets).
+    pub items: Arc<str>,
+    pub n_items: usize,
+    /// The cursor for the next page, when there is one.
+    pub next: Option<String>,
+}
+
+/// `GET /v1/availability`: the serving store and a page of its items, serialized.
+#[derive(Debug, Clone)]
+pub struct AvailabilityJson {
+    pub store_id: Option<String>,
+    pub eta_minutes: Option<i64>,
+    pub page: PageJson,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -213,6 +250,8 @@ pub struct State {
     /// Indexed by `StoreIdx`.
     stores: RwLock<Vec<Arc<Store>>>,
     catalog: RwLock<FastMap<Arc<str>, Arc<Product>>>,
+    /// Bumped (under the catalog's write lock) by every catalog change.
+    catalog_version: AtomicU64,
     riders: DashMap<String, Rider>,
     orders: DashMap<String, Arc<tokio::sync::Mutex<Order>>>,
     /// (customer, key) → state of the placement with that key.
@@ -262,6 +301,7 @@ impl State {
             feeds: Arc::new(crate::feeds::Feeds::new()),
             stores: RwLock::new(Vec::new()),
             catalog: RwLock::new(FastMap::default()),
+            catalog_version: AtomicU64::new(0),
             riders: DashMap::new(),
             orders: DashMap::new(),
             idempotency: DashMap::new(),
@@ -397,6 +437,7 @@ impl State {
             lng,
             stock: Mutex::new(stock),
             shown: Mutex::new(shown),
+            pages: Mutex::new(HashMap::new()),
         });
         if created {
             stores.push(store);
@@ -454,6 +495,7 @@ impl State {
             .await
             .map_err(|e| e.to_string())?;
         let mut catalog = self.catalog.write().expect("catalog lock");
+        self.catalog_version.fetch_add(1, Ordering::Relaxed);
         Ok(catalog.insert(product.sku.clone(), Arc::new(product)).is_none())
     }
 
@@ -673,6 +715,79 @@ impl State {
             items,
             next,
         })
+    }
+
+    /// What `GET /v1/availability` serves: like [`State::availability`], with the page already
+    /// serialized. First pages (no `after`) are kept per store and served again while the store's
+    /// stock and the catalog are unchanged and none of the page's lots has expired, so a busy area
+    /// builds its page once per change instead of once per request.
+    pub fn availability_json(
+        &self,
+        lat: f64,
+        lng: f64,
+        category: Option<&str>,
+        after: Option<&str>,
+        limit: usize,
+        now: Millis,
+    ) -> Result<AvailabilityJson, InvalidPoint> {
+        let serving = self.area.read().expect("area lock").best_store(lat, lng)?;
+        let Some(serving) = serving else {
+            let page = PageJson { items: Arc::from(""), n_items: 0, next: None };
+            return Ok(AvailabilityJson { store_id: None, eta_minutes: None, page });
+        };
+        let store = self.stores.read().expect("stores lock")[serving.store.0 as usize].clone();
+        let eta_minutes = Some(serving.eta_minutes.ceil() as i64);
+        let catalog = self.catalog.read().expect("catalog lock");
+        let catalog_version = self.catalog_version.load(Ordering::Relaxed);
+        let stock = store.stock.lock().expect("stock lock");
+        let key = (category.map(Box::from), limit);
+        if after.is_none()
+            && let Some(hit) = store.pages.lock().expect("pages lock").get(&key)
+            && hit.stock_version == stock.version()
+            && hit.catalog_version == catalog_version
+            && now < hit.valid_until
+        {
+            return Ok(AvailabilityJson { store_id: Some(store.id.clone()), eta_minutes, page: hit.page.clone() });
+        }
+        let mut items = String::with_capacity(limit.min(256) * 120);
+        let mut n_items = 0;
+        let mut last: Option<&Arc<str>> = None;
+        let mut next = None;
+        let mut valid_until = Millis::MAX;
+        for (sku, available, line) in stock.available_lines_after(after, now) {
+            let Some(product) = catalog.get(sku) else {
+                continue;
+            };
+            if category.is_some_and(|c| c != product.category) {
+                continue;
+            }
+            // Every line that decides the page (including the one that says there is a next
+            // page) bounds how long it stays true.
+            if let Some(t) = line.available_until(now) {
+                valid_until = valid_until.min(t);
+            }
+            if n_items == limit {
+                next = last.map(|s| s.to_string());
+                break;
+            }
+            if n_items > 0 {
+                items.push(',');
+            }
+            product.write_item(&mut items, available);
+            n_items += 1;
+            last = Some(sku);
+        }
+        let page = PageJson { items: Arc::from(items), n_items, next };
+        if after.is_none() {
+            let mut pages = store.pages.lock().expect("pages lock");
+            if pages.len() >= PAGES_PER_STORE && !pages.contains_key(&key) {
+                pages.clear();
+            }
+            let cached =
+                CachedPage { stock_version: stock.version(), catalog_version, valid_until, page: page.clone() };
+            pages.insert(key, Arc::new(cached));
+        }
+        Ok(AvailabilityJson { store_id: Some(store.id.clone()), eta_minutes, page })
     }
 
     // ----- orders -----

@@ -291,6 +291,68 @@ async fn availability_pages_by_sku_and_hides_what_cannot_be_sold() {
     scratch.drop_database().await;
 }
 
+/// The first page is kept per store between changes: every kind of change must show at once,
+/// including a lot expiring with no request at all in between.
+#[tokio::test]
+async fn availability_follows_every_change_of_stock_catalog_and_time() {
+    let scratch = ScratchDb::sqlite("ds_avail_fresh");
+    let server = Server::start(&scratch.url, &[]);
+    server.seed("s1", "milk", 5).await;
+    let admin = admin();
+    let alice = token(Role::Customer, "alice", None);
+    let page = || async {
+        let (s, got) =
+            server.call("GET", &format!("/v1/availability?lat={STORE_LAT}&lng={STORE_LNG}"), None, None).await;
+        assert_eq!(s, 200, "{got}");
+        let items = got["items"].as_array().unwrap().clone();
+        items
+            .into_iter()
+            .map(|i| (i["sku"].as_str().unwrap().to_owned(), i["available"].as_i64().unwrap(), i))
+            .collect::<Vec<_>>()
+    };
+    let milk = |p: &[(String, i64, Value)]| p.iter().find(|(s, _, _)| s == "milk").map(|(_, a, _)| *a);
+    assert_eq!(milk(&page().await), Some(5));
+    assert_eq!(milk(&page().await), Some(5), "served again unchanged");
+    // An order takes units.
+    let (s, order) = server.order(&alice, "k1", order_body("milk", 2)).await;
+    assert_eq!(s, 201, "{order}");
+    assert_eq!(milk(&page().await), Some(3));
+    // Cancelling gives them back.
+    let path = format!("/v1/orders/{}/cancel", order["id"].as_str().unwrap());
+    assert_eq!(server.call("POST", &path, Some(&alice), None).await.0, 200);
+    assert_eq!(milk(&page().await), Some(5));
+    // A write-off and a restock.
+    let body = json!({"sku": "milk", "delta": -4, "reason": "damage"});
+    assert_eq!(server.call("POST", "/v1/stores/s1/stock", Some(&admin), Some(body)).await.0, 200);
+    assert_eq!(milk(&page().await), Some(1));
+    // A catalog edit shows in the items.
+    let product = json!({"name": "Toned milk 1 l", "category": "dairy", "price_minor": 4700});
+    assert_eq!(server.call("PUT", "/v1/catalog/milk", Some(&admin), Some(product)).await.0, 200);
+    let p = page().await;
+    let item = &p.iter().find(|(s, _, _)| s == "milk").unwrap().2;
+    assert_eq!((item["name"].as_str(), item["price_minor"].as_i64()), (Some("Toned milk 1 l"), Some(4700)));
+    // A lot that expires in two seconds: on the page now, gone after its expiry with nothing else
+    // changing in between.
+    let (s, _) = server
+        .call(
+            "PUT",
+            "/v1/catalog/curd",
+            Some(&admin),
+            Some(json!({"name": "Curd", "category": "dairy", "price_minor": 300})),
+        )
+        .await;
+    assert_eq!(s, 201);
+    let soon = humantime::format_rfc3339_millis(std::time::SystemTime::now() + std::time::Duration::from_secs(2));
+    let body = json!({"sku": "curd", "delta": 3, "reason": "restock", "expires_at": soon.to_string()});
+    assert_eq!(server.call("POST", "/v1/stores/s1/stock", Some(&admin), Some(body)).await.0, 200);
+    let curd = |p: &[(String, i64, Value)]| p.iter().find(|(s, _, _)| s == "curd").map(|(_, a, _)| *a);
+    assert_eq!(curd(&page().await), Some(3));
+    tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+    assert_eq!(curd(&page().await), None, "an expired lot must leave the page");
+    assert_eq!(milk(&page().await), Some(1));
+    scratch.drop_database().await;
+}
+
 #[tokio::test]
 async fn rate_limits_answer_429() {
     let scratch = ScratchDb::sqlite("ds_rate");

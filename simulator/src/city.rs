@@ -546,13 +546,17 @@ async fn customer(ctx: Arc<Ctx>, n: u64, point: (f64, f64), intended: Instant, p
             Some("snapshot") => v["data"]["order"]["status"].as_str(),
             Some("status") => v["data"]["status"].as_str(),
             Some("rider_position") => {
-                // Rider updates also follow events (status changes) with the last known position:
-                // only a newer position measures GPS-to-WebSocket latency.
+                // Only a position reported while the order is followed measures GPS-to-WebSocket
+                // latency. The first frame after assignment carries the rider's last known fix,
+                // up to one report interval old; later frames that follow events (status changes)
+                // repeat the last position.
                 if let Some(ts) = v["data"]["ts"].as_i64()
                     && ts > last_position_ts
                 {
+                    if last_position_ts != i64::MIN {
+                        s.record(&s.gps_ms, (now_ms() - ts) as f64);
+                    }
                     last_position_ts = ts;
-                    s.record(&s.gps_ms, (now_ms() - ts) as f64);
                 }
                 None
             }

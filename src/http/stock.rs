@@ -128,28 +128,23 @@ pub async fn availability(
             _ => return Err(ApiError::invalid("limit must be an integer in [1, 1000]")),
         },
     };
-    let page = app
+    let found = app
         .state
-        .availability(lat, lng, q.category.as_deref(), q.after.as_deref(), limit, now_ms())
+        .availability_json(lat, lng, q.category.as_deref(), q.after.as_deref(), limit, now_ms())
         .map_err(|_| ApiError::invalid("lat must be in [-90, 90] and lng in [-180, 180]"))?;
-    // Built as text from each product's pre-serialized item: a page is 200 items, and this is the
-    // hottest read of the server.
+    // Built as text around the page's items, which are serialized once per change of the store's
+    // stock (see `State::availability_json`): this is the hottest read of the server.
     let cell = darkstore_geoinv::area::cell_of(lat, lng).map(|c| c.to_string()).ok();
-    let mut body = String::with_capacity(160 + page.items.len() * 120);
+    let mut body = String::with_capacity(160 + found.page.items.len());
     body.push_str(&format!(
         "{{\"serviceable\":{},\"store_id\":{},\"eta_minutes\":{},\"h3_cell\":{},\"next\":{},\"items\":[",
-        page.store_id.is_some(),
-        json!(page.store_id),
-        json!(page.eta_minutes),
+        found.store_id.is_some(),
+        json!(found.store_id),
+        json!(found.eta_minutes),
         json!(cell),
-        json!(page.next),
+        json!(found.page.next),
     ));
-    for (i, item) in page.items.iter().enumerate() {
-        if i > 0 {
-            body.push(',');
-        }
-        item.product.write_item(&mut body, item.available);
-    }
+    body.push_str(&found.page.items);
     body.push_str("]}");
     Ok(([(axum::http::header::CONTENT_TYPE, "application/json")], body).into_response())
 }

@@ -79,6 +79,12 @@ impl StockLine {
         self.lots.iter().filter(|l| !l.is_expired(now)).map(Lot::free).sum()
     }
 
+    /// When `available(now)` next drops by itself: the earliest expiry among unexpired lots with
+    /// free units. None when no such lot expires.
+    pub fn available_until(&self, now: Millis) -> Option<Millis> {
+        self.lots.iter().filter(|l| !l.is_expired(now) && l.free() > 0).filter_map(|l| l.expires_at).min()
+    }
+
     /// The earliest expiry among lots that still have units, if any.
     pub fn next_expiry(&self) -> Option<Millis> {
         self.lots.iter().filter(|l| l.on_hand > 0).filter_map(|l| l.expires_at).min()
@@ -153,11 +159,38 @@ pub enum AdjustError {
 #[derive(Debug, Clone, Default)]
 pub struct StoreStock {
     lines: BTreeMap<Arc<str>, StockLine>,
+    /// Bumped by every change, so a view built from this stock can tell whether it is current.
+    version: u64,
 }
 
 impl StoreStock {
     pub fn new() -> StoreStock {
         StoreStock::default()
+    }
+
+    /// Changes with every change to the stock (reservations, adjustments, expiry, ledger deltas).
+    /// Availability also changes with time alone, as lots expire: see
+    /// [`StockLine::available_until`].
+    pub fn version(&self) -> u64 {
+        self.version
+    }
+
+    /// SKUs strictly after `after` (all when None) with units available now, in SKU order, each
+    /// with its line.
+    pub fn available_lines_after<'a>(
+        &'a self,
+        after: Option<&str>,
+        now: Millis,
+    ) -> impl Iterator<Item = (&'a Arc<str>, i64, &'a StockLine)> + 'a {
+        use std::ops::Bound;
+        let lower = match after {
+            Some(a) => Bound::Excluded(a),
+            None => Bound::Unbounded,
+        };
+        self.lines
+            .range::<str, _>((lower, Bound::Unbounded))
+            .map(move |(sku, line)| (sku, line.available(now), line))
+            .filter(|(_, available, _)| *available > 0)
     }
 
     pub fn line(&self, sku: &str) -> Option<&StockLine> {
@@ -186,6 +219,7 @@ impl StoreStock {
     }
 
     fn line_entry(&mut self, sku: &str) -> &mut StockLine {
+        self.version += 1;
         if !self.lines.contains_key(sku) {
             self.lines.insert(Arc::from(sku), StockLine::default());
         }
@@ -213,6 +247,7 @@ impl StoreStock {
         if !shortfalls.is_empty() {
             return Err(shortfalls);
         }
+        self.version += 1;
         let mut deltas = Vec::new();
         for want in wants {
             let key = self.sku_key(want.sku);
@@ -270,6 +305,7 @@ impl StoreStock {
         if -delta > free {
             return Err(AdjustError::BelowReserved { on_hand: totals.on_hand, reserved: totals.reserved });
         }
+        self.version += 1;
         let mut left = -delta;
         let mut deltas = Vec::new();
         // Expired lots first (their units cannot be sold anyway), then FEFO order.
@@ -312,6 +348,9 @@ impl StoreStock {
                 lot.on_hand = lot.reserved;
             }
             line.drop_empty_lots();
+        }
+        if !deltas.is_empty() {
+            self.version += 1;
         }
         deltas
     }
@@ -527,5 +566,46 @@ mod tests {
         assert_eq!(all, ["a", "b", "c"]);
         let after_a: Vec<&str> = s.available_after(Some("a"), T0).map(|(k, _)| &**k).collect();
         assert_eq!(after_a, ["b", "c"]);
+    }
+
+    #[test]
+    fn every_change_moves_the_version_and_a_refusal_does_not() {
+        let mut s = store(&[("milk", 1, Some(2), 5)]);
+        let mut v = s.version();
+        let mut changed = |s: &StoreStock| {
+            let moved = s.version() != v;
+            v = s.version();
+            moved
+        };
+        s.reserve(&[Want { sku: "milk", qty: 2 }], T0).unwrap();
+        assert!(changed(&s));
+        assert!(s.reserve(&[Want { sku: "milk", qty: 9 }], T0).is_err());
+        assert!(!changed(&s));
+        s.adjust("milk", -1, LotId(0), None, T0).unwrap();
+        assert!(changed(&s));
+        assert!(s.adjust("milk", -9, LotId(0), None, T0).is_err());
+        assert!(!changed(&s));
+        s.adjust("milk", 4, LotId(2), None, T0).unwrap();
+        assert!(changed(&s));
+        assert!(s.expire(T0).is_empty());
+        assert!(!changed(&s));
+        assert!(!s.expire(T0 + 3 * HOUR).is_empty());
+        assert!(changed(&s));
+        s.apply(&LotDelta { sku: Arc::from("milk"), lot: LotId(2), expires_at: None, d_on_hand: 0, d_reserved: 1 });
+        assert!(changed(&s));
+    }
+
+    #[test]
+    fn available_until_is_the_first_expiry_that_lowers_availability() {
+        let s = store(&[("milk", 1, Some(5), 2), ("milk", 2, Some(1), 3), ("milk", 3, None, 1), ("tea", 4, None, 1)]);
+        let milk = s.line("milk").unwrap();
+        assert_eq!(milk.available_until(T0), Some(T0 + HOUR));
+        // Once the first lot has expired, the next one bounds it.
+        assert_eq!(milk.available_until(T0 + 2 * HOUR), Some(T0 + 5 * HOUR));
+        assert_eq!(s.line("tea").unwrap().available_until(T0), None);
+        // A fully reserved lot cannot lower availability when it expires.
+        let mut s = store(&[("milk", 1, Some(1), 2), ("milk", 2, Some(5), 2)]);
+        s.reserve(&[Want { sku: "milk", qty: 2 }], T0).unwrap();
+        assert_eq!(s.line("milk").unwrap().available_until(T0), Some(T0 + 5 * HOUR));
     }
 }
