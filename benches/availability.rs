@@ -1,9 +1,11 @@
 //! In-process availability lookups: 200 stores × 5,000 SKUs in one city.
 //!
-//! `cargo bench --bench availability` measures `State::availability` (the code behind
+//! `cargo bench --bench availability` measures `State::availability_json` (the code behind
 //! `GET /v1/availability`: point → H3 cell → candidate stores → fastest store → a page of in-stock
-//! SKUs with catalog data) and, in the same run, a baseline that finds the store by scanning every
-//! store's distance instead of the H3 service-area map.
+//! SKUs with catalog data, serialized, kept per store until its stock changes), the same with the
+//! store's stock changed before every lookup, `State::availability` (the page built every time)
+//! and, in the same run, a baseline that finds the store by scanning every store's distance
+//! instead of the H3 service-area map.
 
 mod common;
 
@@ -15,6 +17,7 @@ use std::time::Instant;
 use darkstore::state::{State, StateConfig};
 use darkstore_db::scratch::ScratchDb;
 use darkstore_db::{Committer, Db, LotSum, ProductRow, Snapshot, StoreRow};
+use darkstore_geoinv::stock::Want;
 use darkstore_geoinv::travel::{TravelModel, distance_m};
 use hdrhistogram::Histogram;
 
@@ -96,6 +99,39 @@ fn main() {
     let now = darkstore::state::now_ms();
     println!("availability: {N_STORES} stores × {N_SKUS} SKUs, {N_LOOKUPS} lookups per case, one thread");
 
+    // What `GET /v1/availability` runs: the page kept per store, built again after each change.
+    // With no stock changing during the run, every lookup after a store's first is served as kept.
+    for (name, limit) in [("availability_json, limit 200, stock unchanged", 200), ("availability_json, limit 20", 20)] {
+        let mut h = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3).unwrap();
+        let mut served = 0usize;
+        for &(lat, lng) in &points {
+            let t = Instant::now();
+            let page = state.availability_json(lat, lng, None, None, limit, now).unwrap();
+            let elapsed = t.elapsed().as_nanos() as u64;
+            served += page.page.n_items;
+            black_box(page);
+            h.record(elapsed.max(1)).unwrap();
+        }
+        report(name, &h);
+        println!("{:<44} {:.1} items per page on average", "", served as f64 / N_LOOKUPS as f64);
+    }
+    // The worst case for the kept pages: the serving store's stock changed before every lookup
+    // (one unit of a SKU reserved, outside the timed part), so every page is built again.
+    let mut h = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3).unwrap();
+    for (i, &(lat, lng)) in points.iter().enumerate().take(N_LOOKUPS / 4) {
+        let store_id = state.availability_json(lat, lng, None, None, 1, now).unwrap().store_id.unwrap();
+        let store = state.store(&store_id).unwrap();
+        let sku = format!("sku-{:05}", i % N_SKUS);
+        let _ = store.stock.lock().unwrap().reserve(&[Want { sku: &sku, qty: 1 }], now);
+        let t = Instant::now();
+        let page = state.availability_json(lat, lng, None, None, 200, now).unwrap();
+        let elapsed = t.elapsed().as_nanos() as u64;
+        black_box(page);
+        h.record(elapsed.max(1)).unwrap();
+    }
+    report("availability_json, limit 200, stock changed", &h);
+
+    // The page built from scratch every time (the WebSocket snapshot's path).
     for (name, limit) in [("State::availability, limit 200 (default)", 200), ("State::availability, limit 20", 20)] {
         let mut h = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3).unwrap();
         let mut served = 0usize;

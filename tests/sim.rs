@@ -8,10 +8,8 @@ use common::{SECRET, STORE_LAT, STORE_LNG, Server, admin};
 use darkstore_db::scratch::ScratchDb;
 use serde_json::json;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_small_city_runs_with_nothing_lost_or_oversold() {
-    let scratch = ScratchDb::sqlite("ds_sim");
-    let server = Server::start(&scratch.url, &["--dispatch-tick-ms", "300"]);
+/// One store with four SKUs (milk scarce, so stock runs out during a run).
+async fn seed_city(server: &Server) {
     let admin = admin();
     server
         .call("PUT", "/v1/stores/s1", Some(&admin), Some(json!({"name": "S1", "lat": STORE_LAT, "lng": STORE_LNG})))
@@ -34,6 +32,13 @@ async fn a_small_city_runs_with_nothing_lost_or_oversold() {
             )
             .await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_small_city_runs_with_nothing_lost_or_oversold() {
+    let scratch = ScratchDb::sqlite("ds_sim");
+    let server = Server::start(&scratch.url, &["--dispatch-tick-ms", "300"]);
+    seed_city(&server).await;
     let mut cfg = darkstore_sim::city::RunConfig::new(&server.base, server.mqtt.as_deref().unwrap(), SECRET);
     cfg.riders = 6;
     cfg.order_rate = 3.0;
@@ -60,4 +65,36 @@ async fn an_unreachable_server_is_a_clear_error() {
     let cfg = darkstore_sim::city::RunConfig::new("http://127.0.0.1:9", "mqtt://127.0.0.1:9", SECRET);
     let err = darkstore_sim::city::run(cfg).await.unwrap_err();
     assert!(err.contains("cannot reach the server"), "{err}");
+}
+
+/// A broker that cannot be reached, and a server that dies mid-run: the run still ends on time
+/// with a report that says what went wrong.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_dead_broker_or_server_gives_a_partial_report_not_a_hang() {
+    let scratch = ScratchDb::sqlite("ds_sim_dies");
+    let mut server = Server::start(&scratch.url, &[]);
+    seed_city(&server).await;
+    let unused = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let mut cfg = darkstore_sim::city::RunConfig::new(&server.base, &format!("mqtt://{unused}"), SECRET);
+    cfg.riders = 3;
+    cfg.order_rate = 4.0;
+    cfg.duration = Duration::from_secs(4);
+    cfg.drain = Duration::from_secs(5);
+    cfg.speedup = 20.0;
+    let run = tokio::spawn(darkstore_sim::city::run(cfg));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    server.kill();
+    let started = std::time::Instant::now();
+    let report = tokio::time::timeout(Duration::from_secs(60), run)
+        .await
+        .expect("the run ends instead of hanging")
+        .unwrap()
+        .expect("a partial report, not an error");
+    eprintln!("{}", report.human());
+    assert!(started.elapsed() < Duration::from_secs(40));
+    assert!(report.errors_by_kind.contains_key("mqtt_connection"), "{:?}", report.errors_by_kind);
+    assert!(report.errors_by_kind.keys().any(|k| k.starts_with("audit")), "{:?}", report.errors_by_kind);
+    assert!(report.placed > 0, "orders were placed before the server died");
+    assert!(report.accounted < report.placed, "the dead server could not account for them");
+    scratch.drop_database().await;
 }

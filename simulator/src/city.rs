@@ -668,7 +668,11 @@ async fn rider(ctx: Arc<Ctx>, id: String, store: Store, seed: u64) {
     opts.set_credentials(id.clone(), token);
     let (client, mut eventloop) = AsyncClient::new(opts, 256);
     let (tasks_tx, mut tasks_rx) = mpsc::channel::<Value>(16);
+    let poller_ctx = ctx.clone();
     let poller = tokio::spawn(async move {
+        // A broker that cannot be reached or drops the rider counts once per outage, as
+        // `mqtt_connection`; the rider keeps retrying.
+        let mut down = false;
         loop {
             match eventloop.poll().await {
                 Ok(Event::Incoming(Packet::Publish(p))) => {
@@ -676,8 +680,15 @@ async fn rider(ctx: Arc<Ctx>, id: String, store: Store, seed: u64) {
                         let _ = tasks_tx.send(v).await;
                     }
                 }
+                Ok(Event::Incoming(Packet::ConnAck(_))) => down = false,
                 Ok(_) => {}
-                Err(_) => tokio::time::sleep(Duration::from_millis(500)).await,
+                Err(_) => {
+                    if !down && !poller_ctx.stop.load(Ordering::Relaxed) {
+                        poller_ctx.stats.error("mqtt_connection");
+                    }
+                    down = true;
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
             }
         }
     });
