@@ -685,16 +685,15 @@ impl State {
         limit: usize,
         now: Millis,
     ) -> Result<Availability, InvalidPoint> {
-        let serving = self.area.read().expect("area lock").best_store(lat, lng)?;
-        let Some(serving) = serving else {
+        let Some((store, eta_minutes)) = self.serving(lat, lng)? else {
             return Ok(Availability { store_id: None, eta_minutes: None, items: Vec::new(), next: None });
         };
-        let store = self.stores.read().expect("stores lock")[serving.store.0 as usize].clone();
         let mut items = Vec::with_capacity(limit.min(256));
         let mut next = None;
         {
-            let catalog = self.catalog.read().expect("catalog lock");
+            // Lock order everywhere: a store's stock, then the catalog.
             let stock = store.stock.lock().expect("stock lock");
+            let catalog = self.catalog.read().expect("catalog lock");
             for (sku, available) in stock.available_after(after, now) {
                 let Some(product) = catalog.get(sku) else {
                     continue;
@@ -709,12 +708,16 @@ impl State {
                 items.push(AvailableItem { product: product.clone(), available });
             }
         }
-        Ok(Availability {
-            store_id: Some(store.id.clone()),
-            eta_minutes: Some(serving.eta_minutes.ceil() as i64),
-            items,
-            next,
-        })
+        Ok(Availability { store_id: Some(store.id.clone()), eta_minutes: Some(eta_minutes), items, next })
+    }
+
+    /// The store that serves (lat, lng) within the promise, with its ETA in whole minutes.
+    fn serving(&self, lat: f64, lng: f64) -> Result<Option<(Arc<Store>, i64)>, InvalidPoint> {
+        let serving = self.area.read().expect("area lock").best_store(lat, lng)?;
+        Ok(serving.map(|s| {
+            let store = self.stores.read().expect("stores lock")[s.store.0 as usize].clone();
+            (store, s.eta_minutes.ceil() as i64)
+        }))
     }
 
     /// What `GET /v1/availability` serves: like [`State::availability`], with the page already
@@ -730,16 +733,17 @@ impl State {
         limit: usize,
         now: Millis,
     ) -> Result<AvailabilityJson, InvalidPoint> {
-        let serving = self.area.read().expect("area lock").best_store(lat, lng)?;
-        let Some(serving) = serving else {
+        let Some((store, eta)) = self.serving(lat, lng)? else {
             let page = PageJson { items: Arc::from(""), n_items: 0, next: None };
             return Ok(AvailabilityJson { store_id: None, eta_minutes: None, page });
         };
-        let store = self.stores.read().expect("stores lock")[serving.store.0 as usize].clone();
-        let eta_minutes = Some(serving.eta_minutes.ceil() as i64);
+        let eta_minutes = Some(eta);
+        // Lock order everywhere: a store's stock, then the catalog (a reader queued behind a
+        // waiting writer would otherwise deadlock against `stock_lines`, which reads the catalog
+        // under the stock lock); the page cache is a leaf lock.
+        let stock = store.stock.lock().expect("stock lock");
         let catalog = self.catalog.read().expect("catalog lock");
         let catalog_version = self.catalog_version.load(Ordering::Relaxed);
-        let stock = store.stock.lock().expect("stock lock");
         let key = (category.map(Box::from), limit);
         if after.is_none()
             && let Some(hit) = store.pages.lock().expect("pages lock").get(&key)
