@@ -84,9 +84,14 @@ pub struct ServeConfig {
     #[arg(long, env = "DARKSTORE_COMMIT_MAX_BATCH", default_value_t = 1024)]
     pub commit_max_batch: usize,
 
-    /// Seconds between sweeps that write off expired lots.
+    /// Seconds between sweeps that write off expired lots (and let go of old finished orders).
     #[arg(long, env = "DARKSTORE_EXPIRY_SWEEP_SECS", default_value_t = 60)]
     pub expiry_sweep_secs: u64,
+
+    /// Minutes a finished (delivered, cancelled, expired) order stays in memory after its last
+    /// change; after that it is read from the database when asked for.
+    #[arg(long, env = "DARKSTORE_ORDER_RETENTION_MINUTES", default_value_t = 120.0)]
+    pub order_retention_minutes: f64,
 
     /// Milliseconds between dispatch ticks.
     #[arg(long, env = "DARKSTORE_DISPATCH_TICK_MS", default_value_t = 2000)]

@@ -97,7 +97,9 @@ pub async fn start(config: &ServeConfig, listener: TcpListener) -> Result<Server
     );
     let payment_hold_ms =
         config.payment_webhook_secret.as_ref().map(|_| (config.payment_hold_minutes.max(0.0) * 60_000.0) as i64);
-    let state = Arc::new(State::from_snapshot(StateConfig { travel, payment_hold_ms }, db, committer, snapshot));
+    let order_retention_ms = (config.order_retention_minutes.max(0.0) * 60_000.0) as i64;
+    let state_config = StateConfig { travel, payment_hold_ms, order_retention_ms };
+    let state = Arc::new(State::from_snapshot(state_config, db, committer, snapshot));
     // Riders: live state, the MQTT broker and client, the dispatcher.
     let fleet = Arc::new(Fleet::new(config.rider_silence_secs.max(1) as i64 * 1000));
     for (id, _) in state.riders() {
@@ -158,7 +160,10 @@ pub async fn start(config: &ServeConfig, listener: TcpListener) -> Result<Server
         let state = state.clone();
         move || {
             let state = state.clone();
-            async move { state.expire_lots(now_ms()).await }
+            async move {
+                state.expire_lots(now_ms()).await;
+                state.evict_finished_orders(now_ms());
+            }
         }
     }));
     background.push(every(Duration::from_secs(60), stopped, {

@@ -93,6 +93,9 @@ pub struct Metrics {
     pub holds_expired: AtomicU64,
     pub lots_expired: AtomicU64,
     pub rate_limited: AtomicU64,
+    /// Finished orders let go of after the retention window, and read back from the database.
+    pub orders_evicted: AtomicU64,
+    pub orders_read_back: AtomicU64,
     pub order_latency: Histogram,
     /// How old a rider's position is (its `ts` against the server's clock) when the server applies
     /// it: the broker's and the ingest queue's share of GPS-to-feed latency.
@@ -157,6 +160,8 @@ impl Metrics {
             ("darkstore_payment_holds_expired_total", &self.holds_expired),
             ("darkstore_lots_expired_total", &self.lots_expired),
             ("darkstore_rate_limited_total", &self.rate_limited),
+            ("darkstore_orders_evicted_total", &self.orders_evicted),
+            ("darkstore_orders_read_back_total", &self.orders_read_back),
         ];
         let mut last_family = "";
         for (series, counter) in counters {

@@ -237,6 +237,8 @@ pub struct StateConfig {
     pub travel: TravelModel,
     /// Set: orders start `pending_payment` with their stock held this long.
     pub payment_hold_ms: Option<Millis>,
+    /// How long a finished order stays in memory after its last change.
+    pub order_retention_ms: Millis,
 }
 
 pub struct State {
@@ -262,6 +264,33 @@ pub struct State {
     next_order: AtomicI64,
     /// Orders waiting for a rider (confirmed or packed), for the dispatcher.
     dispatchable: Mutex<BTreeSet<String>>,
+}
+
+/// An order as stored, back in memory.
+fn order_from_row(
+    o: darkstore_db::OrderRow,
+    status: OrderStatus,
+    packed_at: Option<Millis>,
+    holds: Vec<LotDelta>,
+) -> Order {
+    Order {
+        packed_at,
+        holds,
+        id: o.id,
+        customer_id: o.customer_id,
+        idempotency_key: o.idempotency_key,
+        request_hash: o.request_hash,
+        store_id: o.store_id,
+        lat: o.lat,
+        lng: o.lng,
+        status,
+        rider_id: o.rider_id,
+        eta_minutes: o.eta_minutes,
+        created_at: o.created_at,
+        updated_at: o.updated_at,
+        hold_expires_at: o.hold_expires_at,
+        lines: o.lines.into_iter().map(|l| OrderLine { sku: l.sku, qty: l.qty, price_minor: l.price_minor }).collect(),
+    }
 }
 
 fn ledger_writes(
@@ -378,29 +407,11 @@ impl State {
             if matches!(status, OrderStatus::Confirmed | OrderStatus::Packed) {
                 state.dispatchable.lock().expect("dispatchable lock").insert(o.id.clone());
             }
-            let order = Order {
-                packed_at: snap.packed_at.get(&o.id).copied(),
-                holds: if status.holds_stock() { holds.remove(&o.id).unwrap_or_default() } else { Vec::new() },
-                id: o.id.clone(),
-                customer_id: o.customer_id,
-                idempotency_key: o.idempotency_key,
-                request_hash: o.request_hash,
-                store_id: o.store_id,
-                lat: o.lat,
-                lng: o.lng,
-                status,
-                rider_id: o.rider_id,
-                eta_minutes: o.eta_minutes,
-                created_at: o.created_at,
-                updated_at: o.updated_at,
-                hold_expires_at: o.hold_expires_at,
-                lines: o
-                    .lines
-                    .into_iter()
-                    .map(|l| OrderLine { sku: l.sku, qty: l.qty, price_minor: l.price_minor })
-                    .collect(),
-            };
-            state.orders.insert(o.id, Arc::new(tokio::sync::Mutex::new(order)));
+            let packed_at = snap.packed_at.get(&o.id).copied();
+            let holds = if status.holds_stock() { holds.remove(&o.id).unwrap_or_default() } else { Vec::new() };
+            let id = o.id.clone();
+            let order = order_from_row(o, status, packed_at, holds);
+            state.orders.insert(id, Arc::new(tokio::sync::Mutex::new(order)));
         }
         state.next_order.store(max_seq + 1, Ordering::Relaxed);
         state
@@ -796,8 +807,56 @@ impl State {
 
     // ----- orders -----
 
+    /// An order in memory: every open order, and finished ones for the retention window.
     pub fn order(&self, id: &str) -> Option<Arc<tokio::sync::Mutex<Order>>> {
         self.orders.get(id).map(|o| o.clone())
+    }
+
+    /// An order in memory or, past the retention window, as stored. Only finished orders leave
+    /// memory, so one read back holds no stock and can no longer change; it is not kept.
+    pub async fn find_order(&self, id: &str) -> Result<Option<Arc<tokio::sync::Mutex<Order>>>, String> {
+        if let Some(o) = self.order(id) {
+            return Ok(Some(o));
+        }
+        if !darkstore_geoinv::ids::valid_id(id) {
+            return Ok(None);
+        }
+        let Some(row) = self.db.order(id).await.map_err(|e| e.to_string())? else {
+            return Ok(None);
+        };
+        let Some(status) = OrderStatus::parse(&row.status) else {
+            return Err(format!("stored order {id} has an unknown status {:?}", row.status));
+        };
+        // An order that was evicted may have been placed back by a concurrent read: prefer memory.
+        if let Some(o) = self.order(id) {
+            return Ok(Some(o));
+        }
+        self.metrics.orders_read_back.fetch_add(1, Ordering::Relaxed);
+        Ok(Some(Arc::new(tokio::sync::Mutex::new(order_from_row(row, status, None, Vec::new())))))
+    }
+
+    /// Lets go of finished orders whose last change is older than the retention window (they stay
+    /// in the database, and [`State::find_order`] reads them back). Their idempotency keys stay,
+    /// so a retried placement still answers with its order. Returns how many were let go.
+    pub fn evict_finished_orders(&self, now: Millis) -> usize {
+        let cutoff = now.saturating_sub(self.config.order_retention_ms);
+        let old: Vec<String> = self
+            .orders
+            .iter()
+            .filter_map(|e| {
+                // An order being changed right now is not finished yet, or not for long.
+                let o = e.value().try_lock().ok()?;
+                (o.status.is_final() && o.updated_at < cutoff).then(|| o.id.clone())
+            })
+            .collect();
+        let mut evicted = 0;
+        for id in old {
+            if self.orders.remove(&id).is_some() {
+                evicted += 1;
+            }
+        }
+        self.metrics.orders_evicted.fetch_add(evicted as u64, Ordering::Relaxed);
+        evicted
     }
 
     /// Orders a rider holds (assigned or picked up): (order, store, rider, picked up).
@@ -861,7 +920,9 @@ impl State {
                         let order_id = order_id.clone();
                         drop(e);
                         let order = self
-                            .order(&order_id)
+                            .find_order(&order_id)
+                            .await
+                            .map_err(PlaceError::Unavailable)?
                             .ok_or_else(|| PlaceError::Unavailable("replayed order missing".into()))?;
                         let order = order.lock().await.clone();
                         return Ok(Placed { order, replayed: true });
@@ -969,7 +1030,8 @@ impl State {
         rider_id: Option<String>,
         allowed: impl FnOnce(&Order) -> bool,
     ) -> Result<Order, TransitionError> {
-        let order = self.order(order_id).ok_or(TransitionError::NotFound)?;
+        let order =
+            self.find_order(order_id).await.map_err(TransitionError::Unavailable)?.ok_or(TransitionError::NotFound)?;
         let mut order = order.lock().await;
         if !allowed(&order) {
             return Err(TransitionError::Forbidden);
@@ -1044,7 +1106,8 @@ impl State {
     /// sent for stays `assigned` (the rider is on the way) and only remembers when it was packed.
     /// Packing twice, or after pickup, is a conflict.
     pub async fn pack(&self, order_id: &str, allowed: impl FnOnce(&Order) -> bool) -> Result<Order, TransitionError> {
-        let order = self.order(order_id).ok_or(TransitionError::NotFound)?;
+        let order =
+            self.find_order(order_id).await.map_err(TransitionError::Unavailable)?.ok_or(TransitionError::NotFound)?;
         let mut o = order.lock().await;
         if !allowed(&o) {
             return Err(TransitionError::Forbidden);

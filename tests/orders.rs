@@ -92,6 +92,52 @@ async fn idempotency_keys_replay_and_conflict() {
     scratch.drop_database().await;
 }
 
+/// Finished orders leave memory after the retention window and are read back from the database:
+/// reading, replaying, cancelling again and following them all answer as before.
+#[tokio::test]
+async fn finished_orders_leave_memory_and_still_answer() {
+    let scratch = ScratchDb::sqlite("ds_retention");
+    let flags = ["--order-retention-minutes", "0.01", "--expiry-sweep-secs", "1"];
+    let server = Server::start(&scratch.url, &flags);
+    server.seed("s1", "milk", 5).await;
+    let alice = token(Role::Customer, "alice", None);
+    let (_, done) = server.order(&alice, "old", order_body("milk", 1)).await;
+    let (_, open) = server.order(&alice, "open", order_body("milk", 1)).await;
+    let (done_id, open_id) = (done["id"].as_str().unwrap().to_owned(), open["id"].as_str().unwrap().to_owned());
+    let cancel = format!("/v1/orders/{done_id}/cancel");
+    assert_eq!(server.call("POST", &cancel, Some(&alice), None).await.0, 200);
+    let metric = |text: &str, name: &str| -> f64 {
+        text.lines().find_map(|l| l.strip_prefix(name)?.trim().parse().ok()).unwrap_or(f64::NAN)
+    };
+    // Wait for a sweep past the window (0.6 s, swept every second).
+    let mut evicted = 0.0;
+    for _ in 0..50 {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let text = server.client.get(server.url("/metrics")).send().await.unwrap().text().await.unwrap();
+        evicted = metric(&text, "darkstore_orders_evicted_total ");
+        if evicted >= 1.0 {
+            assert_eq!(metric(&text, "darkstore_orders "), 1.0, "only the open order stays in memory");
+            break;
+        }
+    }
+    assert_eq!(evicted, 1.0, "the cancelled order was let go, the open one was not");
+    // Read back: its owner sees it, a stranger does not, it cannot be cancelled twice, and a
+    // retried placement answers with it without taking stock again.
+    let (s, got) = server.call("GET", &format!("/v1/orders/{done_id}"), Some(&alice), None).await;
+    assert_eq!((s, got["status"].as_str(), got["lines"][0]["sku"].as_str()), (200, Some("cancelled"), Some("milk")));
+    let bob = token(Role::Customer, "bob", None);
+    assert_eq!(server.call("GET", &format!("/v1/orders/{done_id}"), Some(&bob), None).await.0, 404);
+    let (s, again) = server.call("POST", &cancel, Some(&alice), None).await;
+    assert_eq!((s, again["status"].as_str()), (409, Some("cancelled")));
+    let (s, replay) = server.order(&alice, "old", order_body("milk", 1)).await;
+    assert_eq!((s, replay["id"].as_str(), replay["status"].as_str()), (201, Some(done_id.as_str()), Some("cancelled")));
+    assert_eq!(server.stock_line("s1", "milk").await["reserved"], 1, "only the open order holds stock");
+    let (s, _) = server.call("GET", &format!("/v1/orders/{open_id}"), Some(&alice), None).await;
+    assert_eq!(s, 200);
+    assert_eq!(server.call("GET", "/v1/orders/o999", Some(&admin()), None).await.0, 404);
+    scratch.drop_database().await;
+}
+
 #[tokio::test]
 async fn lifecycle_cancel_releases_and_packed_blocks_nothing() {
     let scratch = ScratchDb::sqlite("ds_life");

@@ -162,7 +162,8 @@ fn is_party(caller: &Caller, order: &Order) -> bool {
 }
 
 pub async fn get(State(app): State<AppRef>, caller: Caller, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
-    let order = app.state.order(&id).ok_or_else(|| ApiError::not_found("no such order"))?;
+    let order = app.state.find_order(&id).await.map_err(ApiError::unavailable)?;
+    let order = order.ok_or_else(|| ApiError::not_found("no such order"))?;
     let order = order.lock().await.clone();
     if !is_party(&caller, &order) {
         // Do not tell strangers which order ids exist.

@@ -286,7 +286,7 @@ async fn authorize(app: &AppRef, claims: &Option<Claims>, topic: &str) -> Result
     let role = claims.as_ref().map(|c| c.role);
     if let Some(order_id) = topic.strip_prefix("order/") {
         let c = claims.as_ref().ok_or(Refusal::Forbidden)?;
-        let order = app.state.order(order_id).ok_or(Refusal::NotFound)?;
+        let order = app.state.find_order(order_id).await.ok().flatten().ok_or(Refusal::NotFound)?;
         let o = order.lock().await;
         let ok = match c.role {
             Role::Admin => true,
@@ -322,7 +322,7 @@ async fn snapshot(app: &AppRef, topic: &str) -> Value {
     let state = &app.state;
     let promise = state.promise_ms();
     if let Some(order_id) = topic.strip_prefix("order/") {
-        let Some(order) = state.order(order_id) else { return Value::Null };
+        let Some(order) = state.find_order(order_id).await.ok().flatten() else { return Value::Null };
         let o = order.lock().await.clone();
         let rider = o.rider_id.as_ref().and_then(|r| {
             let reg = state.rider(r);

@@ -92,6 +92,29 @@ pub struct Snapshot {
     pub packed_at: std::collections::HashMap<String, i64>,
 }
 
+/// The columns `order_row` reads, in its order.
+const ORDER_COLUMNS: &str = "id, customer_id, idempotency_key, request_hash, store_id, lat, lng, status, rider_id, \
+     eta_minutes, created_at, updated_at, hold_expires_at";
+
+fn order_row(r: &sqlx::any::AnyRow, lines: Vec<OrderLineRow>) -> Result<OrderRow, DbError> {
+    Ok(OrderRow {
+        id: r.try_get(0)?,
+        customer_id: r.try_get(1)?,
+        idempotency_key: r.try_get(2)?,
+        request_hash: r.try_get(3)?,
+        store_id: r.try_get(4)?,
+        lat: r.try_get(5)?,
+        lng: r.try_get(6)?,
+        status: r.try_get(7)?,
+        rider_id: r.try_get(8)?,
+        eta_minutes: r.try_get(9)?,
+        created_at: r.try_get(10)?,
+        updated_at: r.try_get(11)?,
+        hold_expires_at: r.try_get(12)?,
+        lines,
+    })
+}
+
 impl Db {
     /// Reads the whole state back.
     pub async fn load(&self) -> Result<Snapshot, DbError> {
@@ -151,31 +174,13 @@ impl Db {
                 price_minor: r.try_get(3)?,
             });
         }
-        for r in sqlx::query(
-            "SELECT id, customer_id, idempotency_key, request_hash, store_id, lat, lng, status, rider_id, eta_minutes, \
-             created_at, updated_at, hold_expires_at FROM orders ORDER BY created_at, id",
-        )
-        .fetch_all(&self.pool)
-        .await?
+        for r in sqlx::query(&format!("SELECT {ORDER_COLUMNS} FROM orders ORDER BY created_at, id"))
+            .fetch_all(&self.pool)
+            .await?
         {
             let id: String = r.try_get(0)?;
             let order_lines = lines.remove(&id).unwrap_or_default();
-            snap.orders.push(OrderRow {
-                id,
-                customer_id: r.try_get(1)?,
-                idempotency_key: r.try_get(2)?,
-                request_hash: r.try_get(3)?,
-                store_id: r.try_get(4)?,
-                lat: r.try_get(5)?,
-                lng: r.try_get(6)?,
-                status: r.try_get(7)?,
-                rider_id: r.try_get(8)?,
-                eta_minutes: r.try_get(9)?,
-                created_at: r.try_get(10)?,
-                updated_at: r.try_get(11)?,
-                hold_expires_at: r.try_get(12)?,
-                lines: order_lines,
-            });
+            snap.orders.push(order_row(&r, order_lines)?);
         }
         for r in sqlx::query(
             "SELECT l.order_id, l.sku, l.lot_id, MAX(l.expires_at), CAST(SUM(l.d_reserved) AS BIGINT) \
@@ -201,6 +206,26 @@ impl Db {
             snap.packed_at.insert(r.try_get(0)?, r.try_get(1)?);
         }
         Ok(snap)
+    }
+
+    /// One order with its lines, as stored.
+    pub async fn order(&self, id: &str) -> Result<Option<OrderRow>, DbError> {
+        let Some(r) = sqlx::query(&format!("SELECT {ORDER_COLUMNS} FROM orders WHERE id = $1"))
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?
+        else {
+            return Ok(None);
+        };
+        let mut lines = Vec::new();
+        for l in sqlx::query("SELECT sku, qty, price_minor FROM order_lines WHERE order_id = $1 ORDER BY line_no")
+            .bind(id)
+            .fetch_all(&self.pool)
+            .await?
+        {
+            lines.push(OrderLineRow { sku: l.try_get(0)?, qty: l.try_get(1)?, price_minor: l.try_get(2)? });
+        }
+        Ok(Some(order_row(&r, lines)?))
     }
 
     /// The status history of an order, oldest first: (status, rider, ts).
