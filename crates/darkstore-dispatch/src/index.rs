@@ -11,7 +11,7 @@ use std::hash::Hash;
 
 type FastMap<K, V> = HashMap<K, V, ahash::RandomState>;
 
-use rstar::{AABB, PointDistance, RTree, RTreeObject};
+use rstar::{AABB, ParentNode, PointDistance, RTree, RTreeNode, RTreeObject};
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 struct Entry {
@@ -140,23 +140,93 @@ impl<K: Hash + Eq + Copy> RiderIndex<K> {
                 break;
             }
             let Some(p) = self.partitions.get(&k) else { continue };
-            for e in p.tree.nearest_neighbor_iter(&point).take(n) {
-                let d = e.distance_2(&point);
-                if found.len() == n && found.last().is_some_and(|f| f.0 <= d) {
-                    break;
-                }
-                let at = found.partition_point(|f| (f.0, f.1) < (d, e.rider));
-                found.insert(at, (d, e.rider));
-                found.truncate(n);
-            }
+            nearest_in(p.tree.root(), &point, n, &mut found);
         }
         found.into_iter().map(|(_, r)| r).collect()
+    }
+}
+
+/// Branch and bound over one tree: children nearest first, skipping every subtree whose box is
+/// farther than the n-th rider found so far. `found` stays sorted by (distance², rider) and holds
+/// at most `n`. No allocation: the children of a node (at most six with rstar's default
+/// parameters) are ordered in a small array on the stack.
+fn nearest_in(node: &ParentNode<Entry>, p: &[f64; 2], n: usize, found: &mut Vec<(f64, u32)>) {
+    const MAX_CHILDREN: usize = 16;
+    let children = node.children();
+    let mut order = [(0.0_f64, 0_usize); MAX_CHILDREN];
+    let m = children.len().min(MAX_CHILDREN);
+    for (i, child) in children.iter().take(m).enumerate() {
+        order[i] = (distance_2(child, p), i);
+    }
+    order[..m].sort_unstable_by(|a, b| a.0.total_cmp(&b.0));
+    // Nodes wider than the array (not with the default parameters) are visited in stored order.
+    let rest = children.iter().enumerate().skip(m).map(|(i, c)| (distance_2(c, p), i));
+    for (d, i) in order[..m].iter().copied().chain(rest) {
+        // Equal distances are still visited: ties go to the lower rider id.
+        if n == 0 || found.len() == n && found[n - 1].0 < d {
+            if i < m {
+                break;
+            }
+            continue;
+        }
+        match &children[i] {
+            RTreeNode::Leaf(e) => {
+                let key = (d, e.rider);
+                if found.len() < n || key < found[n - 1] {
+                    let at = found.partition_point(|f| *f < key);
+                    found.insert(at, key);
+                    found.truncate(n);
+                }
+            }
+            RTreeNode::Parent(q) => nearest_in(q, p, n, found),
+        }
+    }
+}
+
+fn distance_2(node: &RTreeNode<Entry>, p: &[f64; 2]) -> f64 {
+    match node {
+        RTreeNode::Leaf(e) => e.distance_2(p),
+        RTreeNode::Parent(q) => q.envelope().distance_2(p),
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::RiderIndex;
+
+    /// Against a brute-force scan: random riders over a few partitions, random points and sizes,
+    /// ties included (riders on a coarse grid).
+    #[test]
+    fn nearest_matches_brute_force() {
+        let mut seed = 0x2545f4914f6cdd1d_u64;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        let mut index: RiderIndex<u8> = RiderIndex::new();
+        let mut at = std::collections::HashMap::new();
+        for rider in 0..3000_u32 {
+            let (x, y) = ((next() % 200) as f64 * 0.5, (next() % 200) as f64 * 0.5);
+            let key = (next() % 4) as u8;
+            index.upsert(rider, key, x, y);
+            at.insert(rider, (key, x, y));
+        }
+        for _ in 0..300 {
+            let (x, y) = ((next() % 1000) as f64 * 0.1, (next() % 1000) as f64 * 0.1);
+            let n = (next() % 25) as usize;
+            let keys: Vec<u8> = (0..4).filter(|_| next() % 3 > 0).collect();
+            let mut all: Vec<(f64, u32)> = at
+                .iter()
+                .filter(|(_, (k, _, _))| keys.contains(k))
+                .map(|(&r, &(_, rx, ry))| ((rx - x).powi(2) + (ry - y).powi(2), r))
+                .collect();
+            all.sort_by(|a, b| a.partial_cmp(b).unwrap());
+            let expected: Vec<u32> = all.iter().take(n).map(|&(_, r)| r).collect();
+            assert_eq!(index.nearest(&keys, x, y, n), expected, "keys {keys:?} point ({x}, {y}) n {n}");
+        }
+    }
 
     #[test]
     fn updates_moves_and_queries() {
