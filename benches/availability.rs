@@ -86,8 +86,12 @@ fn main() {
     let state = runtime.block_on(async {
         let db = Db::connect(&scratch.url).await.unwrap();
         let (committer, _task) = Committer::spawn(db.clone(), 16, 16);
-        let config =
-            StateConfig { travel: TravelModel::default(), payment_hold_ms: None, order_retention_ms: i64::MAX };
+        let config = StateConfig {
+            travel: TravelModel::default(),
+            payment_hold_ms: None,
+            order_retention_ms: i64::MAX,
+            key_retention_ms: i64::MAX,
+        };
         Arc::new(State::from_snapshot(config, db, committer, snap))
     });
     // Customer points: within 1.5 km of a random store.

@@ -93,6 +93,10 @@ pub struct ServeConfig {
     #[arg(long, env = "DARKSTORE_ORDER_RETENTION_MINUTES", default_value_t = 120.0)]
     pub order_retention_minutes: f64,
 
+    /// Hours an idempotency key answers with its order; later, the key is refused (409).
+    #[arg(long, env = "DARKSTORE_IDEMPOTENCY_KEY_HOURS", default_value_t = 24.0)]
+    pub idempotency_key_hours: f64,
+
     /// Milliseconds between dispatch ticks.
     #[arg(long, env = "DARKSTORE_DISPATCH_TICK_MS", default_value_t = 2000)]
     pub dispatch_tick_ms: u64,

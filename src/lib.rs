@@ -98,7 +98,8 @@ pub async fn start(config: &ServeConfig, listener: TcpListener) -> Result<Server
     let payment_hold_ms =
         config.payment_webhook_secret.as_ref().map(|_| (config.payment_hold_minutes.max(0.0) * 60_000.0) as i64);
     let order_retention_ms = (config.order_retention_minutes.max(0.0) * 60_000.0) as i64;
-    let state_config = StateConfig { travel, payment_hold_ms, order_retention_ms };
+    let key_retention_ms = (config.idempotency_key_hours.max(0.0) * 3_600_000.0) as i64;
+    let state_config = StateConfig { travel, payment_hold_ms, order_retention_ms, key_retention_ms };
     let state = Arc::new(State::from_snapshot(state_config, db, committer, snapshot));
     // Riders: live state, the MQTT broker and client, the dispatcher.
     let fleet = Arc::new(Fleet::new(config.rider_silence_secs.max(1) as i64 * 1000));

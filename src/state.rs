@@ -183,6 +183,8 @@ pub enum PlaceError {
     Insufficient(Vec<Shortfall>),
     /// The idempotency key was used with another body.
     KeyReused,
+    /// The idempotency key was used for an order placed before the keys the server remembers.
+    KeyExpired,
     Unavailable(String),
 }
 
@@ -228,6 +230,8 @@ enum IdemState {
     Done {
         request_hash: String,
         order_id: String,
+        /// When the order was placed: keys are remembered for `StateConfig::key_retention_ms`.
+        placed_at: Millis,
     },
 }
 
@@ -239,6 +243,8 @@ pub struct StateConfig {
     pub payment_hold_ms: Option<Millis>,
     /// How long a finished order stays in memory after its last change.
     pub order_retention_ms: Millis,
+    /// How long an idempotency key is remembered after its order was placed.
+    pub key_retention_ms: Millis,
 }
 
 pub struct State {
@@ -402,7 +408,11 @@ impl State {
             }
             state.idempotency.insert(
                 (o.customer_id.clone(), o.idempotency_key.clone()),
-                IdemState::Done { request_hash: o.request_hash.clone(), order_id: o.id.clone() },
+                IdemState::Done {
+                    request_hash: o.request_hash.clone(),
+                    order_id: o.id.clone(),
+                    placed_at: o.created_at,
+                },
             );
             if matches!(status, OrderStatus::Confirmed | OrderStatus::Packed) {
                 state.dispatchable.lock().expect("dispatchable lock").insert(o.id.clone());
@@ -836,9 +846,12 @@ impl State {
     }
 
     /// Lets go of finished orders whose last change is older than the retention window (they stay
-    /// in the database, and [`State::find_order`] reads them back). Their idempotency keys stay,
-    /// so a retried placement still answers with its order. Returns how many were let go.
+    /// in the database, and [`State::find_order`] reads them back), and of idempotency keys older
+    /// than theirs (a retried placement within it still answers with its order; past it, the
+    /// database refuses the key and the client gets 409). Returns how many orders were let go.
     pub fn evict_finished_orders(&self, now: Millis) -> usize {
+        let key_cutoff = now.saturating_sub(self.config.key_retention_ms);
+        self.idempotency.retain(|_, v| !matches!(v, IdemState::Done { placed_at, .. } if *placed_at < key_cutoff));
         let cutoff = now.saturating_sub(self.config.order_retention_ms);
         let old: Vec<String> = self
             .orders
@@ -913,7 +926,7 @@ impl State {
         let mut claim = loop {
             let mut wait = match self.idempotency.entry(key.clone()) {
                 Entry::Occupied(e) => match e.get() {
-                    IdemState::Done { request_hash, order_id } => {
+                    IdemState::Done { request_hash, order_id, .. } => {
                         if *request_hash != req.request_hash {
                             return Err(PlaceError::KeyReused);
                         }
@@ -1002,7 +1015,11 @@ impl State {
         if let Err(e) = self.committer.commit(writes).await {
             let mut stock = store.stock.lock().expect("stock lock");
             order.holds.iter().for_each(|d| stock.apply(&d.negated()));
-            return Err(PlaceError::Unavailable(e.to_string()));
+            return Err(match e {
+                // The key's order is older than the keys kept in memory.
+                darkstore_db::DbError::Conflict(_) => PlaceError::KeyExpired,
+                e => PlaceError::Unavailable(e.to_string()),
+            });
         }
         self.metrics.reservations_ok.fetch_add(1, Ordering::Relaxed);
         let units: i64 = order.holds.iter().map(|h| h.d_reserved).sum();
@@ -1014,7 +1031,7 @@ impl State {
         if status == OrderStatus::Confirmed {
             self.dispatchable.lock().expect("dispatchable lock").insert(id.clone());
         }
-        claim.finish(req.request_hash.clone(), id);
+        claim.finish(req.request_hash.clone(), id, now);
         self.order_changed(&order);
         let skus: Vec<&str> = order.lines.iter().map(|l| l.sku.as_str()).collect();
         self.stock_changed(&store, &skus, now);
@@ -1168,8 +1185,9 @@ struct KeyClaim<'a> {
 }
 
 impl KeyClaim<'_> {
-    fn finish(&mut self, request_hash: String, order_id: String) {
-        self.state.idempotency.insert(self.key.clone(), IdemState::Done { request_hash, order_id });
+    fn finish(&mut self, request_hash: String, order_id: String, placed_at: Millis) {
+        let done = IdemState::Done { request_hash, order_id, placed_at };
+        self.state.idempotency.insert(self.key.clone(), done);
         self.done = true;
     }
 }

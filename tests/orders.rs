@@ -138,6 +138,40 @@ async fn finished_orders_leave_memory_and_still_answer() {
     scratch.drop_database().await;
 }
 
+/// Past its window an idempotency key is forgotten in memory, and the database's unique key turns
+/// a retry into a precise 409 that takes no stock, not a second order and not a 5xx.
+#[tokio::test]
+async fn an_expired_idempotency_key_is_a_409_not_a_second_order_on_sqlite() {
+    expired_key(ScratchDb::sqlite("ds_key_expiry")).await;
+}
+
+#[tokio::test]
+async fn an_expired_idempotency_key_is_a_409_not_a_second_order_on_postgres() {
+    let Some(scratch) = ScratchDb::postgres("ds_key_expiry").await else {
+        eprintln!("DARKSTORE_TEST_POSTGRES is not set: PostgreSQL key-expiry test skipped");
+        return;
+    };
+    expired_key(scratch).await;
+}
+
+async fn expired_key(scratch: ScratchDb) {
+    let flags = ["--idempotency-key-hours", "0.0003", "--expiry-sweep-secs", "1"];
+    let server = Server::start(&scratch.url, &flags);
+    server.seed("s1", "milk", 5).await;
+    let alice = token(Role::Customer, "alice", None);
+    let (s, first) = server.order(&alice, "k", order_body("milk", 1)).await;
+    assert_eq!(s, 201, "{first}");
+    // The window is about a second; sweeps run every second.
+    tokio::time::sleep(Duration::from_millis(3500)).await;
+    let (s, again) = server.order(&alice, "k", order_body("milk", 1)).await;
+    assert_eq!((s, again["error"].as_str()), (409, Some("conflict")), "{again}");
+    assert!(again["message"].as_str().unwrap().contains("use a new key"), "{again}");
+    let (s, fresh) = server.order(&alice, "k2", order_body("milk", 1)).await;
+    assert_eq!(s, 201, "{fresh}");
+    assert_eq!(server.stock_line("s1", "milk").await["reserved"], 2, "the refused retry took nothing");
+    scratch.drop_database().await;
+}
+
 #[tokio::test]
 async fn lifecycle_cancel_releases_and_packed_blocks_nothing() {
     let scratch = ScratchDb::sqlite("ds_life");

@@ -146,6 +146,12 @@ async fn place_inner(
             OrderOutcome::Conflict,
             ApiError::conflict("this Idempotency-Key was already used with a different body"),
         )),
+        Err(PlaceError::KeyExpired) => Err((
+            OrderOutcome::Conflict,
+            ApiError::conflict(
+                "this Idempotency-Key was used for an order placed longer ago than keys are kept; use a new key",
+            ),
+        )),
         Err(PlaceError::Unavailable(e)) => Err((OrderOutcome::Unavailable, ApiError::unavailable(e))),
     }
 }

@@ -82,7 +82,13 @@ async fn run(db: Db, mut rx: mpsc::Receiver<Job>, max_batch: usize, stats: Arc<C
         stats.jobs.fetch_add(jobs.len() as u64, Ordering::Relaxed);
         if let Err(e) = &result {
             stats.failures.fetch_add(1, Ordering::Relaxed);
-            tracing::error!(error = %e, jobs = jobs.len(), "group commit failed");
+            if matches!(e, DbError::Conflict(_)) {
+                // A caller's row collides with a stored one (e.g. a reused idempotency key): the
+                // other jobs are retried one by one below, and the caller gets the conflict.
+                tracing::warn!(error = %e, jobs = jobs.len(), "group commit refused a duplicate");
+            } else {
+                tracing::error!(error = %e, jobs = jobs.len(), "group commit failed");
+            }
             if jobs.len() > 1 {
                 // One bad job must not fail the others: retry each alone.
                 for job in jobs.drain(..) {

@@ -41,6 +41,9 @@ pub enum DbError {
     BadUrl(String),
     /// The database could not be reached or refused the work.
     Unavailable(String),
+    /// A row with the same unique key is already stored (for an order: its customer's
+    /// idempotency key).
+    Conflict(String),
     /// The group-commit task has stopped (the server is shutting down).
     Closed,
 }
@@ -50,6 +53,7 @@ impl std::fmt::Display for DbError {
         match self {
             DbError::BadUrl(m) => write!(f, "bad database url: {m}"),
             DbError::Unavailable(m) => write!(f, "database unavailable: {m}"),
+            DbError::Conflict(m) => write!(f, "already stored: {m}"),
             DbError::Closed => write!(f, "the commit queue is closed"),
         }
     }
@@ -59,6 +63,9 @@ impl std::error::Error for DbError {}
 
 impl From<sqlx::Error> for DbError {
     fn from(e: sqlx::Error) -> Self {
+        if e.as_database_error().is_some_and(|d| d.is_unique_violation()) {
+            return DbError::Conflict(e.to_string());
+        }
         DbError::Unavailable(e.to_string())
     }
 }
