@@ -837,9 +837,11 @@ impl State {
         let Some(status) = OrderStatus::parse(&row.status) else {
             return Err(format!("stored order {id} has an unknown status {:?}", row.status));
         };
-        // An order that was evicted may have been placed back by a concurrent read: prefer memory.
-        if let Some(o) = self.order(id) {
-            return Ok(Some(o));
+        if !status.is_final() {
+            // Only finished orders leave memory. An open one stored but not in memory is being
+            // placed right now (committed, not yet in memory): never hand out a detached copy
+            // that a transition could change.
+            return Ok(self.order(id));
         }
         self.metrics.orders_read_back.fetch_add(1, Ordering::Relaxed);
         Ok(Some(Arc::new(tokio::sync::Mutex::new(order_from_row(row, status, None, Vec::new())))))
