@@ -207,15 +207,7 @@ impl StoreStock {
         after: Option<&str>,
         now: Millis,
     ) -> impl Iterator<Item = (&'a Arc<str>, i64)> + 'a {
-        use std::ops::Bound;
-        let lower = match after {
-            Some(a) => Bound::Excluded(a),
-            None => Bound::Unbounded,
-        };
-        self.lines
-            .range::<str, _>((lower, Bound::Unbounded))
-            .map(move |(sku, line)| (sku, line.available(now)))
-            .filter(|(_, available)| *available > 0)
+        self.available_lines_after(after, now).map(|(sku, available, _)| (sku, available))
     }
 
     fn line_entry(&mut self, sku: &str) -> &mut StockLine {
