@@ -78,19 +78,11 @@ fn in_process() -> Vec<(f64, f64)> {
         "first nearest-10 query after updates (rebuilds dirty partitions): {:.1} ms",
         t.elapsed().as_secs_f64() * 1000.0
     );
-    let queries = 100_000;
-    let mut times: Vec<u64> = Vec::with_capacity(queries);
-    for _ in 0..queries {
-        let (lat, lng) = (12.97 + (rng.unit() - 0.5) * 0.3, 77.59 + (rng.unit() - 0.5) * 0.3);
-        let t = Instant::now();
+    let (p50, p99) = nearest_queries(&mut rng, |lat, lng| {
         black_box(fleet.nearest(lat, lng, 10));
-        times.push(t.elapsed().as_nanos() as u64);
-    }
-    times.sort_unstable();
+    });
     println!(
-        "Fleet::nearest(10) among {N_RIDERS} (H3 partition lookup, 7 partitions, ids returned): p50 {:.2} µs, p99 {:.2} µs",
-        times[queries / 2] as f64 / 1000.0,
-        times[queries * 99 / 100] as f64 / 1000.0
+        "Fleet::nearest(10) among {N_RIDERS} (H3 partition lookup, 7 partitions, ids returned): p50 {p50:.2} µs, p99 {p99:.2} µs"
     );
 
     // The index alone: one partition holding all 100k riders.
@@ -99,37 +91,33 @@ fn in_process() -> Vec<(f64, f64)> {
         index.upsert(i as u32, 0, p.1, p.0);
     }
     black_box(index.nearest(&[0], 77.59, 12.97, 10));
-    let mut times: Vec<u64> = Vec::with_capacity(queries);
-    for _ in 0..queries {
-        let (lat, lng) = (12.97 + (rng.unit() - 0.5) * 0.3, 77.59 + (rng.unit() - 0.5) * 0.3);
-        let t = Instant::now();
+    let (p50, p99) = nearest_queries(&mut rng, |lat, lng| {
         black_box(index.nearest(&[0], lng, lat, 10));
-        times.push(t.elapsed().as_nanos() as u64);
-    }
-    times.sort_unstable();
-    println!(
-        "RiderIndex::nearest(10) among {N_RIDERS}, one partition: p50 {:.2} µs, p99 {:.2} µs",
-        times[queries / 2] as f64 / 1000.0,
-        times[queries * 99 / 100] as f64 / 1000.0
-    );
+    });
+    println!("RiderIndex::nearest(10) among {N_RIDERS}, one partition: p50 {p50:.2} µs, p99 {p99:.2} µs");
     // Baseline in the same run: rstar's own nearest-neighbour iterator on a tree of the same
     // points (what the index used before its branch-and-bound search).
     let tree = rstar::RTree::bulk_load(pos.iter().map(|p| [p.1, p.0]).collect::<Vec<[f64; 2]>>());
+    let (p50, p99) = nearest_queries(&mut rng, |lat, lng| {
+        let ids: Vec<[f64; 2]> = tree.nearest_neighbor_iter(&[lng, lat]).take(10).copied().collect();
+        black_box(ids);
+    });
+    println!("baseline: rstar nearest_neighbor_iter, 10 among {N_RIDERS}: p50 {p50:.2} µs, p99 {p99:.2} µs");
+    pos
+}
+
+/// Times 100,000 nearest queries from random points over the city; returns p50 and p99 in µs.
+fn nearest_queries(rng: &mut Rng, mut query: impl FnMut(f64, f64)) -> (f64, f64) {
+    let queries = 100_000;
     let mut times: Vec<u64> = Vec::with_capacity(queries);
     for _ in 0..queries {
         let (lat, lng) = (12.97 + (rng.unit() - 0.5) * 0.3, 77.59 + (rng.unit() - 0.5) * 0.3);
         let t = Instant::now();
-        let ids: Vec<[f64; 2]> = tree.nearest_neighbor_iter(&[lng, lat]).take(10).copied().collect();
-        black_box(ids);
+        query(lat, lng);
         times.push(t.elapsed().as_nanos() as u64);
     }
     times.sort_unstable();
-    println!(
-        "baseline: rstar nearest_neighbor_iter, 10 among {N_RIDERS}: p50 {:.2} µs, p99 {:.2} µs",
-        times[queries / 2] as f64 / 1000.0,
-        times[queries * 99 / 100] as f64 / 1000.0
-    );
-    pos
+    (times[queries / 2] as f64 / 1000.0, times[queries * 99 / 100] as f64 / 1000.0)
 }
 
 async fn through_broker(secs: u64) {
