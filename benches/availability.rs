@@ -1,6 +1,6 @@
 //! In-process availability lookups: 200 stores × 5,000 SKUs in one city.
 //!
-//! `cargo bench --bench availability` measures `State::availability_json` (the code behind
+//! `cargo bench --bench availability` measures `Pages::page` after `State::serving` (the code behind
 //! `GET /v1/availability`: point → H3 cell → candidate stores → fastest store → a page of in-stock
 //! SKUs with catalog data, serialized, kept per store until its stock changes), the same with the
 //! store's stock changed before every lookup, `State::availability` (the page built every time)
@@ -14,6 +14,9 @@ use std::hint::black_box;
 use std::sync::Arc;
 use std::time::Instant;
 
+use darkstore::changes::Changes;
+use darkstore::clock::SystemClock;
+use darkstore::http::pages::{PageJson, Pages};
 use darkstore::state::{State, StateConfig};
 use darkstore_db::scratch::ScratchDb;
 use darkstore_db::{Committer, Db, LotSum, ProductRow, Snapshot, StoreRow};
@@ -92,7 +95,7 @@ fn main() {
             order_retention_ms: i64::MAX,
             key_retention_ms: i64::MAX,
         };
-        Arc::new(State::from_snapshot(config, db, committer, snap))
+        Arc::new(State::from_snapshot(config, db, committer, snap, Arc::new(SystemClock), Arc::new(Changes::new())))
     });
     // Customer points: within 1.5 km of a random store.
     let points: Vec<(f64, f64)> = (0..N_LOOKUPS)
@@ -101,19 +104,20 @@ fn main() {
             (lat + (rng.unit() - 0.5) * 0.02, lng + (rng.unit() - 0.5) * 0.02)
         })
         .collect();
-    let now = darkstore::state::now_ms();
+    let now = common::now_ms();
+    let pages = Pages::default();
     println!("availability: {N_STORES} stores × {N_SKUS} SKUs, {N_LOOKUPS} lookups per case, one thread");
 
     // What `GET /v1/availability` runs: the page kept per store, built again after each change.
     // With no stock changing during the run, every lookup after a store's first is served as kept.
-    for (name, limit) in [("availability_json, limit 200, stock unchanged", 200), ("availability_json, limit 20", 20)] {
+    for (name, limit) in [("kept page, limit 200, stock unchanged", 200), ("kept page, limit 20", 20)] {
         let mut h = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3).unwrap();
         let mut served = 0usize;
         for &(lat, lng) in &points {
             let t = Instant::now();
-            let page = state.availability_json(lat, lng, None, None, limit, now).unwrap();
+            let page = kept(&state, &pages, lat, lng, limit);
             let elapsed = t.elapsed().as_nanos() as u64;
-            served += page.page.n_items;
+            served += page.1.n_items;
             black_box(page);
             h.record(elapsed.max(1)).unwrap();
         }
@@ -124,17 +128,17 @@ fn main() {
     // (one unit of a SKU reserved, outside the timed part), so every page is built again.
     let mut h = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3).unwrap();
     for (i, &(lat, lng)) in points.iter().enumerate().take(N_LOOKUPS / 4) {
-        let store_id = state.availability_json(lat, lng, None, None, 1, now).unwrap().store_id.unwrap();
+        let store_id = kept(&state, &pages, lat, lng, 1).0;
         let store = state.store(&store_id).unwrap();
         let sku = format!("sku-{:05}", i % N_SKUS);
         let _ = store.stock.lock().unwrap().reserve(&[Want { sku: &sku, qty: 1 }], now);
         let t = Instant::now();
-        let page = state.availability_json(lat, lng, None, None, 200, now).unwrap();
+        let page = kept(&state, &pages, lat, lng, 200);
         let elapsed = t.elapsed().as_nanos() as u64;
         black_box(page);
         h.record(elapsed.max(1)).unwrap();
     }
-    report("availability_json, limit 200, stock changed", &h);
+    report("kept page, limit 200, stock changed", &h);
 
     // The page built from scratch every time (the WebSocket snapshot's path).
     for (name, limit) in [("State::availability, limit 200 (default)", 200), ("State::availability, limit 20", 20)] {
@@ -142,7 +146,7 @@ fn main() {
         let mut served = 0usize;
         for &(lat, lng) in &points {
             let t = Instant::now();
-            let page = state.availability(lat, lng, None, None, limit, now).unwrap();
+            let page = state.availability(lat, lng, None, None, limit).unwrap();
             let elapsed = t.elapsed().as_nanos() as u64;
             served += page.items.len();
             black_box(page);
@@ -167,10 +171,18 @@ fn main() {
         // Then the same page query on the chosen store's point (exactly at the store).
         if let Some((i, _)) = best {
             let (slat, slng) = sites[i];
-            black_box(state.availability(slat, slng, None, None, 200, now).unwrap());
+            black_box(state.availability(slat, slng, None, None, 200).unwrap());
         }
         h.record((t.elapsed().as_nanos() as u64).max(1)).unwrap();
     }
     report("baseline: linear scan of stores, limit 200", &h);
     runtime.block_on(scratch.drop_database());
+}
+
+/// What `GET /v1/availability` runs in process: the serving store, then its page (kept, or built
+/// and kept).
+fn kept(state: &State, pages: &Pages, lat: f64, lng: f64, limit: usize) -> (String, PageJson) {
+    let (store, eta) = state.serving(lat, lng).unwrap().expect("a serving store");
+    let page = pages.page(state, &store, eta, None, None, limit);
+    (store.id.clone(), page)
 }

@@ -22,7 +22,7 @@ use tokio_tungstenite::tungstenite::Message;
 const N_RIDERS: usize = 500;
 
 fn now_ms() -> i64 {
-    darkstore::state::now_ms()
+    common::now_ms()
 }
 
 async fn step(base: &str, n_clients: usize, rate: u64, secs: u64, staff: &str) {

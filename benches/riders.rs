@@ -13,7 +13,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use darkstore::auth::Role;
-use darkstore::fleet::{Fleet, Location};
+use darkstore::changes::Changes;
+use darkstore::ingest::Location;
+use darkstore::riders::Riders;
 use darkstore_db::scratch::ScratchDb;
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 
@@ -22,18 +24,18 @@ const N_RIDERS: usize = 100_000;
 /// Runs the in-process figures; returns the riders' final positions (lat, lng) for the peer.
 fn in_process() -> Vec<(f64, f64)> {
     let mut rng = Rng(0x9e3779b97f4a7c15);
-    let fleet = Fleet::new(3_600_000);
-    let t0 = darkstore::state::now_ms();
+    let fleet = Riders::new(3_600_000, None, Arc::new(Changes::new()));
+    let t0 = common::now_ms();
     let names: Vec<String> = (0..N_RIDERS).map(|i| format!("r{i}")).collect();
     let mut pos: Vec<(f64, f64)> = Vec::with_capacity(N_RIDERS);
     for n in &names {
-        fleet.register(n);
+        fleet.upsert(n, n, None);
         fleet.shift(n, true, t0).unwrap();
         let p = (12.97 + (rng.unit() - 0.5) * 0.3, 77.59 + (rng.unit() - 0.5) * 0.3);
         fleet
             .location(
                 n,
-                &Location { lat: p.0, lng: p.1, ts: t0, speed_mps: None, heading_deg: None, accuracy_m: None },
+                Location { lat: p.0, lng: p.1, ts: t0, speed_mps: None, heading_deg: None, accuracy_m: None }.fix(),
                 t0,
             )
             .unwrap();
@@ -49,13 +51,13 @@ fn in_process() -> Vec<(f64, f64)> {
             p.0 += (rng.unit() - 0.5) * 0.0001;
             p.1 += (rng.unit() - 0.5) * 0.0001;
             let loc = Location { lat: p.0, lng: p.1, ts, speed_mps: None, heading_deg: None, accuracy_m: None };
-            black_box(fleet.location(n, &loc, ts).is_ok());
+            black_box(fleet.location(n, loc.fix(), ts).is_ok());
         }
     }
     let secs = started.elapsed().as_secs_f64();
     let n = rounds as usize * N_RIDERS;
     println!(
-        "Fleet::location, {N_RIDERS} riders, one thread: {:.2} M updates/s ({n} updates in {secs:.2} s)",
+        "Riders::location, {N_RIDERS} riders, one thread: {:.2} M updates/s ({n} updates in {secs:.2} s)",
         n as f64 / secs / 1e6
     );
 
@@ -66,10 +68,10 @@ fn in_process() -> Vec<(f64, f64)> {
     let started = Instant::now();
     for (n, payload) in names.iter().zip(&payloads) {
         let loc: Location = serde_json::from_slice(payload).unwrap();
-        black_box(fleet.location(n, &loc, t0 + 100_000).is_ok());
+        black_box(fleet.location(n, loc.fix(), t0 + 100_000).is_ok());
     }
     let secs = started.elapsed().as_secs_f64();
-    println!("JSON parse + Fleet::location: {:.2} M updates/s", N_RIDERS as f64 / secs / 1e6);
+    println!("JSON parse + Riders::location: {:.2} M updates/s", N_RIDERS as f64 / secs / 1e6);
 
     // Nearest 10 among 100k (the first query rebuilds the dirty partitions).
     let t = Instant::now();
@@ -82,7 +84,7 @@ fn in_process() -> Vec<(f64, f64)> {
         black_box(fleet.nearest(lat, lng, 10));
     });
     println!(
-        "Fleet::nearest(10) among {N_RIDERS} (H3 partition lookup, 7 partitions, ids returned): p50 {p50:.2} µs, p99 {p99:.2} µs"
+        "Riders::nearest(10) among {N_RIDERS} (H3 partition lookup, 7 partitions, ids returned): p50 {p50:.2} µs, p99 {p99:.2} µs"
     );
 
     // The index alone: one partition holding all 100k riders.
@@ -166,7 +168,7 @@ async fn through_broker(secs: u64) {
             opts.set_keep_alive(Duration::from_secs(10));
             let (client, mut el) = AsyncClient::new(opts, 10_000);
             tokio::spawn(async move { while el.poll().await.is_ok() {} });
-            let mut ts = darkstore::state::now_ms();
+            let mut ts = common::now_ms();
             let mut rng = Rng(0x1234 + p as u64);
             while !stop.load(Ordering::Relaxed) {
                 ts += 1;

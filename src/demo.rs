@@ -6,7 +6,9 @@ use std::sync::Arc;
 
 use tokio::task::JoinSet;
 
-use crate::state::{Product, Rider, State, now_ms};
+use crate::model::Product;
+use crate::riders::Riders;
+use crate::state::State;
 use crate::{BoxError, Server, auth};
 
 /// (id, name, lat, lng): real neighbourhoods of Bengaluru.
@@ -221,7 +223,7 @@ fn spread(a: &str, b: &str) -> u64 {
 }
 
 /// Loads the demo city unless the database already has stores.
-pub async fn load_city(state: &Arc<State>) -> Result<(), BoxError> {
+pub async fn load_city(state: &Arc<State>, riders: &Arc<Riders>) -> Result<(), BoxError> {
     if !state.stores().is_empty() {
         tracing::info!("the database already has stores: the demo city is not loaded again");
         return Ok(());
@@ -240,7 +242,7 @@ pub async fn load_city(state: &Arc<State>) -> Result<(), BoxError> {
     while let Some(r) = tasks.join_next().await {
         r??;
     }
-    let now = now_ms();
+    let now = state.now();
     for (store_id, _, _, _) in STORES {
         for (product, shelf_days) in &products {
             let h = spread(store_id, &product.sku);
@@ -261,13 +263,10 @@ pub async fn load_city(state: &Arc<State>) -> Result<(), BoxError> {
             });
         }
         for i in 0..RIDERS_PER_STORE {
-            let state = state.clone();
-            let rider = Rider {
-                id: format!("{store_id}-rider-{i}"),
-                name: format!("Rider {} of {}", i + 1, store_id.trim_start_matches("blr-")),
-                store_id: Some(store_id.to_owned()),
-            };
-            tasks.spawn(async move { state.put_rider(rider).await.map(|_| ()) });
+            let riders = riders.clone();
+            let id = format!("{store_id}-rider-{i}");
+            let name = format!("Rider {} of {}", i + 1, store_id.trim_start_matches("blr-"));
+            tasks.spawn(async move { riders.register(&id, &name, Some(store_id), now).await.map(|_| ()) });
         }
     }
     while let Some(r) = tasks.join_next().await {
@@ -285,6 +284,7 @@ pub async fn load_city(state: &Arc<State>) -> Result<(), BoxError> {
 /// Starts the simulator in-process against the running server, at a pace a person can follow on
 /// the dashboard: 24 riders, an order every five seconds on average, riders and pickers four times
 /// faster than real time. It runs until the server stops.
+#[cfg(feature = "demo-traffic")]
 pub fn start_traffic(server: &Server, secret: &str) {
     let mqtt = server.mqtt_url.clone().unwrap_or_default();
     let mut cfg = darkstore_sim::city::RunConfig::new(&format!("http://{}", server.http_addr), &mqtt, secret);
@@ -300,9 +300,16 @@ pub fn start_traffic(server: &Server, secret: &str) {
     });
 }
 
+/// Without the `demo-traffic` feature (a production build), the demo city has no simulated
+/// traffic: the simulator's HTTP client is not linked in.
+#[cfg(not(feature = "demo-traffic"))]
+pub fn start_traffic(_server: &Server, _secret: &str) {
+    tracing::warn!("built without the demo-traffic feature: the demo city runs without simulated traffic");
+}
+
 /// Tells the person at the terminal where to look (on stderr; stdout carries the ready line).
 pub fn print_welcome(server: &Server, secret: &str) {
-    let exp = now_ms() / 1000 + 7 * 86_400;
+    let exp = server.app.clock.now_secs() + 7 * 86_400;
     let token = |role, sub: &str, store: Option<&str>| {
         auth::sign(secret.as_bytes(), &auth::Claims { sub: sub.to_owned(), role, store: store.map(str::to_owned), exp })
     };

@@ -71,3 +71,86 @@ impl IntoResponse for ApiError {
         response
     }
 }
+
+// Domain errors become API errors here, and only here.
+
+impl From<crate::state::PlaceError> for ApiError {
+    fn from(e: crate::state::PlaceError) -> ApiError {
+        use crate::state::PlaceError as E;
+        match e {
+            E::InvalidPoint => ApiError::invalid("invalid coordinates"),
+            E::UnknownSku(sku) => {
+                ApiError::invalid(format!("sku {sku:?} is not in the catalog")).with("sku", json!(sku))
+            }
+            E::NotServiceable => ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "not_serviceable",
+                "no dark store reaches this location within the promise",
+            ),
+            E::Insufficient(short) => {
+                let lines: Vec<Value> = short
+                    .iter()
+                    .map(|s| json!({"sku": s.sku, "requested": s.requested, "available": s.available}))
+                    .collect();
+                ApiError::new(
+                    StatusCode::CONFLICT,
+                    "insufficient_stock",
+                    "some lines cannot be filled; nothing was reserved",
+                )
+                .with("lines", Value::Array(lines))
+            }
+            E::KeyReused => ApiError::conflict("this Idempotency-Key was already used with a different body"),
+            E::KeyExpired => ApiError::conflict(
+                "this Idempotency-Key was used for an order placed longer ago than keys are kept; use a new key",
+            ),
+            E::Unavailable(e) => ApiError::unavailable(e),
+        }
+    }
+}
+
+impl From<crate::state::TransitionError> for ApiError {
+    fn from(e: crate::state::TransitionError) -> ApiError {
+        use crate::state::TransitionError as E;
+        match e {
+            E::NotFound => ApiError::not_found("no such order"),
+            E::Forbidden => ApiError::forbidden("this order is not yours to change"),
+            E::NotAllowed { from, to } => {
+                ApiError::conflict(format!("an order that is {} cannot become {}", from.as_str(), to.as_str()))
+                    .with("status", json!(from.as_str()))
+            }
+            E::Unavailable(e) => ApiError::unavailable(e),
+        }
+    }
+}
+
+impl From<crate::state::StockError> for ApiError {
+    fn from(e: crate::state::StockError) -> ApiError {
+        use crate::state::StockError as E;
+        use darkstore_geoinv::stock::AdjustError;
+        match e {
+            E::UnknownStore => ApiError::not_found("no such store"),
+            E::UnknownSku => ApiError::invalid("sku is not in the catalog"),
+            E::Refused(AdjustError::BelowReserved { on_hand, reserved }) => {
+                ApiError::conflict("the delta would take on_hand below what is reserved")
+                    .with("on_hand", json!(on_hand))
+                    .with("reserved", json!(reserved))
+            }
+            E::Refused(AdjustError::ZeroDelta) => ApiError::invalid("delta must not be zero"),
+            E::Unavailable(e) => ApiError::unavailable(e),
+        }
+    }
+}
+
+impl From<crate::riders::Dropped> for ApiError {
+    fn from(d: crate::riders::Dropped) -> ApiError {
+        use crate::riders::Dropped as D;
+        match d {
+            D::UnknownRider => ApiError::not_found("no such rider"),
+            D::Stale => ApiError::conflict("the position is older than the last one"),
+            D::Malformed => ApiError::invalid("malformed rider message"),
+            D::Implausible => {
+                ApiError::invalid("implausible position: out of range, from the future, or an impossible speed or jump")
+            }
+        }
+    }
+}

@@ -1,7 +1,5 @@
-//! The in-process feed bus: what changes in the server is published here once and fanned out to
-//! WebSocket subscribers and to MQTT.
-//!
-//! Topics are the WebSocket topics (`order/{id}`, `store/{id}`, `availability/{cell}`, `riders`).
+//! The in-process feed bus: what the publisher (`publish.rs`) publishes here once is fanned out
+//! to WebSocket subscribers. The bus is topic-agnostic: names come from `topics`.
 //! A message's data is serialized once per publish and shared by every subscriber. Each subscriber
 //! has a bounded queue; a subscriber whose queue is full is marked to be closed (1013) rather than
 //! slowing the publisher or anyone else. Rider positions are not queued: they overwrite the latest
@@ -10,7 +8,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 
 use dashmap::DashMap;
 use serde_json::Value;
@@ -69,34 +67,17 @@ pub struct FeedCounters {
     pub enqueued: AtomicU64,
     pub coalesced: AtomicU64,
     pub overflowed: AtomicU64,
-    pub mqtt_published: AtomicU64,
 }
-
-type MqttSink = Box<dyn Fn(String, Vec<u8>) + Send + Sync>;
 
 #[derive(Default)]
 pub struct Feeds {
     topics: DashMap<String, Vec<Arc<Subscriber>>, ahash::RandomState>,
-    mqtt: OnceLock<MqttSink>,
     pub counters: FeedCounters,
 }
 
 impl Feeds {
     pub fn new() -> Feeds {
         Feeds::default()
-    }
-
-    /// Where MQTT publications go (set once, when the broker client exists).
-    pub fn set_mqtt(&self, sink: MqttSink) {
-        let _ = self.mqtt.set(sink);
-    }
-
-    /// Publishes on MQTT, if connected to a broker.
-    pub fn mqtt(&self, topic: String, payload: &Value) {
-        if let Some(sink) = self.mqtt.get() {
-            sink(topic, payload.to_string().into_bytes());
-            self.counters.mqtt_published.fetch_add(1, Ordering::Relaxed);
-        }
     }
 
     pub fn has_subscribers(&self, topic: &str) -> bool {

@@ -1,12 +1,16 @@
 //! darkstore: a real-time dispatch and geo-inventory server for 10-minute grocery delivery.
 //!
-//! A map of the server:
+//! A map of the server (ARCHITECTURE.md has the whole of it):
 //! - [`config`]: the command line (flags, environment variables, defaults).
-//! - [`state`]: the in-memory state (stores, catalog, stock, orders) and every operation on it;
-//!   the pure rules come from `darkstore-geoinv`, durability from `darkstore-db`.
+//! - [`clock`]: time, handed in; only `main` reads the system clock.
+//! - [`model`]: the domain's values; [`changes`]: typed changes and the hub that hands them on.
+//! - [`state`]: stores, catalog, stock and orders, and every operation on them.
+//! - [`riders`]: riders (registration, live state, the index of who can take work).
+//! - [`ingest`]: what riders send, applied; [`dispatch`]: the dispatch tick.
+//! - [`publish`]: changes to WebSocket and MQTT topics; [`topics`], [`views`], [`feeds`].
 //! - [`http`]: the HTTP API (axum): routing, identity, rate limits, errors, handlers.
-//! - [`auth`]: HS256 bearer tokens and webhook signatures.
-//! - [`metrics`], [`ratelimit`], [`error`]: cross-cutting pieces of the HTTP edge.
+//! - [`mqtt`]: the embedded broker and the server's client.
+//! - [`auth`], [`metrics`], [`ratelimit`], [`error`]: cross-cutting pieces of the edge.
 //! - [`demo`]: the demo city `darkstore demo` loads.
 //!
 //! [`start`] opens the database, rebuilds the state and binds nothing itself: the caller hands in
@@ -15,21 +19,27 @@
 
 /// Tokens and signatures (the `darkstore-auth` crate, re-exported).
 pub use darkstore_auth as auth;
+pub mod changes;
+pub mod clock;
 pub mod config;
 pub mod demo;
 pub mod dispatch;
 pub mod error;
 pub mod feeds;
-pub mod fleet;
 pub mod http;
+pub mod ingest;
 pub mod metrics;
+pub mod model;
 pub mod mqtt;
+pub mod publish;
 pub mod ratelimit;
+pub mod riders;
 pub mod state;
+pub mod topics;
 pub mod views;
 
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use darkstore_db::{Committer, Db};
@@ -37,12 +47,16 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use crate::changes::{Changes, Observer};
+use crate::clock::Clock;
 use crate::config::ServeConfig;
 use crate::dispatch::Dispatcher;
-use crate::fleet::Fleet;
 use crate::http::App;
+use crate::ingest::Ingest;
+use crate::publish::Publisher;
 use crate::ratelimit::RateLimiter;
-use crate::state::{State, StateConfig, now_ms};
+use crate::riders::Riders;
+use crate::state::{State, StateConfig};
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -68,7 +82,7 @@ pub fn random_secret() -> Result<String, BoxError> {
 }
 
 /// Opens the database, rebuilds the state and prepares the HTTP listener.
-pub async fn start(config: &ServeConfig, listener: TcpListener) -> Result<Server, BoxError> {
+pub async fn start(config: &ServeConfig, listener: TcpListener, clock: Arc<dyn Clock>) -> Result<Server, BoxError> {
     let travel = config.travel_model();
     if !travel.is_valid() {
         return Err("invalid travel model: speed and promise must be positive, detour at least 1".into());
@@ -87,7 +101,7 @@ pub async fn start(config: &ServeConfig, listener: TcpListener) -> Result<Server
         }
     };
     let (committer, commit_task) = Committer::spawn(db.clone(), config.commit_max_batch, 65_536);
-    let snapshot = db.load().await?;
+    let mut snapshot = db.load().await?;
     tracing::info!(
         stores = snapshot.stores.len(),
         products = snapshot.products.len(),
@@ -100,22 +114,32 @@ pub async fn start(config: &ServeConfig, listener: TcpListener) -> Result<Server
     let order_retention_ms = (config.order_retention_minutes.max(0.0) * 60_000.0) as i64;
     let key_retention_ms = (config.idempotency_key_hours.max(0.0) * 3_600_000.0) as i64;
     let state_config = StateConfig { travel, payment_hold_ms, order_retention_ms, key_retention_ms };
-    let state = Arc::new(State::from_snapshot(state_config, db, committer, snapshot));
-    // Riders: live state, the MQTT broker and client, the dispatcher.
-    let fleet = Arc::new(Fleet::new(config.rider_silence_secs.max(1) as i64 * 1000));
-    for (id, _) in state.riders() {
-        fleet.register(&id);
+    // The owners of state, and the hub their changes go through.
+    let changes = Arc::new(Changes::new());
+    let rider_rows = std::mem::take(&mut snapshot.riders);
+    let state =
+        Arc::new(State::from_snapshot(state_config, db, committer.clone(), snapshot, clock.clone(), changes.clone()));
+    let riders =
+        Arc::new(Riders::new(config.rider_silence_secs.max(1) as i64 * 1000, Some(committer), changes.clone()));
+    riders.restore(rider_rows);
+    for held in state.orders_with_riders().await {
+        let pickup = state.store(&held.order.store_id).map_or((held.order.lat, held.order.lng), |s| (s.lat, s.lng));
+        riders.restore_task(&held.rider_id, &held.order, held.picked_up, pickup, clock.now_ms());
     }
-    for (order_id, store_id, rider, picked_up) in state.orders_with_riders().await {
-        fleet.restore(&rider, &order_id, &store_id, picked_up, now_ms());
-    }
+    let feeds = Arc::new(feeds::Feeds::new());
+    let publisher = Arc::new(Publisher::new(feeds.clone(), state.promise_ms()));
+    publisher.set_state(Arc::downgrade(&state));
+    // Riders first: an order leaving a task changes the task before the order's feed hears of it.
+    changes
+        .attach(vec![Arc::downgrade(&riders) as Weak<dyn Observer>, Arc::downgrade(&publisher) as Weak<dyn Observer>]);
     let (mqtt_url, credentials) = match &config.mqtt_url {
         Some(url) => (url.clone(), None),
         None => {
             let internal = auth::hmac_hex(jwt_secret.as_bytes(), b"darkstore mqtt server credential");
             let (secret, server_password) = (jwt_secret.clone().into_bytes(), internal.clone());
+            let broker_clock = clock.clone();
             let addr = mqtt::start_embedded_broker(config.mqtt_listen, move |_client, user, pass| {
-                broker_auth(&secret, &server_password, &user, &pass)
+                broker_auth(&secret, &server_password, &user, &pass, broker_clock.now_secs())
             })?;
             (format!("mqtt://{addr}"), Some((mqtt::SERVER_USERNAME.to_owned(), internal)))
         }
@@ -132,29 +156,36 @@ pub async fn start(config: &ServeConfig, listener: TcpListener) -> Result<Server
     }
     {
         let mqtt = mqtt.clone();
-        state.feeds.set_mqtt(Box::new(move |topic, payload| mqtt.publish(topic, payload, rumqttc::QoS::AtLeastOnce)));
+        publisher.set_mqtt(Box::new(move |topic, payload| mqtt.publish(topic, payload, rumqttc::QoS::AtLeastOnce)));
     }
     let tick_ms = config.dispatch_tick_ms.max(100);
-    let dispatcher = Arc::new(Dispatcher::new(state.clone(), fleet.clone(), Some(mqtt.clone()), tick_ms as i64));
+    let ingest = Arc::new(Ingest::new(state.clone(), riders.clone()));
+    let dispatcher = Arc::new(Dispatcher::new(ingest.clone(), tick_ms as i64));
     let app = Arc::new(App {
         state: state.clone(),
+        clock: clock.clone(),
         jwt_secret: jwt_secret.into_bytes(),
         webhook_secret: config.payment_webhook_secret.clone().map(String::into_bytes),
         limiter: RateLimiter::new(config.rate_limit_per_sec, config.rate_limit_burst),
         max_body_bytes: config.max_body_bytes,
-        fleet,
+        riders,
+        ingest: ingest.clone(),
         dispatcher: dispatcher.clone(),
+        publisher,
+        feeds,
+        pages: http::pages::Pages::default(),
         mqtt: Some(mqtt.clone()),
         ws: http::ws::WsLimits::new(config.ws_max_connections, config.ws_queue),
     });
     let (stop, stopped) = watch::channel(false);
-    let mut background = dispatch::spawn(dispatcher, incoming, Duration::from_millis(tick_ms), stopped.clone());
+    let mut background = ingest::spawn(ingest, incoming, stopped.clone());
+    background.push(dispatch::spawn(dispatcher, Duration::from_millis(tick_ms), stopped.clone()));
     // Payment holds that ran out (also those that ran out while the server was down).
     background.push(every(Duration::from_secs(1), stopped.clone(), {
         let state = state.clone();
         move || {
             let state = state.clone();
-            async move { state.expire_holds(now_ms()).await }
+            async move { state.expire_holds().await }
         }
     }));
     background.push(every(Duration::from_secs(config.expiry_sweep_secs.max(1)), stopped.clone(), {
@@ -162,8 +193,8 @@ pub async fn start(config: &ServeConfig, listener: TcpListener) -> Result<Server
         move || {
             let state = state.clone();
             async move {
-                state.expire_lots(now_ms()).await;
-                state.evict_finished_orders(now_ms());
+                state.expire_lots().await;
+                state.evict_finished_orders();
             }
         }
     }));
@@ -187,11 +218,11 @@ pub async fn start(config: &ServeConfig, listener: TcpListener) -> Result<Server
 
 /// Who may connect to the embedded broker: the server itself, a rider with its own rider token
 /// (username = rider id), or an admin token.
-fn broker_auth(secret: &[u8], server_password: &str, user: &str, pass: &str) -> bool {
+fn broker_auth(secret: &[u8], server_password: &str, user: &str, pass: &str, now_secs: i64) -> bool {
     if user == mqtt::SERVER_USERNAME {
         return pass == server_password;
     }
-    match auth::verify(secret, pass, now_ms() / 1000) {
+    match auth::verify(secret, pass, now_secs) {
         Ok(c) => c.role == auth::Role::Admin || (c.role == auth::Role::Rider && c.sub == user),
         Err(_) => false,
     }

@@ -2,7 +2,10 @@
 
 use std::process::ExitCode;
 
+use std::sync::Arc;
+
 use clap::Parser;
+use darkstore::clock::{Clock, SystemClock};
 use darkstore::config::{Cli, Command, ServeConfig, TokenArgs};
 use darkstore::{BoxError, JWT_SECRET_KEY, auth, demo};
 
@@ -103,12 +106,10 @@ async fn serve(mut config: ServeConfig, with_demo: bool) -> Result<(), BoxError>
         tracing::warn!(addr = %config.mqtt_listen, "MQTT address taken; the demo's broker uses a free port instead");
         config.mqtt_listen.set_port(0);
     }
-    let server = darkstore::start(&config, listener).await?;
+    // The one place the server reads the system clock: everything else is handed this clock.
+    let server = darkstore::start(&config, listener, Arc::new(SystemClock)).await?;
     if with_demo {
-        demo::load_city(&server.app.state).await?;
-        for (id, _) in server.app.state.riders() {
-            server.app.fleet.register(&id);
-        }
+        demo::load_city(&server.app.state, &server.app.riders).await?;
         let secret = String::from_utf8_lossy(&server.app.jwt_secret).into_owned();
         demo::print_welcome(&server, &secret);
         demo::start_traffic(&server, &secret);
@@ -132,7 +133,7 @@ async fn token(args: TokenArgs) -> Result<(), BoxError> {
             secret.ok_or("no token secret: pass --jwt-secret, or start the server once on this database")?
         }
     };
-    let now = darkstore::state::now_ms() / 1000;
+    let now = SystemClock.now_secs();
     let claims = auth::Claims {
         sub: args.sub.unwrap_or_else(|| args.role.clone()),
         role,

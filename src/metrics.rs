@@ -96,6 +96,8 @@ pub struct Metrics {
     /// Finished orders let go of after the retention window, and read back from the database.
     pub orders_evicted: AtomicU64,
     pub orders_read_back: AtomicU64,
+    /// Payment webhooks by outcome: applied, duplicate, ignored (would undo a payment), refused.
+    payment_events: [AtomicU64; 4],
     pub order_latency: Histogram,
     /// How old a rider's position is (its `ts` against the server's clock) when the server applies
     /// it: the broker's and the ingest queue's share of GPS-to-feed latency.
@@ -115,6 +117,17 @@ impl Metrics {
         } else {
             self.http_latency.entry(route.to_owned()).or_default().observe(seconds);
         }
+    }
+
+    pub fn payment_event(&self, outcome: darkstore_geoinv::order::PaymentOutcome) {
+        use darkstore_geoinv::order::PaymentOutcome as P;
+        let i = match outcome {
+            P::Apply { .. } => 0,
+            P::Duplicate => 1,
+            P::Ignored => 2,
+            P::Refused => 3,
+        };
+        self.payment_events[i].fetch_add(1, Ordering::Relaxed);
     }
 
     pub fn order(&self, outcome: OrderOutcome) {
@@ -146,6 +159,11 @@ impl Metrics {
         for outcome in OrderOutcome::ALL {
             let n = self.orders[outcome as usize].load(Ordering::Relaxed);
             let _ = writeln!(out, "darkstore_orders_total{{outcome=\"{}\"}} {n}", outcome.name());
+        }
+        out.push_str("# TYPE darkstore_payment_webhooks_total counter\n");
+        for (i, name) in ["applied", "duplicate", "ignored", "refused"].iter().enumerate() {
+            let n = self.payment_events[i].load(Ordering::Relaxed);
+            let _ = writeln!(out, "darkstore_payment_webhooks_total{{outcome=\"{name}\"}} {n}");
         }
         out.push_str("# TYPE darkstore_order_placement_seconds histogram\n");
         self.order_latency.render(&mut out, "darkstore_order_placement_seconds", "");

@@ -16,8 +16,6 @@ use tokio::sync::mpsc;
 
 use crate::BoxError;
 
-/// Topics the server subscribes to.
-pub const RIDER_TOPICS: [&str; 3] = ["riders/+/location", "riders/+/shift", "riders/+/events"];
 /// The username the server itself connects with to the embedded broker.
 pub const SERVER_USERNAME: &str = "darkstore-server";
 /// Largest MQTT payload accepted, bytes.
@@ -179,7 +177,7 @@ pub fn connect(
                 Ok(Event::Incoming(Packet::ConnAck(_))) => {
                     connected.store(true, Ordering::Relaxed);
                     backoff = Duration::from_millis(100);
-                    for topic in RIDER_TOPICS {
+                    for topic in crate::topics::RIDER_INBOX_FILTERS {
                         if let Err(e) = client.try_subscribe(topic, QoS::AtLeastOnce) {
                             tracing::warn!(%topic, error = %e, "subscribing failed");
                         }

@@ -1,12 +1,12 @@
-//! JSON views of domain objects, shared by every wire that carries them (HTTP responses,
-//! WebSocket frames, MQTT payloads), so an order looks the same everywhere.
+//! JSON views of domain values, shared by every wire that carries them (HTTP responses,
+//! WebSocket frames, MQTT payloads), so an order looks the same everywhere. Depends on the model
+//! only.
 
 use darkstore_geoinv::Millis;
 use darkstore_geoinv::order::OrderStatus;
 use serde_json::{Value, json};
 
-use crate::fleet::Live;
-use crate::state::{LineView, Order, Product};
+use crate::model::{LineView, Order, Product, Rider, Task};
 
 /// RFC 3339 UTC with milliseconds.
 pub fn rfc3339(ms: i64) -> String {
@@ -18,10 +18,10 @@ pub fn rfc3339(ms: i64) -> String {
 pub fn order_json(o: &Order, promise_ms: Millis) -> Value {
     let lines: Vec<Value> =
         o.lines.iter().map(|l| json!({"sku": l.sku, "qty": l.qty, "price_minor": l.price_minor})).collect();
-    let total: i64 = o.lines.iter().map(|l| l.qty * l.price_minor).sum();
-    json!({
+    let mut v = json!({
         "id": o.id,
         "status": o.status.as_str(),
+        "payment_status": o.payment_status.as_str(),
         "store_id": o.store_id,
         "rider_id": o.rider_id,
         "customer_id": o.customer_id,
@@ -30,13 +30,29 @@ pub fn order_json(o: &Order, promise_ms: Millis) -> Value {
         "h3_cell": darkstore_geoinv::area::cell_of(o.lat, o.lng).ok().map(|c| c.to_string()),
         "eta_minutes": o.eta_minutes,
         "lines": lines,
-        "total_minor": total,
+        "total_minor": o.total_minor,
         "created_at": rfc3339(o.created_at),
         "updated_at": rfc3339(o.updated_at),
         "promised_by": rfc3339(o.created_at + o.eta_minutes * 60_000),
         "deadline": rfc3339(o.created_at + promise_ms),
         "delivered_at": (o.status == OrderStatus::Delivered).then(|| rfc3339(o.updated_at)),
         "payment_hold_expires_at": o.hold_expires_at.filter(|_| o.status == OrderStatus::PendingPayment).map(rfc3339),
+    });
+    if let Some(refund) = o.refund_minor {
+        v["refund_minor"] = json!(refund);
+    }
+    v
+}
+
+/// An order's status as MQTT `orders/{id}/status` carries it.
+pub fn order_status_json(o: &Order) -> Value {
+    json!({
+        "order_id": o.id,
+        "status": o.status.as_str(),
+        "payment_status": o.payment_status.as_str(),
+        "store_id": o.store_id,
+        "rider_id": o.rider_id,
+        "ts": o.updated_at,
     })
 }
 
@@ -54,16 +70,75 @@ pub fn line_json(line: &LineView, product: Option<&Product>) -> Value {
     })
 }
 
-/// A rider's live state.
-pub fn rider_json(id: &str, store_id: Option<&str>, live: &Live) -> Value {
+/// A product as the catalog shows it.
+pub fn product_json(p: &Product) -> Value {
     json!({
-        "id": id,
-        "store_id": store_id,
-        "on_shift": live.on_shift,
-        "status": live.status.as_str(),
-        "lat": live.pos.map(|p| p.0),
-        "lng": live.pos.map(|p| p.1),
-        "ts": live.pos.map(|_| live.ts),
-        "orders": live.task.as_ref().map(|t| t.orders.clone()).unwrap_or_default(),
+        "sku": &*p.sku,
+        "name": p.name,
+        "category": p.category,
+        "price_minor": p.price_minor,
+        "low_stock_threshold": p.low_stock_threshold,
+    })
+}
+
+/// One availability item.
+pub fn item_json(p: &Product, available: i64) -> Value {
+    json!({"sku": &*p.sku, "name": p.name, "category": p.category, "price_minor": p.price_minor, "available": available})
+}
+
+/// Appends a product's availability item, with `available` units, to `out`. The part before the
+/// number is serialized once per product and kept in its `wire` slot.
+pub fn write_item(out: &mut String, p: &Product, available: i64) {
+    use std::fmt::Write as _;
+    let head = p.wire.get_or_init(|| {
+        let head =
+            json!({"sku": &*p.sku, "name": p.name, "category": p.category, "price_minor": p.price_minor}).to_string();
+        // `{…}` becomes `{…,"available":`, ready for the number and the closing brace.
+        format!("{},\"available\":", &head[..head.len() - 1]).into_boxed_str()
+    });
+    out.push_str(head);
+    let _ = write!(out, "{available}}}");
+}
+
+/// A rider's live state, as feeds show it.
+pub fn rider_json(r: &Rider) -> Value {
+    json!({
+        "id": r.id,
+        "store_id": r.store_id,
+        "on_shift": r.on_shift,
+        "status": r.status.as_str(),
+        "lat": r.pos.map(|p| p.0),
+        "lng": r.pos.map(|p| p.1),
+        "ts": r.pos.map(|_| r.ts),
+        "orders": r.task.as_ref().map(|t| t.order_ids().collect::<Vec<_>>()).unwrap_or_default(),
+    })
+}
+
+/// A rider as `GET /v1/riders/{id}` shows it.
+pub fn rider_detail_json(r: &Rider) -> Value {
+    json!({
+        "id": r.id,
+        "name": r.name,
+        "store_id": r.store_id,
+        "on_shift": r.on_shift,
+        "status": r.status.as_str(),
+        "lat": r.pos.map(|p| p.0),
+        "lng": r.pos.map(|p| p.1),
+        "ts": r.pos.map(|_| r.ts),
+        "task": r.task.as_ref().map(|t| json!({
+            "task_id": t.id, "store_id": t.store_id, "orders": t.order_ids().collect::<Vec<_>>(), "picked_up": t.picked,
+        })),
+    })
+}
+
+/// A task as the rider's app receives it on `riders/{id}/tasks`; no orders withdraws it.
+pub fn task_json(t: &Task) -> Value {
+    json!({
+        "task_id": t.id,
+        "store_id": t.store_id,
+        "pickup": {"lat": t.pickup.0, "lng": t.pickup.1},
+        "orders": t.orders.iter().map(|o| json!({"id": o.id, "lat": o.lat, "lng": o.lng})).collect::<Vec<_>>(),
+        "assigned_at": t.assigned_at,
+        "pickup_eta": t.pickup_eta,
     })
 }

@@ -122,7 +122,7 @@ async fn snapshots_then_deltas_with_consecutive_seq() {
         .await;
     let mut riders_ws = connect(&server, Some(&admin())).await;
     subscribe(&mut riders_ws, "riders").await;
-    let now = darkstore::state::now_ms();
+    let now = common::now_ms();
     let (s, _) = server
         .call(
             "POST",

@@ -103,7 +103,7 @@ async fn delivery_story(extra: &[&str], rider_password: bool) {
     assert!(accepted, "the broker accepted the rider");
     client.subscribe(format!("riders/{rider}/tasks"), QoS::AtLeastOnce).await.unwrap();
     publish(&client, format!("riders/{rider}/shift"), json!({"on_shift": true})).await;
-    let now = darkstore::state::now_ms();
+    let now = common::now_ms();
     publish(
         &client,
         format!("riders/{rider}/location"),
@@ -141,7 +141,7 @@ async fn delivery_story(extra: &[&str], rider_password: bool) {
         publish(
             &client,
             format!("riders/{rider}/events"),
-            json!({"type": kind, "order_id": id, "ts": darkstore::state::now_ms()}),
+            json!({"type": kind, "order_id": id, "ts": common::now_ms()}),
         )
         .await;
     }
@@ -208,7 +208,7 @@ async fn bad_rider_messages_are_counted_and_dropped() {
     }
     let (client, _inbox, accepted) = rider_client(&mqtt_of(&server), "admin", Some(admin())).await;
     assert!(accepted);
-    let now = darkstore::state::now_ms();
+    let now = common::now_ms();
     let garbage: Vec<(String, Vec<u8>)> = vec![
         (format!("riders/{a}/location"), b"\xff\xfe garbage".to_vec()),
         (format!("riders/{a}/location"), br#"{"lat": "12.9", "lng": 77.6, "ts": 1}"#.to_vec()),
@@ -344,7 +344,7 @@ async fn a_broker_restart_is_survived() {
     // The server resubscribed: a position published now reaches it.
     let (client, _inbox, accepted) = rider_client(&broker_url, &rider, None).await;
     assert!(accepted);
-    let now = darkstore::state::now_ms();
+    let now = common::now_ms();
     publish(&client, format!("riders/{rider}/location"), json!({"lat": STORE_LAT, "lng": STORE_LNG, "ts": now})).await;
     eventually("the position after the restart", 10, || async {
         let (_, v) = server.call("GET", &format!("/v1/riders/{rider}"), Some(&admin()), None).await;
@@ -364,7 +364,7 @@ async fn after_a_crash_a_rider_who_never_returns_gives_its_order_back() {
     let rider = unique("rider");
     server.call("PUT", &format!("/v1/riders/{rider}"), Some(&admin()), Some(json!({"name": "R"}))).await;
     let rider_token = token(Role::Rider, &rider, None);
-    let now = darkstore::state::now_ms();
+    let now = common::now_ms();
     for (path, body) in
         [("shift", json!({"on_shift": true})), ("location", json!({"lat": STORE_LAT, "lng": STORE_LNG, "ts": now}))]
     {

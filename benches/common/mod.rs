@@ -61,11 +61,16 @@ impl Drop for BenchServer {
 }
 
 pub fn token(role: Role, sub: &str, store: Option<&str>) -> String {
-    let exp = darkstore::state::now_ms() / 1000 + 3600;
+    let exp = now_ms() / 1000 + 3600;
     auth::sign(SECRET.as_bytes(), &Claims { sub: sub.into(), role, store: store.map(Into::into), exp })
 }
 
 /// The value of one series in a Prometheus text page (`name` includes labels and a space).
 pub fn metric(text: &str, name: &str) -> f64 {
     text.lines().find_map(|l| l.strip_prefix(name).and_then(|v| v.trim().parse().ok())).unwrap_or(0.0)
+}
+
+/// Unix milliseconds by the system clock (the test harness reads its own clock).
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
 }

@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 use super::{AppRef, Caller, JsonBody, check_id, check_point, detached};
 use crate::auth::Role;
 use crate::error::ApiError;
-use crate::state::{PlaceError, Product, Rider};
+use crate::model::Product;
 
 /// Longest name or category accepted.
 const MAX_TEXT: usize = 200;
@@ -46,12 +46,7 @@ pub async fn put_store(
     check_point(body.lat, body.lng)?;
     let state = app.state.clone();
     let id = store_id.clone();
-    let created = detached(async move { state.put_store(&id, &body.name, body.lat, body.lng).await }).await?.map_err(
-        |e| match e {
-            PlaceError::InvalidPoint => ApiError::invalid("invalid coordinates"),
-            other => ApiError::unavailable(format!("{other:?}")),
-        },
-    )?;
+    let created = detached(async move { state.put_store(&id, &body.name, body.lat, body.lng).await }).await??;
     let store = app.state.store(&store_id).ok_or_else(|| ApiError::unavailable("store vanished"))?;
     Ok((created_or_ok(created), Json(store_json(&app, &store))))
 }
@@ -85,15 +80,7 @@ fn default_threshold() -> i64 {
     5
 }
 
-fn product_json(p: &Product) -> Value {
-    json!({
-        "sku": &*p.sku,
-        "name": p.name,
-        "category": p.category,
-        "price_minor": p.price_minor,
-        "low_stock_threshold": p.low_stock_threshold,
-    })
-}
+use crate::views::product_json;
 
 pub async fn put_product(
     State(app): State<AppRef>,
@@ -144,12 +131,13 @@ pub async fn put_rider(
     {
         return Err(ApiError::invalid(format!("store_id {store_id:?} is not a known store")));
     }
-    let rider = Rider { id: rider_id, name: body.name, store_id: body.store_id };
-    let json = json!({"id": rider.id, "name": rider.name, "store_id": rider.store_id});
-    let state = app.state.clone();
-    let id = rider.id.clone();
-    let created = detached(async move { state.put_rider(rider).await }).await?.map_err(ApiError::unavailable)?;
-    app.fleet.register(&id);
+    let json = json!({"id": rider_id, "name": body.name, "store_id": body.store_id});
+    let (riders, now) = (app.riders.clone(), app.clock.now_ms());
+    // Durable and known to ingest in one detached operation: a client that hangs up cannot leave
+    // a stored rider whose positions are dropped.
+    let created = detached(async move { riders.register(&rider_id, &body.name, body.store_id.as_deref(), now).await })
+        .await?
+        .map_err(ApiError::unavailable)?;
     Ok((created_or_ok(created), Json(json)))
 }
 

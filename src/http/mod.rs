@@ -1,13 +1,16 @@
 //! The HTTP API: routing, the middleware every request passes (identity, rate limit, metrics,
 //! logs), and the extractors that turn bad input into precise 4xx answers.
 //!
-//! Handlers live by feature: [`catalog`] (stores, products, riders), [`stock`] (stock and
-//! availability), [`orders`] (orders and payments), [`ops`] (health, metrics, docs, dashboard).
-//! This module is the only place that knows the HTTP wire format of requests and errors.
+//! Handlers live by feature: [`catalog`] (stores, products, rider registration), [`stock`]
+//! (stock and availability, with [`pages`] keeping serialized availability pages), [`orders`]
+//! (orders and payments), [`riders`] (riders over HTTP), [`ops`] (health, metrics, docs,
+//! dashboard), [`ws`] (live feeds). This module is the only place that knows the HTTP wire
+//! format of requests and errors.
 
 mod catalog;
 mod ops;
 mod orders;
+pub mod pages;
 mod riders;
 mod stock;
 pub mod ws;
@@ -27,19 +30,26 @@ use axum::routing::{get, post, put};
 use serde::de::DeserializeOwned;
 
 use crate::auth::{self, Claims, Role};
+use crate::clock::Clock;
 use crate::error::ApiError;
+use crate::model::Order;
 use crate::ratelimit::RateLimiter;
 use crate::state::State;
 
 /// What every handler shares.
 pub struct App {
     pub state: Arc<State>,
+    pub clock: Arc<dyn Clock>,
     pub jwt_secret: Vec<u8>,
     pub webhook_secret: Option<Vec<u8>>,
     pub limiter: RateLimiter,
     pub max_body_bytes: usize,
-    pub fleet: Arc<crate::fleet::Fleet>,
+    pub riders: Arc<crate::riders::Riders>,
+    pub ingest: Arc<crate::ingest::Ingest>,
     pub dispatcher: Arc<crate::dispatch::Dispatcher>,
+    pub publisher: Arc<crate::publish::Publisher>,
+    pub feeds: Arc<crate::feeds::Feeds>,
+    pub pages: pages::Pages,
     pub mqtt: Option<crate::mqtt::Mqtt>,
     pub ws: ws::WsLimits,
 }
@@ -157,8 +167,7 @@ pub(crate) fn identify(app: &App, req: &Request) -> Identity {
     let Some(token) = value.to_str().ok().and_then(|v| v.strip_prefix("Bearer ")) else {
         return Identity::Invalid("the Authorization header must be `Bearer <token>`");
     };
-    let now = crate::state::now_ms() / 1000;
-    match auth::verify(&app.jwt_secret, token.trim(), now) {
+    match auth::verify(&app.jwt_secret, token.trim(), app.clock.now_secs()) {
         Ok(claims) => Identity::Token(claims),
         Err(e) => Identity::Invalid(e.message()),
     }
@@ -197,6 +206,23 @@ impl Caller {
             Role::Staff => Err(ApiError::forbidden("this staff token is for another store")),
             _ => Err(ApiError::forbidden("only staff of this store or an admin may do this")),
         }
+    }
+}
+
+/// Whether `claims` may see or act on `order` as a party to it: admin, its customer, staff of its
+/// store, its rider. Strangers get 403, except customers, who get 404 so that order ids cannot be
+/// probed. The one permission check for orders, shared by HTTP and WebSocket.
+pub fn order_access(claims: &Claims, order: &Order) -> Result<(), ApiError> {
+    let party = match claims.role {
+        Role::Admin => true,
+        Role::Customer => claims.sub == order.customer_id,
+        Role::Staff => claims.store.as_deref() == Some(order.store_id.as_str()),
+        Role::Rider => order.rider_id.as_deref() == Some(claims.sub.as_str()),
+    };
+    match (party, claims.role) {
+        (true, _) => Ok(()),
+        (false, Role::Customer) => Err(ApiError::not_found("no such order")),
+        (false, _) => Err(ApiError::forbidden("this order belongs to another store, customer or rider")),
     }
 }
 

@@ -42,9 +42,9 @@ pub async fn metrics(State(app): State<AppRef>) -> Response {
         ("darkstore_orders_waiting_for_rider".into(), "gauge", state.dispatchable().len() as f64),
         ("darkstore_rate_limit_clients".into(), "gauge", app.limiter.n_clients() as f64),
     ];
-    let fleet = &app.fleet.counters;
+    let fleet = &app.riders.counters;
     extra.push(("darkstore_rider_positions_total".into(), "counter", load(&fleet.positions)));
-    for d in crate::fleet::Drop::ALL {
+    for d in crate::riders::Dropped::ALL {
         extra.push((
             format!("darkstore_rider_messages_dropped_total{{reason=\"{}\"}}", d.as_str()),
             "counter",
@@ -55,7 +55,8 @@ pub async fn metrics(State(app): State<AppRef>) -> Response {
     extra.push(("darkstore_rider_messages_dropped_total{reason=\"shed\"}".into(), "counter", shed));
     extra.push(("darkstore_rider_events_total".into(), "counter", load(&fleet.events)));
     extra.push(("darkstore_rider_events_ignored_total".into(), "counter", load(&fleet.events_ignored)));
-    extra.push(("darkstore_riders_available".into(), "gauge", app.fleet.n_indexed() as f64));
+    extra.push(("darkstore_rider_orders_left_task_total".into(), "counter", load(&fleet.left_tasks)));
+    extra.push(("darkstore_riders_available".into(), "gauge", app.riders.n_indexed() as f64));
     if let Some(m) = &app.mqtt {
         let up = if m.connected.load(Ordering::Relaxed) { 1.0 } else { 0.0 };
         extra.push(("darkstore_mqtt_connected".into(), "gauge", up));
@@ -64,15 +65,15 @@ pub async fn metrics(State(app): State<AppRef>) -> Response {
     }
     let w = &app.ws;
     extra.push(("darkstore_ws_connections".into(), "gauge", w.connections.load(Ordering::Relaxed) as f64));
-    extra.push(("darkstore_ws_subscriptions".into(), "gauge", app.state.feeds.n_subscriptions() as f64));
+    extra.push(("darkstore_ws_subscriptions".into(), "gauge", app.feeds.n_subscriptions() as f64));
     extra.push(("darkstore_ws_frames_sent_total".into(), "counter", load(&w.frames_sent)));
     extra.push(("darkstore_ws_closed_total{reason=\"slow\"}".into(), "counter", load(&w.closed_slow)));
     extra.push(("darkstore_ws_closed_total{reason=\"silent\"}".into(), "counter", load(&w.closed_silent)));
     extra.push(("darkstore_ws_refused_total".into(), "counter", load(&w.refused)));
-    let f = &app.state.feeds.counters;
+    let f = &app.feeds.counters;
     extra.push(("darkstore_feed_published_total".into(), "counter", load(&f.published)));
     extra.push(("darkstore_feed_coalesced_total".into(), "counter", load(&f.coalesced)));
-    extra.push(("darkstore_feed_mqtt_published_total".into(), "counter", load(&f.mqtt_published)));
+    extra.push(("darkstore_feed_mqtt_published_total".into(), "counter", load(&app.publisher.mqtt_published)));
     let d = &app.dispatcher.counters;
     extra.push(("darkstore_dispatch_ticks_total".into(), "counter", load(&d.ticks)));
     extra.push(("darkstore_dispatch_tick_seconds_total".into(), "counter", load(&d.tick_micros) / 1e6));
@@ -80,7 +81,7 @@ pub async fn metrics(State(app): State<AppRef>) -> Response {
     extra.push(("darkstore_dispatch_tasks_total".into(), "counter", load(&d.tasks)));
     extra.push(("darkstore_dispatch_orders_assigned_total".into(), "counter", load(&d.orders_assigned)));
     extra.push(("darkstore_dispatch_orders_bundled_total".into(), "counter", load(&d.orders_bundled)));
-    extra.push(("darkstore_dispatch_orders_handed_back_total".into(), "counter", load(&d.handed_back)));
+    extra.push(("darkstore_dispatch_orders_handed_back_total".into(), "counter", load(&app.ingest.handed_back)));
     let body = state.metrics.render(&extra);
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
 }

@@ -9,12 +9,13 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
-use super::{AppRef, Caller, check_id, check_point, detached, parse_json};
+use super::{AppRef, Caller, check_id, check_point, detached, order_access, parse_json};
 use crate::auth::{self, Role};
 use crate::error::ApiError;
 use crate::metrics::OrderOutcome;
-use crate::state::{Order, PlaceError, PlaceOrder, TransitionError};
-use darkstore_geoinv::order::OrderStatus;
+use crate::model::Order;
+use crate::state::{PlaceError, PlaceOrder};
+use darkstore_geoinv::order::{OrderStatus, PaymentEvent, PaymentOutcome};
 
 /// Most lines one order may have.
 const MAX_LINES: usize = 100;
@@ -115,84 +116,30 @@ async fn place_inner(
         detached(async move { state.place_order(req).await }).await.map_err(|e| (OrderOutcome::Unavailable, e))?;
     match placed {
         Ok(p) => Ok((p.order, p.replayed)),
-        Err(PlaceError::InvalidPoint) => Err(invalid(ApiError::invalid("invalid coordinates"))),
-        Err(PlaceError::UnknownSku(sku)) => {
-            Err(invalid(ApiError::invalid(format!("sku {sku:?} is not in the catalog")).with("sku", json!(sku))))
+        Err(e) => {
+            let outcome = match &e {
+                PlaceError::InvalidPoint | PlaceError::UnknownSku(_) => OrderOutcome::Invalid,
+                PlaceError::NotServiceable => OrderOutcome::NotServiceable,
+                PlaceError::Insufficient(_) => OrderOutcome::InsufficientStock,
+                PlaceError::KeyReused | PlaceError::KeyExpired => OrderOutcome::Conflict,
+                PlaceError::Unavailable(_) => OrderOutcome::Unavailable,
+            };
+            Err((outcome, ApiError::from(e)))
         }
-        Err(PlaceError::NotServiceable) => Err((
-            OrderOutcome::NotServiceable,
-            ApiError::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "not_serviceable",
-                "no dark store reaches this location within the promise",
-            ),
-        )),
-        Err(PlaceError::Insufficient(short)) => {
-            let lines: Vec<Value> = short
-                .iter()
-                .map(|s| json!({"sku": s.sku, "requested": s.requested, "available": s.available}))
-                .collect();
-            Err((
-                OrderOutcome::InsufficientStock,
-                ApiError::new(
-                    StatusCode::CONFLICT,
-                    "insufficient_stock",
-                    "some lines cannot be filled; nothing was reserved",
-                )
-                .with("lines", Value::Array(lines)),
-            ))
-        }
-        Err(PlaceError::KeyReused) => Err((
-            OrderOutcome::Conflict,
-            ApiError::conflict("this Idempotency-Key was already used with a different body"),
-        )),
-        Err(PlaceError::KeyExpired) => Err((
-            OrderOutcome::Conflict,
-            ApiError::conflict(
-                "this Idempotency-Key was used for an order placed longer ago than keys are kept; use a new key",
-            ),
-        )),
-        Err(PlaceError::Unavailable(e)) => Err((OrderOutcome::Unavailable, ApiError::unavailable(e))),
     }
 }
 
-/// Whether `caller` may see or act on `order` as a party to it.
-fn is_party(caller: &Caller, order: &Order) -> bool {
-    let c = &caller.0;
-    match c.role {
-        Role::Admin => true,
-        Role::Customer => c.sub == order.customer_id,
-        Role::Staff => c.store.as_deref() == Some(order.store_id.as_str()),
-        Role::Rider => order.rider_id.as_deref() == Some(c.sub.as_str()),
-    }
+/// The order, if `caller` may see it.
+async fn visible_order(app: &AppRef, caller: &Caller, id: &str) -> Result<Order, ApiError> {
+    let order = app.state.find_order(id).await.map_err(ApiError::unavailable)?;
+    let order = order.ok_or_else(|| ApiError::not_found("no such order"))?.lock().await.clone();
+    order_access(&caller.0, &order)?;
+    Ok(order)
 }
 
 pub async fn get(State(app): State<AppRef>, caller: Caller, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
-    let order = app.state.find_order(&id).await.map_err(ApiError::unavailable)?;
-    let order = order.ok_or_else(|| ApiError::not_found("no such order"))?;
-    let order = order.lock().await.clone();
-    if !is_party(&caller, &order) {
-        // Do not tell strangers which order ids exist.
-        return Err(if caller.0.role == Role::Customer {
-            ApiError::not_found("no such order")
-        } else {
-            ApiError::forbidden("this order belongs to another store or rider")
-        });
-    }
+    let order = visible_order(&app, &caller, &id).await?;
     Ok(Json(order_json(&app, &order)))
-}
-
-fn transition_error(e: TransitionError, caller_role: Role) -> ApiError {
-    match e {
-        TransitionError::NotFound => ApiError::not_found("no such order"),
-        TransitionError::Forbidden if caller_role == Role::Customer => ApiError::not_found("no such order"),
-        TransitionError::Forbidden => ApiError::forbidden("this order belongs to another store or customer"),
-        TransitionError::NotAllowed { from, to } => {
-            ApiError::conflict(format!("an order that is {} cannot become {}", from.as_str(), to.as_str()))
-                .with("status", json!(from.as_str()))
-        }
-        TransitionError::Unavailable(e) => ApiError::unavailable(e),
-    }
 }
 
 pub async fn cancel(
@@ -201,12 +148,10 @@ pub async fn cancel(
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     caller.require(&[Role::Customer, Role::Staff, Role::Admin])?;
-    let role = caller.0.role;
+    // The parties that may cancel (customer, store, admin) never change with the order's life.
+    visible_order(&app, &caller, &id).await?;
     let state = app.state.clone();
-    let order =
-        detached(async move { state.transition(&id, OrderStatus::Cancelled, None, |o| is_party(&caller, o)).await })
-            .await?
-            .map_err(|e| transition_error(e, role))?;
+    let order = detached(async move { state.transition(&id, OrderStatus::Cancelled, None, |_| true).await }).await??;
     Ok(Json(order_json(&app, &order)))
 }
 
@@ -216,23 +161,24 @@ pub async fn packed(
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     caller.require(&[Role::Staff, Role::Admin])?;
-    let role = caller.0.role;
+    visible_order(&app, &caller, &id).await?;
     let state = app.state.clone();
-    let order = detached(async move { state.pack(&id, |o| is_party(&caller, o)).await })
-        .await?
-        .map_err(|e| transition_error(e, role))?;
+    let order = detached(async move { state.pack(&id).await }).await??;
     Ok(Json(order_json(&app, &order)))
 }
 
 #[derive(Deserialize)]
-struct PaymentEvent {
+struct PaymentBody {
     order_id: String,
-    /// succeeded | failed
+    /// succeeded | failed | refunded
     status: String,
 }
 
-/// `POST /v1/payments/webhook`: the payment provider confirms or fails a held order. The body is
-/// authenticated by `X-Signature: sha256=<hex HMAC-SHA256 of the raw body>`.
+/// `POST /v1/payments/webhook`: the payment provider's word on an order. The body is
+/// authenticated by `X-Signature: sha256=<hex HMAC-SHA256 of the raw body>`. Events are
+/// idempotent and never undo a payment: a duplicate, or an event that would undo one, is a 200
+/// that changes nothing (the latter counted and logged); an event that does not fit the order's
+/// payment at all is 409.
 pub async fn payment_webhook(
     State(app): State<AppRef>,
     headers: HeaderMap,
@@ -249,23 +195,35 @@ pub async fn payment_webhook(
     if !auth::verify_hmac_hex(secret, &body, signature) {
         return Err(ApiError::unauthorized("the webhook signature does not match the body"));
     }
-    let event: PaymentEvent = parse_json(&body)?;
-    let to = match event.status.as_str() {
-        "succeeded" => OrderStatus::Confirmed,
-        "failed" => OrderStatus::Cancelled,
-        _ => return Err(ApiError::invalid("status must be succeeded or failed")),
+    let event: PaymentBody = parse_json(&body)?;
+    let kind = match event.status.as_str() {
+        "succeeded" => PaymentEvent::Succeeded,
+        "failed" => PaymentEvent::Failed,
+        "refunded" => PaymentEvent::Refunded,
+        _ => return Err(ApiError::invalid("status must be succeeded, failed or refunded")),
     };
+    check_id("order_id", &event.order_id).map_err(|_| ApiError::not_found("no such order"))?;
     let state = app.state.clone();
     let order_id = event.order_id.clone();
-    let result = detached(async move { state.transition(&order_id, to, None, |_| true).await }).await?;
-    match result {
-        Ok(order) => Ok(Json(order_json(&app, &order))),
-        // A retried delivery of an event already applied is answered as a success.
-        Err(TransitionError::NotAllowed { from, .. }) if from == to => {
-            let order = app.state.order(&event.order_id).ok_or_else(|| ApiError::not_found("no such order"))?;
-            let order = order.lock().await.clone();
-            Ok(Json(order_json(&app, &order)))
+    let applied = detached(async move { state.payment_event(&order_id, kind).await }).await??;
+    let outcome = match applied.outcome {
+        PaymentOutcome::Apply { .. } => "applied",
+        PaymentOutcome::Duplicate => "duplicate",
+        PaymentOutcome::Ignored => {
+            tracing::warn!(order = %event.order_id, event = %event.status,
+                payment_status = applied.order.payment_status.as_str(), "payment event ignored: it would undo a payment");
+            "ignored"
         }
-        Err(e) => Err(transition_error(e, Role::Admin)),
-    }
+        PaymentOutcome::Refused => {
+            return Err(ApiError::conflict(format!(
+                "a {} event does not apply to an order whose payment is {}",
+                event.status,
+                applied.order.payment_status.as_str()
+            ))
+            .with("payment_status", json!(applied.order.payment_status.as_str())));
+        }
+    };
+    let mut body = order_json(&app, &applied.order);
+    body["webhook"] = json!(outcome);
+    Ok(Json(body))
 }

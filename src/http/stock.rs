@@ -8,8 +8,7 @@ use serde_json::{Value, json};
 
 use super::{AppRef, Caller, JsonBody, check_point, detached};
 use crate::error::ApiError;
-use crate::state::{StockError, now_ms};
-use darkstore_geoinv::stock::AdjustError;
+use crate::state::StockError;
 
 /// Largest stock delta accepted in one adjustment.
 const MAX_DELTA: i64 = 1_000_000;
@@ -50,7 +49,8 @@ pub async fn post_stock(
             return Err(ApiError::invalid("reason must be one of restock, damage, expiry, count"));
         }
     };
-    if body.delta == 0 || body.delta.abs() > MAX_DELTA {
+    // `unsigned_abs`: i64::MIN has no positive counterpart, and must not pass as small.
+    if body.delta == 0 || body.delta.unsigned_abs() > MAX_DELTA as u64 {
         return Err(ApiError::invalid(format!("delta must be a non-zero integer in [-{MAX_DELTA}, {MAX_DELTA}]")));
     }
     if reason == "restock" && body.delta < 0 {
@@ -72,15 +72,8 @@ pub async fn post_stock(
         detached(async move { state.adjust_stock(&store_id, &sku, body.delta, reason, expires_at).await }).await?;
     match result {
         Ok(line) => Ok(Json(crate::views::line_json(&line, app.state.product(&line.sku).as_deref()))),
-        Err(StockError::UnknownStore) => Err(ApiError::not_found("no such store")),
         Err(StockError::UnknownSku) => Err(ApiError::invalid(format!("sku {:?} is not in the catalog", body.sku))),
-        Err(StockError::Refused(AdjustError::BelowReserved { on_hand, reserved })) => {
-            Err(ApiError::conflict("the delta would take on_hand below what is reserved")
-                .with("on_hand", json!(on_hand))
-                .with("reserved", json!(reserved)))
-        }
-        Err(StockError::Refused(AdjustError::ZeroDelta)) => Err(ApiError::invalid("delta must not be zero")),
-        Err(StockError::Unavailable(e)) => Err(ApiError::unavailable(e)),
+        Err(e) => Err(e.into()),
     }
 }
 
@@ -93,7 +86,7 @@ pub async fn get_stock(
     let store = app.state.store(&store_id).ok_or_else(|| ApiError::not_found("no such store"))?;
     let lines: Vec<Value> = app
         .state
-        .stock_lines(&store, now_ms())
+        .stock_lines(&store)
         .iter()
         .map(|l| crate::views::line_json(l, app.state.product(&l.sku).as_deref()))
         .collect();
@@ -128,23 +121,30 @@ pub async fn availability(
             _ => return Err(ApiError::invalid("limit must be an integer in [1, 1000]")),
         },
     };
-    let found = app
+    let serving = app
         .state
-        .availability_json(lat, lng, q.category.as_deref(), q.after.as_deref(), limit, now_ms())
+        .serving(lat, lng)
         .map_err(|_| ApiError::invalid("lat must be in [-90, 90] and lng in [-180, 180]"))?;
+    let (store_id, eta_minutes, page) = match serving {
+        Some((store, eta)) => {
+            let page = app.pages.page(&app.state, &store, eta, q.category.as_deref(), q.after.as_deref(), limit);
+            (Some(store.id.clone()), Some(eta), page)
+        }
+        None => (None, None, crate::http::pages::PageJson { items: "".into(), n_items: 0, next: None }),
+    };
     // Built as text around the page's items, which are serialized once per change of the store's
-    // stock (see `State::availability_json`): this is the hottest read of the server.
+    // stock (see `pages`): this is the hottest read of the server.
     let cell = darkstore_geoinv::area::cell_of(lat, lng).map(|c| c.to_string()).ok();
-    let mut body = String::with_capacity(160 + found.page.items.len());
+    let mut body = String::with_capacity(160 + page.items.len());
     body.push_str(&format!(
         "{{\"serviceable\":{},\"store_id\":{},\"eta_minutes\":{},\"h3_cell\":{},\"next\":{},\"items\":[",
-        found.store_id.is_some(),
-        json!(found.store_id),
-        json!(found.eta_minutes),
+        store_id.is_some(),
+        json!(store_id),
+        json!(eta_minutes),
         json!(cell),
-        json!(found.page.next),
+        json!(page.next),
     ));
-    body.push_str(&found.page.items);
+    body.push_str(&page.items);
     body.push_str("]}");
     Ok(([(axum::http::header::CONTENT_TYPE, "application/json")], body).into_response())
 }

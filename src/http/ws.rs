@@ -19,11 +19,12 @@ use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::{AppRef, Identity, identify};
+use super::{AppRef, Identity, identify, order_access};
 use crate::auth::{Claims, Role};
 use crate::error::ApiError;
 use crate::feeds::{Frame, Subscriber};
-use crate::state::now_ms;
+use crate::topics::{FEEDS_HELP, Feed};
+use crate::views;
 
 /// Most subscriptions one connection may hold.
 pub const MAX_SUBSCRIPTIONS: usize = 64;
@@ -79,7 +80,7 @@ pub async fn upgrade(
     req: Request,
 ) -> Response {
     let identity = match (&q.token, req.extensions().get::<Identity>()) {
-        (Some(token), _) => match crate::auth::verify(&app.jwt_secret, token, now_ms() / 1000) {
+        (Some(token), _) => match crate::auth::verify(&app.jwt_secret, token, app.clock.now_secs()) {
             Ok(c) => Identity::Token(c),
             Err(e) => Identity::Invalid(e.message()),
         },
@@ -128,12 +129,14 @@ enum Refusal {
     Forbidden,
     NotFound,
     Invalid(&'static str),
+    /// The database was needed (an order read back) and did not answer.
+    Unavailable,
 }
 
 async fn connection(app: AppRef, mut socket: WebSocket, claims: Option<Claims>) {
     let id = app.ws.next_id.fetch_add(1, Ordering::Relaxed);
     let (sub, mut queue) = Subscriber::new(id, app.ws.queue);
-    let feeds = app.state.feeds.clone();
+    let feeds = app.feeds.clone();
     // topic → seq of the last message sent on it
     let mut subs: HashMap<String, u64> = HashMap::new();
     let mut ping = tokio::time::interval(PING_EVERY);
@@ -258,17 +261,18 @@ async fn handle_op(
                     Refusal::Forbidden => ("forbidden", "this topic is outside your role or store"),
                     Refusal::NotFound => ("not_found", "no such order, store or cell"),
                     Refusal::Invalid(m) => ("invalid_request", m),
+                    Refusal::Unavailable => ("unavailable", "the service is temporarily unavailable; try again"),
                 };
                 return vec![error_text(Some(&topic), code, message)];
             }
             // Register first, then snapshot: what changes meanwhile arrives after the snapshot.
-            app.state.feeds.subscribe(&topic, sub);
+            app.feeds.subscribe(&topic, sub);
             subs.insert(topic.clone(), 0);
             let data = snapshot(app, &topic).await;
             vec![frame_text(&topic, "snapshot", 0, &data.to_string())]
         }
         "unsubscribe" => {
-            app.state.feeds.unsubscribe(&topic, sub.id);
+            app.feeds.unsubscribe(&topic, sub.id);
             match subs.remove(&topic) {
                 Some(seq) => vec![frame_text(&topic, "unsubscribed", seq + 1, "null")],
                 None => vec![error_text(Some(&topic), "not_subscribed", "not subscribed to this topic")],
@@ -284,108 +288,82 @@ async fn handle_op(
 
 async fn authorize(app: &AppRef, claims: &Option<Claims>, topic: &str) -> Result<(), Refusal> {
     let role = claims.as_ref().map(|c| c.role);
-    if let Some(order_id) = topic.strip_prefix("order/") {
-        let c = claims.as_ref().ok_or(Refusal::Forbidden)?;
-        let order = app.state.find_order(order_id).await.ok().flatten().ok_or(Refusal::NotFound)?;
-        let o = order.lock().await;
-        let ok = match c.role {
-            Role::Admin => true,
-            Role::Customer => c.sub == o.customer_id,
-            Role::Staff => c.store.as_deref() == Some(o.store_id.as_str()),
-            Role::Rider => o.rider_id.as_deref() == Some(c.sub.as_str()),
-        };
-        return if ok { Ok(()) } else { Err(Refusal::Forbidden) };
-    }
-    if let Some(store_id) = topic.strip_prefix("store/") {
-        let c = claims.as_ref().ok_or(Refusal::Forbidden)?;
-        let ok = c.role == Role::Admin || (c.role == Role::Staff && c.store.as_deref() == Some(store_id));
-        if !ok {
-            return Err(Refusal::Forbidden);
+    match Feed::parse(topic).ok_or(Refusal::Invalid(FEEDS_HELP))? {
+        Feed::Order(order_id) => {
+            let c = claims.as_ref().ok_or(Refusal::Forbidden)?;
+            let order = app.state.find_order(order_id).await.map_err(|e| {
+                tracing::warn!(error = %e, "order feed refused: the database did not answer");
+                Refusal::Unavailable
+            })?;
+            let order = order.ok_or(Refusal::NotFound)?;
+            let o = order.lock().await;
+            order_access(c, &o)
+                .map_err(|e| if e.status.as_u16() == 404 { Refusal::NotFound } else { Refusal::Forbidden })
         }
-        return app.state.store(store_id).map(|_| ()).ok_or(Refusal::NotFound);
-    }
-    if let Some(cell) = topic.strip_prefix("availability/") {
-        let cell: h3o::CellIndex = cell.parse().map_err(|_| Refusal::Invalid("not an H3 cell"))?;
-        if cell.resolution() != darkstore_geoinv::area::CELL_RESOLUTION {
-            return Err(Refusal::Invalid("availability cells are H3 resolution 9"));
+        Feed::Store(store_id) => {
+            let c = claims.as_ref().ok_or(Refusal::Forbidden)?;
+            let ok = c.role == Role::Admin || (c.role == Role::Staff && c.store.as_deref() == Some(store_id));
+            if !ok {
+                return Err(Refusal::Forbidden);
+            }
+            app.state.store(store_id).map(|_| ()).ok_or(Refusal::NotFound)
         }
-        return Ok(());
+        Feed::Availability(cell) => {
+            let cell: h3o::CellIndex = cell.parse().map_err(|_| Refusal::Invalid("not an H3 cell"))?;
+            if cell.resolution() != darkstore_geoinv::area::CELL_RESOLUTION {
+                return Err(Refusal::Invalid("availability cells are H3 resolution 9"));
+            }
+            Ok(())
+        }
+        Feed::Riders if role == Some(Role::Admin) => Ok(()),
+        Feed::Riders => Err(Refusal::Forbidden),
     }
-    if topic == "riders" {
-        return if role == Some(Role::Admin) { Ok(()) } else { Err(Refusal::Forbidden) };
-    }
-    Err(Refusal::Invalid("topics are order/{id}, store/{id}, availability/{h3_cell} and riders"))
 }
 
 /// The first message of a subscription: the topic's current state.
 async fn snapshot(app: &AppRef, topic: &str) -> Value {
     let state = &app.state;
     let promise = state.promise_ms();
-    if let Some(order_id) = topic.strip_prefix("order/") {
-        let Some(order) = state.find_order(order_id).await.ok().flatten() else { return Value::Null };
-        let o = order.lock().await.clone();
-        let rider = o.rider_id.as_ref().and_then(|r| {
-            let reg = state.rider(r);
-            app.fleet.get(r).map(|live| crate::views::rider_json(r, reg.and_then(|x| x.store_id).as_deref(), &live))
-        });
-        return json!({"order": crate::views::order_json(&o, promise), "rider": rider});
-    }
-    if let Some(store_id) = topic.strip_prefix("store/") {
-        let Some(store) = state.store(store_id) else { return Value::Null };
-        let now = now_ms();
-        let since = now - 3_600_000;
-        let mut orders = Vec::new();
-        for o in state.orders_of_store(store_id).await {
-            if !o.status.is_final() || o.updated_at >= since || o.created_at >= since {
-                orders.push(crate::views::order_json(&o, promise));
-            }
+    match Feed::parse(topic) {
+        Some(Feed::Order(order_id)) => {
+            let Some(order) = state.find_order(order_id).await.ok().flatten() else { return Value::Null };
+            let o = order.lock().await.clone();
+            let rider = o.rider_id.as_ref().and_then(|r| app.riders.get(r)).map(|r| views::rider_json(&r));
+            json!({"order": views::order_json(&o, promise), "rider": rider})
         }
-        let stock: Vec<Value> = state
-            .stock_lines(&store, now)
-            .iter()
-            .map(|l| crate::views::line_json(l, state.product(&l.sku).as_deref()))
-            .collect();
-        let riders: Vec<Value> = state
-            .riders()
-            .into_iter()
-            .filter(|(_, r)| r.store_id.as_deref() == Some(store_id))
-            .filter_map(|(id, r)| {
-                app.fleet.get(&id).map(|live| crate::views::rider_json(&id, r.store_id.as_deref(), &live))
+        Some(Feed::Store(store_id)) => {
+            let Some(store) = state.store(store_id) else { return Value::Null };
+            let since = state.now() - 3_600_000;
+            let mut orders = Vec::new();
+            for o in state.orders_of_store(store_id).await {
+                if !o.status.is_final() || o.updated_at >= since || o.created_at >= since {
+                    orders.push(views::order_json(&o, promise));
+                }
+            }
+            let stock: Vec<Value> = state
+                .stock_lines(&store)
+                .iter()
+                .map(|l| views::line_json(l, state.product(&l.sku).as_deref()))
+                .collect();
+            let riders: Vec<Value> = app.riders.all(Some(store_id)).iter().map(views::rider_json).collect();
+            json!({
+                "store": {"id": store.id, "name": store.name, "lat": store.lat, "lng": store.lng},
+                "promise_minutes": promise / 60_000,
+                "orders": orders,
+                "stock": stock,
+                "riders": riders,
             })
-            .collect();
-        return json!({
-            "store": {"id": store.id, "name": store.name, "lat": store.lat, "lng": store.lng},
-            "promise_minutes": promise / 60_000,
-            "orders": orders,
-            "stock": stock,
-            "riders": riders,
-        });
+        }
+        Some(Feed::Availability(cell)) => {
+            let Ok(c) = cell.parse::<h3o::CellIndex>() else { return Value::Null };
+            let centre = h3o::LatLng::from(c);
+            let Ok(page) = state.availability(centre.lat(), centre.lng(), None, None, 1000) else {
+                return Value::Null;
+            };
+            let items: Vec<Value> = page.items.iter().map(|i| views::item_json(&i.product, i.available)).collect();
+            json!({"serviceable": page.store_id.is_some(), "store_id": page.store_id, "eta_minutes": page.eta_minutes, "items": items})
+        }
+        Some(Feed::Riders) => json!({"riders": app.riders.all(None).iter().map(views::rider_json).collect::<Vec<_>>()}),
+        None => Value::Null,
     }
-    if let Some(cell) = topic.strip_prefix("availability/") {
-        let Ok(c) = cell.parse::<h3o::CellIndex>() else { return Value::Null };
-        let centre = h3o::LatLng::from(c);
-        let Ok(page) = state.availability(centre.lat(), centre.lng(), None, None, 1000, now_ms()) else {
-            return Value::Null;
-        };
-        let items: Vec<Value> = page
-            .items
-            .iter()
-            .map(|i| {
-                json!({"sku": &*i.product.sku, "name": i.product.name, "category": i.product.category,
-                       "price_minor": i.product.price_minor, "available": i.available})
-            })
-            .collect();
-        return json!({"serviceable": page.store_id.is_some(), "store_id": page.store_id, "eta_minutes": page.eta_minutes, "items": items});
-    }
-    if topic == "riders" {
-        let riders: Vec<Value> = state
-            .riders()
-            .into_iter()
-            .filter_map(|(id, r)| {
-                app.fleet.get(&id).map(|live| crate::views::rider_json(&id, r.store_id.as_deref(), &live))
-            })
-            .collect();
-        return json!({"riders": riders});
-    }
-    Value::Null
 }

@@ -24,7 +24,7 @@ pub struct Server {
 }
 
 pub fn token(role: Role, sub: &str, store: Option<&str>) -> String {
-    let exp = darkstore::state::now_ms() / 1000 + 3600;
+    let exp = now_ms() / 1000 + 3600;
     auth::sign(SECRET.as_bytes(), &Claims { sub: sub.into(), role, store: store.map(Into::into), exp })
 }
 
@@ -162,4 +162,9 @@ impl Drop for Server {
 
 pub fn order_body(sku: &str, qty: i64) -> Value {
     json!({"lat": STORE_LAT + 0.001, "lng": STORE_LNG, "lines": [{"sku": sku, "qty": qty}]})
+}
+
+/// Unix milliseconds by the system clock (the test harness reads its own clock).
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
 }

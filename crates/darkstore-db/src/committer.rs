@@ -89,8 +89,9 @@ async fn run(db: Db, mut rx: mpsc::Receiver<Job>, max_batch: usize, stats: Arc<C
             } else {
                 tracing::error!(error = %e, jobs = jobs.len(), "group commit failed");
             }
-            if jobs.len() > 1 {
-                // One bad job must not fail the others: retry each alone.
+            if jobs.len() > 1 && matches!(e, DbError::Conflict(_) | DbError::Rejected(_)) {
+                // One bad job must not fail the others: retry each alone. (A database that cannot
+                // be reached fails every job at once: retrying each would only make callers wait.)
                 for job in jobs.drain(..) {
                     let result = db.write_batch(job.writes.iter()).await;
                     stats.transactions.fetch_add(1, Ordering::Relaxed);

@@ -27,6 +27,9 @@ pub use committer::{CommitStats, Committer};
 pub use load::{LotSum, OrderHold, OrderLineRow, OrderRow, ProductRow, RiderRow, Snapshot, StoreRow};
 pub use write::{LedgerRow, NewOrder, OrderStatusChange, Write};
 
+/// How long a caller waits for a connection before its work fails as unavailable.
+pub const ACQUIRE_TIMEOUT: Duration = Duration::from_millis(1500);
+
 /// Which database the URL selected.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
@@ -39,8 +42,10 @@ pub enum Backend {
 pub enum DbError {
     /// The URL is not one this server can use.
     BadUrl(String),
-    /// The database could not be reached or refused the work.
+    /// The database could not be reached.
     Unavailable(String),
+    /// The database refused this work (a constraint, a bad value): other work may still succeed.
+    Rejected(String),
     /// A row with the same unique key is already stored (for an order: its customer's
     /// idempotency key).
     Conflict(String),
@@ -54,6 +59,7 @@ impl std::fmt::Display for DbError {
             DbError::BadUrl(m) => write!(f, "bad database url: {m}"),
             DbError::Unavailable(m) => write!(f, "database unavailable: {m}"),
             DbError::Conflict(m) => write!(f, "already stored: {m}"),
+            DbError::Rejected(m) => write!(f, "refused by the database: {m}"),
             DbError::Closed => write!(f, "the commit queue is closed"),
         }
     }
@@ -63,10 +69,15 @@ impl std::error::Error for DbError {}
 
 impl From<sqlx::Error> for DbError {
     fn from(e: sqlx::Error) -> Self {
-        if e.as_database_error().is_some_and(|d| d.is_unique_violation()) {
-            return DbError::Conflict(e.to_string());
+        use sqlx::error::ErrorKind;
+        match e.as_database_error().map(|d| d.kind()) {
+            Some(ErrorKind::UniqueViolation) => DbError::Conflict(e.to_string()),
+            // A constraint the row breaks: other work may still succeed.
+            Some(ErrorKind::ForeignKeyViolation | ErrorKind::NotNullViolation | ErrorKind::CheckViolation) => {
+                DbError::Rejected(e.to_string())
+            }
+            _ => DbError::Unavailable(e.to_string()),
         }
-        DbError::Unavailable(e.to_string())
     }
 }
 
@@ -102,7 +113,8 @@ impl Db {
         let options = AnyConnectOptions::from_str(&url).map_err(|e| DbError::BadUrl(e.to_string()))?;
         let pool = AnyPoolOptions::new()
             .max_connections(if backend == Backend::Sqlite { 2 } else { 4 })
-            .acquire_timeout(Duration::from_secs(5))
+            // A database that went away is answered 503 within about two seconds.
+            .acquire_timeout(ACQUIRE_TIMEOUT)
             .after_connect(move |conn, _meta| {
                 Box::pin(async move {
                     if backend == Backend::Sqlite {

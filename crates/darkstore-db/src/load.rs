@@ -56,6 +56,9 @@ pub struct OrderRow {
     pub lat: f64,
     pub lng: f64,
     pub status: String,
+    pub payment_status: String,
+    pub total_minor: i64,
+    pub refund_minor: Option<i64>,
     pub rider_id: Option<String>,
     pub eta_minutes: i64,
     pub created_at: i64,
@@ -94,7 +97,7 @@ pub struct Snapshot {
 
 /// The columns `order_row` reads, in its order.
 const ORDER_COLUMNS: &str = "id, customer_id, idempotency_key, request_hash, store_id, lat, lng, status, rider_id, \
-     eta_minutes, created_at, updated_at, hold_expires_at";
+     eta_minutes, created_at, updated_at, hold_expires_at, payment_status, total_minor, refund_minor";
 
 fn order_row(r: &sqlx::any::AnyRow, lines: Vec<OrderLineRow>) -> Result<OrderRow, DbError> {
     Ok(OrderRow {
@@ -111,6 +114,9 @@ fn order_row(r: &sqlx::any::AnyRow, lines: Vec<OrderLineRow>) -> Result<OrderRow
         created_at: r.try_get(10)?,
         updated_at: r.try_get(11)?,
         hold_expires_at: r.try_get(12)?,
+        payment_status: r.try_get(13)?,
+        total_minor: r.try_get(14)?,
+        refund_minor: r.try_get(15)?,
         lines,
     })
 }
@@ -231,6 +237,16 @@ impl Db {
     /// The status history of an order, oldest first: (status, rider, ts).
     pub async fn order_events(&self, order_id: &str) -> Result<Vec<(String, Option<String>, i64)>, DbError> {
         let rows = sqlx::query("SELECT status, rider_id, ts FROM order_events WHERE order_id = $1 ORDER BY id")
+            .bind(order_id)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.into_iter().map(|r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?))).collect()
+    }
+
+    /// The payment history of an order, oldest first: (status, payment status, ts). Events
+    /// written before payments were recorded have no payment status.
+    pub async fn payment_events(&self, order_id: &str) -> Result<Vec<(String, Option<String>, i64)>, DbError> {
+        let rows = sqlx::query("SELECT status, payment_status, ts FROM order_events WHERE order_id = $1 ORDER BY id")
             .bind(order_id)
             .fetch_all(&self.pool)
             .await?;

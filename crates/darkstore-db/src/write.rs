@@ -31,6 +31,8 @@ pub struct NewOrder {
     pub lat: f64,
     pub lng: f64,
     pub status: &'static str,
+    pub payment_status: &'static str,
+    pub total_minor: i64,
     pub eta_minutes: i64,
     pub created_at: i64,
     pub hold_expires_at: Option<i64>,
@@ -38,11 +40,14 @@ pub struct NewOrder {
     pub lines: Vec<(String, i64, i64)>,
 }
 
-/// An order moving to a new status.
+/// An order moving to a new status or payment status (or both, in one row).
 #[derive(Debug, Clone, PartialEq)]
 pub struct OrderStatusChange {
     pub order_id: String,
     pub status: &'static str,
+    pub payment_status: &'static str,
+    /// What is owed back (set once the payment is `refund_due`).
+    pub refund_minor: Option<i64>,
     pub rider_id: Option<String>,
     pub ts: i64,
 }
@@ -184,9 +189,9 @@ impl Db {
         }
         for chunk in orders.chunks(ROWS_PER_STATEMENT) {
             let mut q = MultiInsert::new(
-                "INSERT INTO orders (id, customer_id, idempotency_key, request_hash, store_id, lat, lng, status, eta_minutes, created_at, updated_at, hold_expires_at)",
+                "INSERT INTO orders (id, customer_id, idempotency_key, request_hash, store_id, lat, lng, status, eta_minutes, created_at, updated_at, hold_expires_at, payment_status, total_minor)",
             );
-            let mut events = MultiInsert::new("INSERT INTO order_events (order_id, status, ts)");
+            let mut events = MultiInsert::new("INSERT INTO order_events (order_id, status, payment_status, ts)");
             for o in chunk {
                 q.row()
                     .bind(o.id.clone())
@@ -200,8 +205,10 @@ impl Db {
                     .bind(o.eta_minutes)
                     .bind(o.created_at)
                     .bind(o.created_at)
-                    .bind(o.hold_expires_at);
-                events.row().bind(o.id.clone()).bind(o.status).bind(o.created_at);
+                    .bind(o.hold_expires_at)
+                    .bind(o.payment_status)
+                    .bind(o.total_minor);
+                events.row().bind(o.id.clone()).bind(o.status).bind(o.payment_status).bind(o.created_at);
             }
             q.execute(conn, "").await?;
             events.execute(conn, "").await?;
@@ -236,21 +243,33 @@ impl Db {
             q.execute(conn, "").await?;
         }
         for chunk in statuses.chunks(ROWS_PER_STATEMENT) {
-            let mut events = MultiInsert::new("INSERT INTO order_events (order_id, status, rider_id, ts)");
+            let mut events =
+                MultiInsert::new("INSERT INTO order_events (order_id, status, payment_status, rider_id, ts)");
             for s in chunk {
-                events.row().bind(s.order_id.clone()).bind(s.status).bind(s.rider_id.clone()).bind(s.ts);
+                events
+                    .row()
+                    .bind(s.order_id.clone())
+                    .bind(s.status)
+                    .bind(s.payment_status)
+                    .bind(s.rider_id.clone())
+                    .bind(s.ts);
             }
             events.execute(conn, "").await?;
         }
         // Status updates run in order, one statement each: an order may move twice in one batch.
         for s in &statuses {
-            sqlx::query("UPDATE orders SET status = $1, rider_id = $2, updated_at = $3 WHERE id = $4")
-                .bind(s.status)
-                .bind(s.rider_id.clone())
-                .bind(s.ts)
-                .bind(s.order_id.clone())
-                .execute(&mut *conn)
-                .await?;
+            sqlx::query(
+                "UPDATE orders SET status = $1, rider_id = $2, updated_at = $3, payment_status = $4, refund_minor = $5 \
+                 WHERE id = $6",
+            )
+            .bind(s.status)
+            .bind(s.rider_id.clone())
+            .bind(s.ts)
+            .bind(s.payment_status)
+            .bind(s.refund_minor)
+            .bind(s.order_id.clone())
+            .execute(&mut *conn)
+            .await?;
         }
         tx.commit().await?;
         Ok(())

@@ -35,6 +35,8 @@ fn order(id: &str, key: &str) -> NewOrder {
         lat: 12.97,
         lng: 77.64,
         status: "confirmed",
+        payment_status: "paid",
+        total_minor: 12_000,
         eta_minutes: 9,
         created_at: 2_000,
         hold_expires_at: None,
@@ -108,16 +110,28 @@ async fn story(url: &str) {
     // o1 is cancelled; o0 is picked up: its reservation becomes a sale.
     committer
         .commit(vec![
-            Write::Status(OrderStatusChange { order_id: "o1".into(), status: "cancelled", rider_id: None, ts: 3_000 }),
+            // A paid order cancelled: its refund is due, in the same row as its status.
+            Write::Status(OrderStatusChange {
+                order_id: "o1".into(),
+                status: "cancelled",
+                payment_status: "refund_due",
+                refund_minor: Some(12_000),
+                rider_id: None,
+                ts: 3_000,
+            }),
             Write::Status(OrderStatusChange {
                 order_id: "o0".into(),
                 status: "assigned",
+                payment_status: "paid",
+                refund_minor: None,
                 rider_id: Some("r1".into()),
                 ts: 3_000,
             }),
             Write::Status(OrderStatusChange {
                 order_id: "o0".into(),
                 status: "picked_up",
+                payment_status: "paid",
+                refund_minor: None,
                 rider_id: Some("r1".into()),
                 ts: 3_001,
             }),
@@ -147,6 +161,13 @@ async fn story(url: &str) {
     assert!(snap.holds.is_empty(), "{:?}", snap.holds);
     let history: Vec<String> = db.order_events("o0").await.unwrap().into_iter().map(|e| e.0).collect();
     assert_eq!(history, ["confirmed", "assigned", "picked_up"]);
+    let o1 = snap.orders.iter().find(|o| o.id == "o1").unwrap();
+    assert_eq!((o1.status.as_str(), o1.payment_status.as_str()), ("cancelled", "refund_due"));
+    assert_eq!((o1.total_minor, o1.refund_minor), (12_000, Some(12_000)));
+    assert_eq!((o0.payment_status.as_str(), o0.refund_minor), ("paid", None));
+    let payments: Vec<(String, Option<String>)> =
+        db.payment_events("o1").await.unwrap().into_iter().map(|e| (e.0, e.1)).collect();
+    assert_eq!(payments, [("confirmed".into(), Some("paid".into())), ("cancelled".into(), Some("refund_due".into()))]);
     let totals = db.ledger_totals().await.unwrap();
     assert_eq!(totals, vec![("s1".into(), "bread".into(), 4, 1), ("s1".into(), "milk".into(), 12, 0)]);
 

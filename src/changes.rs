@@ -1,0 +1,72 @@
+//! Typed changes, and the hub that hands them to whoever reacts.
+//!
+//! The state and the riders say *what* changed, in domain terms; they never know who listens or
+//! how it is shown. Two observers are attached at start-up: the riders (an order that leaves a
+//! rider's task before pickup is taken off the task, and the task is sent again) and the
+//! publisher (`publish.rs`, the one module that knows WebSocket topics, MQTT topics and their
+//! JSON). Observers run synchronously, in the order attached, on the task that made the change,
+//! after the change is durable: by the time a request is answered, every reaction to it has run.
+//! Observers may emit further changes through the hub they are handed.
+
+use std::sync::{OnceLock, Weak};
+
+use darkstore_geoinv::Millis;
+use darkstore_geoinv::area::StoreIdx;
+
+use crate::model::{LineView, Order, OrderBefore, Product, Rider, Task};
+
+/// A SKU that became available or unavailable at a store.
+#[derive(Debug, Clone)]
+pub struct Crossing {
+    pub product: Option<std::sync::Arc<Product>>,
+    pub sku: String,
+    pub available: i64,
+    pub now_available: bool,
+}
+
+/// Something that changed.
+#[derive(Debug)]
+pub enum Change<'a> {
+    /// An order was placed (`before` is None) or changed.
+    Order { order: &'a Order, before: Option<OrderBefore> },
+    /// Stock lines of a store changed.
+    Stock { store_id: &'a str, store: StoreIdx, lines: &'a [LineView], crossings: &'a [Crossing], now: Millis },
+    /// A rider's live state changed (position, shift, status or task).
+    Rider { rider: &'a Rider },
+    /// A rider's task was given or changed: the rider must be told. A task with no orders left
+    /// is withdrawn.
+    Task { rider: &'a str, task: &'a Task },
+}
+
+/// Reacts to changes.
+pub trait Observer: Send + Sync {
+    fn observe(&self, change: &Change<'_>, hub: &Changes);
+}
+
+/// Hands every change to the observers. Holds them weakly: their owners keep them alive, and no
+/// reference cycle keeps the state alive past shutdown.
+#[derive(Default)]
+pub struct Changes {
+    observers: OnceLock<Vec<Weak<dyn Observer>>>,
+}
+
+impl Changes {
+    pub fn new() -> Changes {
+        Changes::default()
+    }
+
+    /// Attaches the observers, once, in the order they run.
+    pub fn attach(&self, observers: Vec<Weak<dyn Observer>>) {
+        if self.observers.set(observers).is_err() {
+            tracing::error!("observers attached twice; the second set is ignored");
+        }
+    }
+
+    pub fn emit(&self, change: &Change<'_>) {
+        for o in self.observers.get().into_iter().flatten() {
+            if let Some(o) = o.upgrade() {
+                o.observe(change, self);
+            }
+        }
+    }
+}

@@ -1,0 +1,257 @@
+//! Rider ingest: what riders say (over MQTT, or HTTP as a fallback) becomes changes of the riders
+//! and of orders. This module alone reads the riders' MQTT payloads.
+//!
+//! Positions and shifts are applied inline by one worker (no IO). Events change orders durably,
+//! so they go through a second, sequential worker: a rider's `picked_up` is applied before its
+//! `delivered`, and a slow commit never delays positions. Events for orders the rider does not
+//! hold (never did, or no longer: cancelled, handed back, delivered) are ignored and counted.
+
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+
+use darkstore_geoinv::order::OrderStatus;
+use serde::Deserialize;
+use tokio::sync::{mpsc, watch};
+
+use crate::model::Order;
+use crate::mqtt::Incoming;
+use crate::riders::{Dropped, Fix, Progress, Riders};
+use crate::state::{State, TransitionError};
+use crate::topics::{self, RiderInbox};
+
+/// A position report (MQTT `riders/{id}/location` or HTTP).
+#[derive(Debug, Clone, Deserialize)]
+pub struct Location {
+    pub lat: f64,
+    pub lng: f64,
+    pub ts: i64,
+    #[serde(default)]
+    pub speed_mps: Option<f64>,
+    #[serde(default)]
+    pub heading_deg: Option<f64>,
+    #[serde(default)]
+    pub accuracy_m: Option<f64>,
+}
+
+impl Location {
+    pub fn fix(&self) -> Fix {
+        Fix { lat: self.lat, lng: self.lng, ts: self.ts, speed_mps: self.speed_mps }
+    }
+}
+
+/// A shift change.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Shift {
+    pub on_shift: bool,
+}
+
+/// A rider event on an order.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Event {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub order_id: String,
+    #[serde(default)]
+    pub ts: Option<i64>,
+    #[serde(default)]
+    pub code: Option<String>,
+}
+
+/// What a rider event asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventKind {
+    ArrivedStore,
+    PickedUp,
+    Delivered,
+    Rejected,
+}
+
+impl EventKind {
+    pub fn parse(s: &str) -> Option<EventKind> {
+        Some(match s {
+            "arrived_store" => EventKind::ArrivedStore,
+            "picked_up" => EventKind::PickedUp,
+            "delivered" => EventKind::Delivered,
+            "rejected" => EventKind::Rejected,
+            _ => return None,
+        })
+    }
+}
+
+/// Riders' messages, applied.
+pub struct Ingest {
+    pub state: Arc<State>,
+    pub riders: Arc<Riders>,
+    /// Hand-backs whose commit failed (the database was away): (order, rider), retried each tick.
+    retry: Mutex<Vec<(String, String)>>,
+    pub handed_back: std::sync::atomic::AtomicU64,
+}
+
+impl Ingest {
+    pub fn new(state: Arc<State>, riders: Arc<Riders>) -> Ingest {
+        Ingest { state, riders, retry: Mutex::new(Vec::new()), handed_back: Default::default() }
+    }
+
+    pub fn location(&self, rider: &str, loc: &Location) -> Result<(), Dropped> {
+        let now = self.state.now();
+        self.riders.location(rider, loc.fix(), now)?;
+        self.state.metrics.position_age.observe((now - loc.ts).max(0) as f64 / 1000.0);
+        Ok(())
+    }
+
+    /// Applies a shift change; an off-shift rider hands back what it had not picked up.
+    pub async fn shift(&self, rider: &str, on_shift: bool) -> Result<(), Dropped> {
+        let back = self.riders.shift(rider, on_shift, self.state.now())?;
+        for order in back {
+            self.hand_back(&order, rider).await;
+        }
+        Ok(())
+    }
+
+    /// Puts an order a rider will not deliver back for reassignment. The order leaves the rider's
+    /// task whatever happens; if the database is away, the order's own move back is retried on
+    /// every tick until it lands.
+    pub async fn hand_back(&self, order_id: &str, rider: &str) {
+        let back = match self.state.order(order_id) {
+            Some(o) if o.lock().await.packed_at.is_some() => OrderStatus::Packed,
+            Some(_) => OrderStatus::Confirmed,
+            None => {
+                self.riders.leave_task(rider, order_id, self.state.now());
+                return;
+            }
+        };
+        let holds = |o: &Order| o.rider_id.as_deref() == Some(rider);
+        match self.state.transition(order_id, back, None, holds).await {
+            Ok(_) => {
+                self.handed_back.fetch_add(1, Ordering::Relaxed);
+                tracing::info!(order = %order_id, %rider, "order handed back for reassignment");
+            }
+            Err(TransitionError::Unavailable(e)) => {
+                tracing::warn!(order = %order_id, %rider, error = %e, "hand-back not stored; will retry");
+                self.retry.lock().expect("retry lock").push((order_id.to_owned(), rider.to_owned()));
+            }
+            Err(e) => tracing::debug!(order = %order_id, %rider, ?e, "hand-back not applied"),
+        }
+        // Already done by the riders' observer when the order moved; needed when it did not.
+        self.riders.leave_task(rider, order_id, self.state.now());
+    }
+
+    /// Retries hand-backs that could not be stored.
+    pub async fn retry_hand_backs(&self) {
+        let due = std::mem::take(&mut *self.retry.lock().expect("retry lock"));
+        for (order, rider) in due {
+            self.hand_back(&order, &rider).await;
+        }
+    }
+
+    /// Applies a rider event. Events for orders the rider does not hold are ignored (and counted).
+    pub async fn event(&self, rider: &str, kind: EventKind, order_id: &str) -> Result<(), Dropped> {
+        if !self.riders.exists(rider) {
+            return Err(Dropped::UnknownRider);
+        }
+        self.riders.counters.events.fetch_add(1, Ordering::Relaxed);
+        self.riders.seen(rider, self.state.now());
+        let holds = |o: &Order| o.rider_id.as_deref() == Some(rider);
+        let held = match self.state.order(order_id) {
+            Some(o) => holds(&*o.lock().await),
+            None => false,
+        };
+        let result = match kind {
+            EventKind::ArrivedStore if held => Ok(Progress::ArrivedStore),
+            EventKind::PickedUp => self
+                .state
+                .transition(order_id, OrderStatus::PickedUp, Some(rider.to_owned()), holds)
+                .await
+                .map(|_| Progress::PickedUp),
+            EventKind::Delivered => self
+                .state
+                .transition(order_id, OrderStatus::Delivered, Some(rider.to_owned()), holds)
+                .await
+                .map(|_| Progress::Delivered),
+            EventKind::Rejected if held => {
+                self.hand_back(order_id, rider).await;
+                return Ok(());
+            }
+            EventKind::ArrivedStore | EventKind::Rejected => Err(TransitionError::Forbidden),
+        };
+        match result {
+            Ok(progress) => self.riders.progress(rider, progress, order_id, self.state.now()),
+            Err(TransitionError::Unavailable(e)) => tracing::warn!(%rider, error = %e, "rider event not stored"),
+            Err(e) => {
+                // Not this rider's order (any more), or a duplicate of an event already applied.
+                self.riders.counters.events_ignored.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(%rider, order = %order_id, ?kind, ?e, "rider event ignored");
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Runs the ingest workers until `stop` turns true.
+pub fn spawn(
+    ingest: Arc<Ingest>,
+    mut incoming: mpsc::Receiver<Incoming>,
+    stop: watch::Receiver<bool>,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    let (events_tx, mut events_rx) = mpsc::channel::<(String, EventKind, String)>(16_384);
+    let mut handles = Vec::new();
+    // Positions and shifts inline; events to the sequential worker.
+    let d = ingest.clone();
+    let mut stop_ingest = stop.clone();
+    handles.push(tokio::spawn(async move {
+        loop {
+            let msg = tokio::select! {
+                m = incoming.recv() => match m { Some(m) => m, None => break },
+                _ = stop_ingest.changed() => break,
+            };
+            let (rider, inbox) = match topics::parse_rider_inbox(&msg.topic) {
+                Ok(Some(r)) => r,
+                // The server's own task messages, or anything else under a rider.
+                Ok(None) => continue,
+                Err(()) => {
+                    d.riders.count(Dropped::Malformed);
+                    continue;
+                }
+            };
+            let result = match inbox {
+                RiderInbox::Location => match serde_json::from_slice::<Location>(&msg.payload) {
+                    Ok(loc) => d.location(rider, &loc),
+                    Err(_) => Err(Dropped::Malformed),
+                },
+                RiderInbox::Shift => match serde_json::from_slice::<Shift>(&msg.payload) {
+                    Ok(s) => d.shift(rider, s.on_shift).await,
+                    Err(_) => Err(Dropped::Malformed),
+                },
+                RiderInbox::Events => match serde_json::from_slice::<Event>(&msg.payload)
+                    .ok()
+                    .and_then(|e| Some((EventKind::parse(&e.kind)?, e.order_id)))
+                {
+                    Some((kind, order_id)) => {
+                        if events_tx.try_send((rider.to_owned(), kind, order_id)).is_err() {
+                            d.riders.counters.shed.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Ok(())
+                    }
+                    None => Err(Dropped::Malformed),
+                },
+            };
+            if let Err(drop) = result {
+                d.riders.count(drop);
+            }
+        }
+    }));
+    let d = ingest;
+    let mut stop_events = stop;
+    handles.push(tokio::spawn(async move {
+        loop {
+            let (rider, kind, order_id) = tokio::select! {
+                m = events_rx.recv() => match m { Some(m) => m, None => break },
+                _ = stop_events.changed() => break,
+            };
+            if let Err(drop) = d.event(&rider, kind, &order_id).await {
+                d.riders.count(drop);
+            }
+        }
+    }));
+    handles
+}

@@ -1,0 +1,119 @@
+//! What a point can buy: the store that serves it within the promise, and a page of what that
+//! store can sell now. Every page comes with a [`PageStamp`] that says exactly which state it was
+//! read from, so a reader that keeps pages (the HTTP views do) can tell cheaply whether a kept
+//! page is still true.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use darkstore_geoinv::Millis;
+use darkstore_geoinv::area::{InvalidPoint, StoreIdx};
+
+use super::{State, Store};
+use crate::model::Product;
+
+/// One item of an availability page.
+#[derive(Debug, Clone)]
+pub struct AvailableItem {
+    pub product: Arc<Product>,
+    pub available: i64,
+}
+
+/// What a page was read from. The page is still true while the store's stock version and the
+/// catalog version are unchanged and no lot that decided it has expired.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PageStamp {
+    pub store: StoreIdx,
+    pub stock_version: u64,
+    pub catalog_version: u64,
+    /// The page is stale from this time on (a lot on it expires).
+    pub valid_until: Millis,
+}
+
+/// The answer to "what can I get here?".
+#[derive(Debug, Clone)]
+pub struct Availability {
+    pub store_id: Option<String>,
+    pub eta_minutes: Option<i64>,
+    pub items: Vec<AvailableItem>,
+    pub next: Option<String>,
+    pub stamp: Option<PageStamp>,
+}
+
+impl State {
+    /// The store that serves (lat, lng) within the promise, with its ETA in whole minutes.
+    pub fn serving(&self, lat: f64, lng: f64) -> Result<Option<(Arc<Store>, i64)>, InvalidPoint> {
+        let serving = self.area.read().expect("area lock").best_store(lat, lng)?;
+        Ok(serving.and_then(|s| Some((self.store_at(s.store)?, s.eta_minutes.ceil() as i64))))
+    }
+
+    /// What the store serving (lat, lng) can sell now, a page at a time.
+    pub fn availability(
+        &self,
+        lat: f64,
+        lng: f64,
+        category: Option<&str>,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Availability, InvalidPoint> {
+        Ok(match self.serving(lat, lng)? {
+            Some((store, eta)) => self.availability_at(&store, eta, category, after, limit),
+            None => Availability { store_id: None, eta_minutes: None, items: Vec::new(), next: None, stamp: None },
+        })
+    }
+
+    /// A page of what `store` can sell now.
+    pub fn availability_at(
+        &self,
+        store: &Store,
+        eta_minutes: i64,
+        category: Option<&str>,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Availability {
+        let now = self.now();
+        let mut items = Vec::with_capacity(limit.min(256));
+        let mut next = None;
+        let mut valid_until = Millis::MAX;
+        // Lock order everywhere: a store's stock, then the catalog.
+        let stock = store.stock.lock().expect("stock lock");
+        let catalog = self.catalog.read().expect("catalog lock");
+        let catalog_version = self.catalog_version.load(Ordering::Relaxed);
+        for (sku, available, line) in stock.available_lines_after(after, now) {
+            let Some(product) = catalog.get(sku) else {
+                continue;
+            };
+            if category.is_some_and(|c| c != product.category) {
+                continue;
+            }
+            // Every line that decides the page (including the one that says there is a next
+            // page) bounds how long it stays true.
+            if let Some(t) = line.available_until(now) {
+                valid_until = valid_until.min(t);
+            }
+            if items.len() == limit {
+                next = items.last().map(|i: &AvailableItem| i.product.sku.to_string());
+                break;
+            }
+            items.push(AvailableItem { product: product.clone(), available });
+        }
+        let stamp = PageStamp { store: store.idx, stock_version: stock.version(), catalog_version, valid_until };
+        Availability {
+            store_id: Some(store.id.clone()),
+            eta_minutes: Some(eta_minutes),
+            items,
+            next,
+            stamp: Some(stamp),
+        }
+    }
+
+    /// Whether a page read under `stamp` is still what [`State::availability_at`] would answer.
+    pub fn page_holds(&self, store: &Store, stamp: &PageStamp) -> bool {
+        let now = self.now();
+        let stock = store.stock.lock().expect("stock lock");
+        stamp.store == store.idx
+            && stamp.stock_version == stock.version()
+            && stamp.catalog_version == self.catalog_version.load(Ordering::Relaxed)
+            && now < stamp.valid_until
+    }
+}

@@ -1,0 +1,138 @@
+//! Rebuilding the state from what the database holds.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use darkstore_db::{Committer, Db, OrderRow, Snapshot};
+use darkstore_geoinv::Millis;
+use darkstore_geoinv::area::InvalidPoint;
+use darkstore_geoinv::order::{OrderStatus, PaymentStatus};
+use darkstore_geoinv::stock::{LotDelta, LotId};
+
+use super::orders::IdemState;
+use super::{State, StateConfig};
+use crate::changes::Changes;
+use crate::clock::Clock;
+use crate::model::{Order, OrderLine, Product};
+
+/// An order as stored, back in memory.
+pub(super) fn order_from_row(o: OrderRow, packed_at: Option<Millis>, holds: Vec<LotDelta>) -> Result<Order, String> {
+    let status = OrderStatus::parse(&o.status)
+        .ok_or_else(|| format!("stored order {} has an unknown status {:?}", o.id, o.status))?;
+    let payment_status = PaymentStatus::parse(&o.payment_status)
+        .ok_or_else(|| format!("stored order {} has an unknown payment status {:?}", o.id, o.payment_status))?;
+    Ok(Order {
+        packed_at,
+        holds,
+        id: o.id,
+        customer_id: o.customer_id,
+        idempotency_key: o.idempotency_key,
+        request_hash: o.request_hash,
+        store_id: o.store_id,
+        lat: o.lat,
+        lng: o.lng,
+        status,
+        payment_status,
+        total_minor: o.total_minor,
+        refund_minor: o.refund_minor,
+        rider_id: o.rider_id,
+        eta_minutes: o.eta_minutes,
+        created_at: o.created_at,
+        updated_at: o.updated_at,
+        hold_expires_at: o.hold_expires_at,
+        lines: o.lines.into_iter().map(|l| OrderLine { sku: l.sku, qty: l.qty, price_minor: l.price_minor }).collect(),
+    })
+}
+
+impl State {
+    /// Rebuilds the state from what the database holds. Riders are rebuilt by their own owner.
+    pub fn from_snapshot(
+        config: StateConfig,
+        db: Db,
+        committer: Committer,
+        snap: Snapshot,
+        clock: Arc<dyn Clock>,
+        changes: Arc<Changes>,
+    ) -> State {
+        let state = State::new(config, db, committer, clock, changes);
+        state.next_lot.store(snap.max_lot_id + 1, Ordering::Relaxed);
+        for s in snap.stores {
+            if let Err(InvalidPoint) = state.put_store_in_memory(&s.id, &s.name, s.lat, s.lng) {
+                tracing::warn!(store = %s.id, "stored store has invalid coordinates; skipped");
+            }
+        }
+        for p in snap.products {
+            state.insert_product(Product::new(&p.sku, p.name, p.category, p.price_minor, p.low_stock_threshold));
+        }
+        for lot in snap.lots {
+            match state.store(&lot.store_id) {
+                Some(store) => store.stock.lock().expect("stock lock").restore_lot(
+                    &lot.sku,
+                    LotId(lot.lot_id),
+                    lot.expires_at,
+                    lot.on_hand,
+                    lot.reserved,
+                ),
+                None => {
+                    tracing::warn!(store = %lot.store_id, "ledger rows for an unknown store; skipped")
+                }
+            }
+        }
+        let now = state.now();
+        for store in state.stores() {
+            let stock = store.stock.lock().expect("stock lock");
+            let mut shown = store.shown.lock().expect("shown lock");
+            for (sku, line) in stock.lines() {
+                shown.insert(sku.clone(), line.available(now) > 0);
+            }
+        }
+        let mut holds: HashMap<String, Vec<LotDelta>> = HashMap::new();
+        for h in snap.holds {
+            holds.entry(h.order_id).or_default().push(LotDelta {
+                sku: Arc::from(h.sku.as_str()),
+                lot: LotId(h.lot_id),
+                expires_at: h.expires_at,
+                d_on_hand: 0,
+                d_reserved: h.reserved,
+            });
+        }
+        let mut max_seq = 0;
+        for row in snap.orders {
+            if let Some(seq) = row.id.strip_prefix('o').and_then(|n| n.parse::<i64>().ok()) {
+                max_seq = max_seq.max(seq);
+            }
+            let packed_at = snap.packed_at.get(&row.id).copied();
+            let order_holds = holds.remove(&row.id).unwrap_or_default();
+            let mut order = match order_from_row(row, packed_at, order_holds) {
+                Ok(o) => o,
+                Err(e) => {
+                    tracing::warn!(error = %e, "stored order skipped");
+                    continue;
+                }
+            };
+            if !order.status.holds_stock() {
+                order.holds.clear();
+            }
+            if order.status == OrderStatus::PendingPayment
+                && let Some(deadline) = order.hold_expires_at
+            {
+                state.holds.lock().expect("holds lock").insert((deadline, order.id.clone()));
+            }
+            state.idempotency.insert(
+                (order.customer_id.clone(), order.idempotency_key.clone()),
+                IdemState::Done {
+                    request_hash: order.request_hash.clone(),
+                    order_id: order.id.clone(),
+                    placed_at: order.created_at,
+                },
+            );
+            if matches!(order.status, OrderStatus::Confirmed | OrderStatus::Packed) {
+                state.dispatchable.lock().expect("dispatchable lock").insert(order.id.clone());
+            }
+            state.insert_order(order);
+        }
+        state.next_order.store(max_seq + 1, Ordering::Relaxed);
+        state
+    }
+}

@@ -1,0 +1,110 @@
+//! Every topic name, WebSocket and MQTT, spelled here and nowhere else.
+
+/// A WebSocket feed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Feed<'a> {
+    /// `order/{id}`: an order's status, its rider's position while assigned, ETA updates.
+    Order(&'a str),
+    /// `store/{id}`: a store's order queue, stock changes and riders.
+    Store(&'a str),
+    /// `availability/{h3_cell}`: items appearing and disappearing for a cell.
+    Availability(&'a str),
+    /// `riders`: every rider's position (admin).
+    Riders,
+}
+
+impl<'a> Feed<'a> {
+    pub fn parse(topic: &'a str) -> Option<Feed<'a>> {
+        if topic == "riders" {
+            return Some(Feed::Riders);
+        }
+        let (kind, rest) = topic.split_once('/')?;
+        match kind {
+            "order" => Some(Feed::Order(rest)),
+            "store" => Some(Feed::Store(rest)),
+            "availability" => Some(Feed::Availability(rest)),
+            _ => None,
+        }
+    }
+
+    pub fn name(&self) -> String {
+        match self {
+            Feed::Order(id) => format!("order/{id}"),
+            Feed::Store(id) => format!("store/{id}"),
+            Feed::Availability(cell) => format!("availability/{cell}"),
+            Feed::Riders => "riders".to_owned(),
+        }
+    }
+}
+
+/// The prefix of every availability feed.
+pub const AVAILABILITY_PREFIX: &str = "availability/";
+
+/// What the WebSocket accepts, for error messages.
+pub const FEEDS_HELP: &str = "topics are order/{id}, store/{id}, availability/{h3_cell} and riders";
+
+/// What a rider publishes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RiderInbox {
+    Location,
+    Shift,
+    Events,
+}
+
+/// The MQTT topics the server subscribes to.
+pub const RIDER_INBOX_FILTERS: [&str; 3] = ["riders/+/location", "riders/+/shift", "riders/+/events"];
+
+/// Splits `riders/{id}/{location|shift|events}`: Ok(None) for another topic under a rider
+/// (the server's own tasks), Err for anything else or an invalid id.
+pub fn parse_rider_inbox(topic: &str) -> Result<Option<(&str, RiderInbox)>, ()> {
+    let rest = topic.strip_prefix("riders/").ok_or(())?;
+    let (id, kind) = rest.split_once('/').ok_or(())?;
+    if !darkstore_geoinv::ids::valid_id(id) {
+        return Err(());
+    }
+    Ok(match kind {
+        "location" => Some((id, RiderInbox::Location)),
+        "shift" => Some((id, RiderInbox::Shift)),
+        "events" => Some((id, RiderInbox::Events)),
+        _ => None,
+    })
+}
+
+/// `riders/{id}/tasks`: a rider's task, sent by the server.
+pub fn rider_tasks(rider: &str) -> String {
+    format!("riders/{rider}/tasks")
+}
+
+/// `stores/{id}/stock`: stock changes of a store.
+pub fn store_stock(store: &str) -> String {
+    format!("stores/{store}/stock")
+}
+
+/// `orders/{id}/status`: status changes of an order.
+pub fn order_status(order: &str) -> String {
+    format!("orders/{order}/status")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rider_inbox() {
+        assert_eq!(parse_rider_inbox("riders/r-1/location"), Ok(Some(("r-1", RiderInbox::Location))));
+        assert_eq!(parse_rider_inbox("riders/r-1/events"), Ok(Some(("r-1", RiderInbox::Events))));
+        assert_eq!(parse_rider_inbox("riders/r-1/tasks"), Ok(None));
+        assert_eq!(parse_rider_inbox("riders/bad id/location"), Err(()));
+        assert_eq!(parse_rider_inbox("stores/s1/stock"), Err(()));
+        assert_eq!(parse_rider_inbox("riders/"), Err(()));
+    }
+
+    #[test]
+    fn feeds_round_trip() {
+        for t in ["order/o1", "store/s1", "availability/8961892d0a3ffff", "riders"] {
+            assert_eq!(Feed::parse(t).map(|f| f.name()).as_deref(), Some(t));
+        }
+        assert_eq!(Feed::parse("stock/x"), None);
+        assert_eq!(Feed::parse("order"), None);
+    }
+}
