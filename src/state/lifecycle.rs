@@ -113,7 +113,8 @@ impl State {
 
     /// Moves an order to `to` if the lifecycle allows it and `allowed` accepts the caller,
     /// releasing or selling its stock as the new status requires; durable before it returns.
-    /// Cancelling a paid order leaves its payment `refund_due` with the total to refund.
+    /// Cancelling a paid order leaves its payment `refund_due` with the total to refund. Only a
+    /// payment event confirms an order that waits for one ([`State::payment_event`]).
     pub async fn transition(
         &self,
         order_id: &str,
@@ -126,7 +127,7 @@ impl State {
         if !allowed(&o) {
             return Err(TransitionError::Forbidden);
         }
-        if !o.status.can_become(to) {
+        if !o.status.can_become_unpaid(to) {
             return Err(TransitionError::NotAllowed { from: o.status, to });
         }
         let payment = if to == OrderStatus::Cancelled { o.payment_status.on_cancel() } else { o.payment_status };

@@ -1,1 +1,158 @@
+//! The lifecycle with a fixed clock: hold expiry, payments in every order, retention, and a
+//! restart, without sleeping. Real SQLite underneath.
 
+use std::sync::Arc;
+
+use darkstore_db::scratch::ScratchDb;
+use darkstore_db::{Committer, Db};
+use darkstore_geoinv::order::{OrderStatus, PaymentEvent as E, PaymentOutcome, PaymentStatus as P};
+use darkstore_geoinv::travel::TravelModel;
+
+use super::*;
+use crate::changes::Changes;
+use crate::clock::ManualClock;
+
+const T0: Millis = 1_800_000_000_000;
+const HOLD_MS: Millis = 15 * 60_000;
+
+struct World {
+    state: Arc<State>,
+    clock: Arc<ManualClock>,
+    scratch: ScratchDb,
+}
+
+async fn state_on(url: &str, clock: Arc<ManualClock>) -> State {
+    let db = Db::connect(url).await.unwrap();
+    let (committer, _task) = Committer::spawn(db.clone(), 64, 1024);
+    let config = StateConfig {
+        travel: TravelModel::default(),
+        payment_hold_ms: Some(HOLD_MS),
+        order_retention_ms: 60 * 60_000,
+        key_retention_ms: 24 * 3_600_000,
+    };
+    let snapshot = db.load().await.unwrap();
+    State::from_snapshot(config, db, committer, snapshot, clock, Arc::new(Changes::new()))
+}
+
+async fn world(name: &str) -> World {
+    let scratch = ScratchDb::sqlite(name);
+    let clock = Arc::new(ManualClock::new(T0));
+    let state = Arc::new(state_on(&scratch.url, clock.clone()).await);
+    state.put_store("s1", "Indiranagar", 12.9719, 77.6412).await.unwrap();
+    state.put_product(Product::new("milk", "Milk".into(), "dairy".into(), 4500, 5)).await.unwrap();
+    state.adjust_stock("s1", "milk", 100, "restock", None).await.unwrap();
+    World { state, clock, scratch }
+}
+
+impl World {
+    async fn place(&self, key: &str, qty: i64) -> Order {
+        let req = PlaceOrder {
+            customer_id: "alice".into(),
+            idempotency_key: key.into(),
+            request_hash: key.into(),
+            lat: 12.9729,
+            lng: 77.6412,
+            lines: vec![("milk".into(), qty)],
+        };
+        self.state.place_order(req).await.unwrap().order
+    }
+
+    fn available(&self) -> i64 {
+        let store = self.state.store("s1").unwrap();
+        self.state.stock_lines(&store)[0].totals.available
+    }
+
+    async fn pay(&self, id: &str, e: E) -> (OrderStatus, P, Option<i64>, PaymentOutcome) {
+        let a = self.state.payment_event(id, e).await.unwrap();
+        (a.order.status, a.order.payment_status, a.order.refund_minor, a.outcome)
+    }
+}
+
+#[tokio::test]
+async fn a_hold_runs_out_by_the_clock_and_a_late_payment_is_owed_back() {
+    let w = world("ds_state_hold").await;
+    let o = w.place("k1", 2).await;
+    assert_eq!((o.status, o.payment_status, o.total_minor), (OrderStatus::PendingPayment, P::Held, 9000));
+    assert_eq!(w.available(), 98);
+    w.clock.advance(HOLD_MS - 1);
+    w.state.expire_holds().await;
+    assert_eq!(w.state.order(&o.id).unwrap().lock().await.status, OrderStatus::PendingPayment, "not yet");
+    w.clock.advance(1);
+    w.state.expire_holds().await;
+    assert_eq!(w.state.order(&o.id).unwrap().lock().await.status, OrderStatus::Expired);
+    assert_eq!(w.available(), 100, "the hold's stock is back");
+    // The provider captured the money after all: the order stays expired and the money is owed.
+    let (status, payment, refund, outcome) = w.pay(&o.id, E::Succeeded).await;
+    assert_eq!((status, payment, refund), (OrderStatus::Expired, P::RefundDue, Some(9000)));
+    assert!(matches!(outcome, PaymentOutcome::Apply { refund: true, .. }));
+    assert_eq!(w.pay(&o.id, E::Succeeded).await.3, PaymentOutcome::Duplicate);
+    assert_eq!(w.available(), 100, "a late payment takes no stock");
+    w.scratch.drop_database().await;
+}
+
+#[tokio::test]
+async fn webhooks_in_any_order_never_undo_a_payment() {
+    let w = world("ds_state_webhooks").await;
+    // (events, final status, payment, refund)
+    let cases: Vec<(&[E], OrderStatus, P, Option<i64>)> = vec![
+        (&[E::Succeeded], OrderStatus::Confirmed, P::Paid, None),
+        (&[E::Succeeded, E::Succeeded], OrderStatus::Confirmed, P::Paid, None),
+        (&[E::Succeeded, E::Failed], OrderStatus::Confirmed, P::Paid, None),
+        (&[E::Failed], OrderStatus::Cancelled, P::Failed, None),
+        (&[E::Failed, E::Failed], OrderStatus::Cancelled, P::Failed, None),
+        (&[E::Failed, E::Succeeded], OrderStatus::Cancelled, P::RefundDue, Some(4500)),
+        (&[E::Failed, E::Succeeded, E::Refunded], OrderStatus::Cancelled, P::Refunded, Some(4500)),
+        (&[E::Refunded], OrderStatus::PendingPayment, P::Held, None),
+        (&[E::Succeeded, E::Refunded], OrderStatus::Confirmed, P::Paid, None),
+    ];
+    for (i, (events, status, payment, refund)) in cases.into_iter().enumerate() {
+        let o = w.place(&format!("w{i}"), 1).await;
+        for e in events {
+            w.pay(&o.id, *e).await;
+        }
+        let got = w.state.order(&o.id).unwrap().lock().await.clone();
+        assert_eq!((got.status, got.payment_status, got.refund_minor), (status, payment, refund), "{events:?}");
+    }
+    // A paid order cancelled by anyone owes its total back; a refund closes it; nothing reopens it.
+    let o = w.place("paid-then-cancelled", 3).await;
+    w.pay(&o.id, E::Succeeded).await;
+    let c = w.state.transition(&o.id, OrderStatus::Cancelled, None, |_| true).await.unwrap();
+    assert_eq!((c.payment_status, c.refund_minor), (P::RefundDue, Some(13_500)));
+    assert_eq!(w.pay(&o.id, E::Failed).await.3, PaymentOutcome::Ignored);
+    assert_eq!(w.pay(&o.id, E::Refunded).await.1, P::Refunded);
+    assert_eq!(w.pay(&o.id, E::Refunded).await.3, PaymentOutcome::Duplicate);
+    assert_eq!(w.pay(&o.id, E::Succeeded).await.3, PaymentOutcome::Ignored);
+    // Unknown orders are not found.
+    assert!(matches!(w.state.payment_event("o999", E::Succeeded).await, Err(TransitionError::NotFound)));
+
+    // Everything above is durable: a restart reads the same payments back.
+    let again = state_on(&w.scratch.url, w.clock.clone()).await;
+    let back = again.order(&o.id).unwrap().lock().await.clone();
+    assert_eq!(
+        (back.status, back.payment_status, back.refund_minor, back.total_minor),
+        (OrderStatus::Cancelled, P::Refunded, Some(13_500), 13_500)
+    );
+    let history = w.state.db.payment_events(&o.id).await.unwrap();
+    let payments: Vec<&str> = history.iter().filter_map(|e| e.1.as_deref()).collect();
+    assert_eq!(payments, ["held", "paid", "refund_due", "refunded"]);
+    w.scratch.drop_database().await;
+}
+
+#[tokio::test]
+async fn finished_orders_leave_memory_by_the_clock_and_are_read_back() {
+    let w = world("ds_state_retention").await;
+    let o = w.place("r1", 1).await;
+    w.pay(&o.id, E::Succeeded).await;
+    w.state.transition(&o.id, OrderStatus::Cancelled, None, |_| true).await.unwrap();
+    w.clock.advance(59 * 60_000);
+    assert_eq!(w.state.evict_finished_orders(), 0);
+    w.clock.advance(2 * 60_000);
+    assert_eq!(w.state.evict_finished_orders(), 1);
+    assert!(w.state.order(&o.id).is_none());
+    // A refund for an order no longer in memory still lands, once.
+    assert_eq!(w.pay(&o.id, E::Refunded).await.1, P::Refunded);
+    assert_eq!(w.pay(&o.id, E::Refunded).await.3, PaymentOutcome::Duplicate);
+    let stored = w.state.db.order(&o.id).await.unwrap().unwrap();
+    assert_eq!(stored.payment_status, "refunded");
+    w.scratch.drop_database().await;
+}

@@ -59,6 +59,12 @@ impl OrderStatus {
         matches!(self, OrderStatus::Delivered | OrderStatus::Cancelled | OrderStatus::Expired)
     }
 
+    /// Whether anyone but the payment provider may move the order from `self` to `next`: only a
+    /// payment confirms an order that waits for one.
+    pub fn can_become_unpaid(self, next: OrderStatus) -> bool {
+        self.can_become(next) && !(self == OrderStatus::PendingPayment && next == OrderStatus::Confirmed)
+    }
+
     /// Whether the lifecycle allows going from `self` to `next`.
     pub fn can_become(self, next: OrderStatus) -> bool {
         use OrderStatus::*;
