@@ -5,8 +5,12 @@ use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use std::time::Instant;
+
 use darkstore::auth::{self, Claims, Role};
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use serde_json::{Value, json};
+use tokio::sync::mpsc;
 
 pub const SECRET: &str = "test-secret-0123456789abcdef";
 
@@ -167,4 +171,73 @@ pub fn order_body(sku: &str, qty: i64) -> Value {
 /// Unix milliseconds by the system clock (the test harness reads its own clock).
 pub fn now_ms() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+}
+
+pub fn unique(prefix: &str) -> String {
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos();
+    format!("{prefix}-{}-{nanos}", std::process::id())
+}
+
+/// An MQTT client as a rider app would run it; publishes it receives arrive on the channel.
+/// The second value is the CONNACK outcome: true when the broker accepted the connection.
+pub async fn rider_client(
+    broker: &str,
+    rider: &str,
+    password: Option<String>,
+) -> (AsyncClient, mpsc::Receiver<(String, Value)>, bool) {
+    let hostport = broker.trim_start_matches("mqtt://");
+    let (host, port) = hostport.rsplit_once(':').unwrap();
+    let mut opts = MqttOptions::new(unique(rider), host, port.parse().unwrap());
+    opts.set_keep_alive(Duration::from_secs(5));
+    if let Some(p) = password {
+        opts.set_credentials(rider, p);
+    }
+    let (client, mut eventloop) = AsyncClient::new(opts, 100);
+    let (tx, rx) = mpsc::channel(100);
+    let (ack_tx, mut ack_rx) = mpsc::channel(1);
+    tokio::spawn(async move {
+        loop {
+            match eventloop.poll().await {
+                Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                    let _ = ack_tx.try_send(true);
+                }
+                Ok(Event::Incoming(Packet::Publish(p))) => {
+                    let v = serde_json::from_slice(&p.payload).unwrap_or(Value::Null);
+                    let _ = tx.send((p.topic, v)).await;
+                }
+                Ok(_) => {}
+                Err(_) => {
+                    let _ = ack_tx.try_send(false);
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            }
+        }
+    });
+    let accepted = tokio::time::timeout(Duration::from_secs(5), ack_rx.recv()).await.ok().flatten().unwrap_or(false);
+    (client, rx, accepted)
+}
+
+pub async fn publish(client: &AsyncClient, topic: String, body: Value) {
+    client.publish(topic, QoS::AtLeastOnce, false, body.to_string()).await.unwrap();
+}
+
+/// Polls `f` until it returns Some, or panics after `secs`.
+pub async fn eventually<T, F: Future<Output = Option<T>>>(what: &str, secs: u64, mut f: impl FnMut() -> F) -> T {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+pub fn mqtt_of(server: &Server) -> String {
+    server.mqtt.clone().expect("the ready line names the broker")
+}
+
+pub async fn metric(server: &Server, series: &str) -> f64 {
+    let text = server.client.get(server.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    text.lines().find_map(|l| l.strip_prefix(series).and_then(|v| v.trim().parse().ok())).unwrap_or(0.0)
 }
