@@ -60,6 +60,31 @@ async fn a_small_city_runs_with_nothing_lost_or_oversold() {
     scratch.drop_database().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn customers_who_cancel_leave_no_rider_holding_their_order() {
+    let scratch = ScratchDb::sqlite("ds_sim_cancel");
+    let server = Server::start(&scratch.url, &["--dispatch-tick-ms", "300"]);
+    seed_city(&server).await;
+    let mut cfg = darkstore_sim::city::RunConfig::new(&server.base, server.mqtt.as_deref().unwrap(), SECRET);
+    cfg.riders = 6;
+    cfg.order_rate = 4.0;
+    cfg.duration = Duration::from_secs(6);
+    cfg.drain = Duration::from_secs(40);
+    cfg.speedup = 40.0;
+    cfg.cancel_rate = 0.6;
+    let report = darkstore_sim::city::run(cfg).await.expect("the simulator runs");
+    eprintln!("{}", report.human());
+    assert!(report.cancelled > 0, "customers cancelled");
+    assert_eq!(report.stranded_riders, 0, "no rider kept a cancelled order");
+    assert_eq!(report.delivered + report.undelivered + report.cancelled, report.placed);
+    assert_eq!(report.accounted, report.placed);
+    assert_eq!(report.oversold, 0);
+    assert_eq!(report.lifecycle_violations, 0);
+    assert_eq!(report.errors, 0, "{:?}", report.errors_by_kind);
+    drop(server);
+    scratch.drop_database().await;
+}
+
 #[tokio::test]
 async fn an_unreachable_server_is_a_clear_error() {
     let cfg = darkstore_sim::city::RunConfig::new("http://127.0.0.1:9", "mqtt://127.0.0.1:9", SECRET);

@@ -6,6 +6,10 @@
 //! - **Customers**: arrive as a Poisson process; each asks for availability, orders one to three
 //!   available items with an idempotency key, and follows its order on `order/{id}` over
 //!   WebSocket until it is delivered.
+//!   With `cancel_rate`, that share of customers cancel their order at a random point of its life
+//!   (right after placing, once packed, once assigned, or after pickup, when the server must
+//!   refuse); every successful cancel of an assigned order is audited a second later: the rider
+//!   it was assigned to must no longer hold it.
 //! - **Staff** (one WebSocket per store): mark confirmed orders packed after the picking time, and
 //!   restock lines that run low.
 //!
@@ -51,6 +55,8 @@ pub struct RunConfig {
     pub rider_speed_mps: f64,
     /// Draw a progress line on stderr.
     pub progress: bool,
+    /// Share of orders (0 to 1) their customers cancel.
+    pub cancel_rate: f64,
     /// Seed of the simulator's random choices.
     pub seed: u64,
 }
@@ -69,6 +75,7 @@ impl RunConfig {
             picking_secs: 90.0,
             rider_speed_mps: 5.0,
             progress: false,
+            cancel_rate: 0.0,
             seed: 0x5eed,
         }
     }
@@ -108,7 +115,15 @@ impl Dist {
 pub struct Report {
     pub placed: u64,
     pub delivered: u64,
+    /// Orders placed and neither delivered nor cancelled by the end of the run.
     pub undelivered: u64,
+    /// Orders their customers cancelled (the server said 200).
+    pub cancelled: u64,
+    /// Cancels the server refused because the order was already picked up (409).
+    pub cancel_refused: u64,
+    /// Times a rider was found holding a cancelled order: on the server a second after the
+    /// cancel, on the server at the end, or in the rider app's own route at the end. Must be 0.
+    pub stranded_riders: u64,
     pub insufficient_stock: u64,
     pub not_serviceable: u64,
     pub oversold: u64,
@@ -135,6 +150,11 @@ pub struct Report {
 struct Stats {
     placed: AtomicU64,
     delivered: AtomicU64,
+    cancelled: AtomicU64,
+    cancel_refused: AtomicU64,
+    stranded: AtomicU64,
+    cancelled_ids: Mutex<std::collections::HashSet<String>>,
+    rider_ids: Mutex<Vec<String>>,
     insufficient: AtomicU64,
     not_serviceable: AtomicU64,
     violations: AtomicU64,
@@ -156,6 +176,11 @@ impl Stats {
         Stats {
             placed: AtomicU64::new(0),
             delivered: AtomicU64::new(0),
+            cancelled: AtomicU64::new(0),
+            cancel_refused: AtomicU64::new(0),
+            stranded: AtomicU64::new(0),
+            cancelled_ids: Mutex::new(std::collections::HashSet::new()),
+            rider_ids: Mutex::new(Vec::new()),
             insufficient: AtomicU64::new(0),
             not_serviceable: AtomicU64::new(0),
             violations: AtomicU64::new(0),
@@ -260,6 +285,9 @@ pub async fn run(cfg: RunConfig) -> Result<Report, String> {
     if !valid {
         return Err("--speedup must be positive and --order-rate at least 0".into());
     }
+    if !(0.0..=1.0).contains(&cfg.cancel_rate) {
+        return Err("--cancel-rate must be between 0 and 1".into());
+    }
     let http = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().map_err(|e| e.to_string())?;
     let ctx = Arc::new(Ctx {
         cfg,
@@ -325,6 +353,7 @@ pub async fn run(cfg: RunConfig) -> Result<Report, String> {
             ctx.stats.error("rider_registration");
             continue;
         }
+        ctx.stats.rider_ids.lock().expect("rider ids lock").push(id.clone());
         tasks.push(tokio::spawn(rider(ctx.clone(), id, store, ctx.cfg.seed ^ (i as u64 + 1))));
     }
     // Customers on a fixed Poisson timeline.
@@ -352,7 +381,10 @@ pub async fn run(cfg: RunConfig) -> Result<Report, String> {
         let (dist, bearing) = (200.0 + rng.unit() * 1200.0, rng.unit() * std::f64::consts::TAU);
         let (dlat, dlng) = offset(store.lat, dist * bearing.cos(), dist * bearing.sin());
         let point = (store.lat + dlat, store.lng + dlng);
-        customers.push(tokio::spawn(customer(ctx.clone(), n, point, intended, rng.unit())));
+        // Which customers cancel, and when: (the status after which they do).
+        let cancel_after = (rng.unit() < ctx.cfg.cancel_rate)
+            .then(|| CANCEL_POINTS[(rng.unit() * CANCEL_POINTS.len() as f64) as usize % CANCEL_POINTS.len()]);
+        customers.push(tokio::spawn(customer(ctx.clone(), n, point, intended, rng.unit(), cancel_after)));
         if let Some(bar) = &progress {
             bar.set_message(format!(
                 "{:>5.0}s  placed {}  delivered {}  positions {}  errors {}",
@@ -407,14 +439,34 @@ pub async fn run(cfg: RunConfig) -> Result<Report, String> {
             _ => ctx.stats.error("audit_stock"),
         }
     }
+    // No rider may be left holding a cancelled order.
+    let cancelled_ids = ctx.stats.cancelled_ids.lock().expect("cancelled lock").clone();
+    if !cancelled_ids.is_empty() {
+        let rider_ids = ctx.stats.rider_ids.lock().expect("rider ids lock").clone();
+        for id in rider_ids {
+            match audit_get(&ctx, &format!("/v1/riders/{id}"), &admin).await {
+                Ok(r) if r.status().is_success() => {
+                    let v: Value = r.json().await.unwrap_or(Value::Null);
+                    let held = v["task"]["orders"].as_array().into_iter().flatten().filter_map(Value::as_str);
+                    let stranded = held.filter(|o| cancelled_ids.contains(*o)).count() as u64;
+                    ctx.stats.stranded.fetch_add(stranded, Ordering::Relaxed);
+                }
+                _ => ctx.stats.error("audit_rider"),
+            }
+        }
+    }
     let s = &ctx.stats;
     let placed = s.placed.load(Ordering::Relaxed);
     let delivered = s.delivered.load(Ordering::Relaxed);
+    let cancelled = s.cancelled.load(Ordering::Relaxed);
     let errors_by_kind = s.errors.lock().expect("errors lock").clone();
     Ok(Report {
         placed,
         delivered,
-        undelivered: placed - delivered.min(placed),
+        undelivered: placed.saturating_sub(delivered + cancelled),
+        cancelled,
+        cancel_refused: s.cancel_refused.load(Ordering::Relaxed),
+        stranded_riders: s.stranded.load(Ordering::Relaxed),
         insufficient_stock: s.insufficient.load(Ordering::Relaxed),
         not_serviceable: s.not_serviceable.load(Ordering::Relaxed),
         oversold,
@@ -453,13 +505,56 @@ async fn audit_get(ctx: &Ctx, path: &str, token: &str) -> Result<reqwest::Respon
     }
 }
 
+/// The points of an order's life after which a cancelling customer cancels (the status it has
+/// just seen). After pickup the server refuses.
+const CANCEL_POINTS: [&str; 4] = ["confirmed", "packed", "assigned", "picked_up"];
+
 const LIFECYCLE: [&str; 6] = ["pending_payment", "confirmed", "packed", "assigned", "picked_up", "delivered"];
 
 fn rank(status: &str) -> Option<usize> {
     LIFECYCLE.iter().position(|s| *s == status)
 }
 
-async fn customer(ctx: Arc<Ctx>, n: u64, point: (f64, f64), intended: Instant, pick: f64) {
+/// Cancels an order as its customer; a successful cancel of an order a rider held is audited a
+/// second later: that rider must no longer hold it.
+async fn cancel(ctx: &Arc<Ctx>, token: &str, id: &str, rider: Option<String>) {
+    let s = &ctx.stats;
+    let r = ctx.http.post(format!("{}/v1/orders/{id}/cancel", ctx.cfg.server)).bearer_auth(token).send().await;
+    match r {
+        Ok(r) if r.status().is_success() => {
+            s.cancelled.fetch_add(1, Ordering::Relaxed);
+            s.cancelled_ids.lock().expect("cancelled lock").insert(id.to_owned());
+            let Some(rider) = rider else { return };
+            let (ctx, id) = (ctx.clone(), id.to_owned());
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                let admin = ctx.token(Role::Admin, "darkstore-sim", None);
+                let Ok(r) = audit_get(&ctx, &format!("/v1/riders/{rider}"), &admin).await else {
+                    return ctx.stats.error("audit_rider");
+                };
+                let v: Value = r.json().await.unwrap_or(Value::Null);
+                if v["task"]["orders"].as_array().into_iter().flatten().any(|o| o.as_str() == Some(id.as_str())) {
+                    ctx.stats.stranded.fetch_add(1, Ordering::Relaxed);
+                }
+            });
+        }
+        // Too late: the order was picked up.
+        Ok(r) if r.status().as_u16() == 409 => {
+            s.cancel_refused.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(r) => s.error(format!("cancel_{}", r.status().as_u16())),
+        Err(_) => s.error("cancel_unreachable"),
+    }
+}
+
+async fn customer(
+    ctx: Arc<Ctx>,
+    n: u64,
+    point: (f64, f64),
+    intended: Instant,
+    pick: f64,
+    mut cancel_after: Option<&'static str>,
+) {
     let s = &ctx.stats;
     let token = ctx.token(Role::Customer, &format!("sim{:04x}-customer-{n}", ctx.cfg.seed & 0xffff), None);
     let url = format!("{}/v1/availability?lat={}&lng={}&limit=50", ctx.cfg.server, point.0, point.1);
@@ -566,6 +661,12 @@ async fn customer(ctx: Arc<Ctx>, n: u64, point: (f64, f64), intended: Instant, p
         let Some(status) = status else { continue };
         if statuses.last().map(String::as_str) != Some(status) {
             statuses.push(status.to_owned());
+        }
+        if cancel_after == Some(status) {
+            cancel_after = None;
+            let data = if v["type"] == "snapshot" { &v["data"]["order"] } else { &v["data"] };
+            let rider = data["rider_id"].as_str().map(str::to_owned);
+            cancel(&ctx, &token, &id, rider).await;
         }
         let now = now_ms();
         if status == "assigned" && assigned_at.is_none() {
@@ -697,8 +798,8 @@ async fn rider(ctx: Arc<Ctx>, id: String, store: Store, seed: u64) {
     let mut rng = Rng::new(seed);
     let (dlat, dlng) = offset(store.lat, (rng.unit() - 0.5) * 600.0, (rng.unit() - 0.5) * 600.0);
     let mut pos = (store.lat + dlat, store.lng + dlng);
-    // The route: (target, what happens there).
-    let mut route: Vec<((f64, f64), Stop)> = Vec::new();
+    // The route: (task, target, what happens there).
+    let mut route: Vec<(String, (f64, f64), Stop)> = Vec::new();
     let mut wait_until: Option<Instant> = None;
     // A position a second; faster with a large speedup, so that no report jumps further than the
     // server finds plausible (about 50 m between reports).
@@ -710,6 +811,7 @@ async fn rider(ctx: Arc<Ctx>, id: String, store: Store, seed: u64) {
             _ = tick.tick() => {}
             Some(task) = tasks_rx.recv() => {
                 s.tasks.fetch_add(1, Ordering::Relaxed);
+                let task_id = task["task_id"].as_str().unwrap_or_default().to_owned();
                 let pickup = (task["pickup"]["lat"].as_f64().unwrap_or(store.lat), task["pickup"]["lng"].as_f64().unwrap_or(store.lng));
                 let orders: Vec<(String, (f64, f64))> = task["orders"]
                     .as_array()
@@ -717,20 +819,39 @@ async fn rider(ctx: Arc<Ctx>, id: String, store: Store, seed: u64) {
                     .flatten()
                     .filter_map(|o| Some((o["id"].as_str()?.to_owned(), (o["lat"].as_f64()?, o["lng"].as_f64()?))))
                     .collect();
-                route.push((pickup, Stop::Store(orders.iter().map(|o| o.0.clone()).collect())));
+                if route.iter().any(|(t, _, _)| *t == task_id) {
+                    // The task again, changed (an order was cancelled or handed back): keep only
+                    // the stops of the orders still on it; none left withdraws it.
+                    let first = route.first().cloned();
+                    let keep = |o: &String| orders.iter().any(|(id, _)| id == o);
+                    for (t, _, stop) in route.iter_mut() {
+                        if *t == task_id && let Stop::Store(os) = stop {
+                            os.retain(keep);
+                        }
+                    }
+                    route.retain(|(t, _, stop)| *t != task_id || match stop {
+                        Stop::Store(os) => !os.is_empty(),
+                        Stop::Door(o) => keep(o),
+                    });
+                    if route.first() != first.as_ref() {
+                        wait_until = None;
+                    }
+                    continue;
+                }
+                route.push((task_id.clone(), pickup, Stop::Store(orders.iter().map(|o| o.0.clone()).collect())));
                 for (oid, at) in orders {
-                    route.push((at, Stop::Door(oid)));
+                    route.push((task_id.clone(), at, Stop::Door(oid)));
                 }
                 continue;
             }
         }
         // Move toward the next stop.
-        if let Some((target, _)) = route.first().cloned() {
+        if let Some((_, target, _)) = route.first().cloned() {
             if wait_until.is_some_and(|w| Instant::now() < w) {
                 // Being served at the store or the door.
             } else if let Some(w) = wait_until.take() {
                 let _ = w;
-                let (_, stop) = route.remove(0);
+                let (_, _, stop) = route.remove(0);
                 let events: Vec<(&str, String)> = match &stop {
                     Stop::Store(orders) => orders.iter().map(|o| ("picked_up", o.clone())).collect(),
                     Stop::Door(o) => vec![("delivered", o.clone())],
@@ -745,7 +866,7 @@ async fn rider(ctx: Arc<Ctx>, id: String, store: Store, seed: u64) {
                 let d = distance_m(pos, target);
                 if d <= step {
                     pos = target;
-                    if let Some((_, Stop::Store(orders))) = route.first()
+                    if let Some((_, _, Stop::Store(orders))) = route.first()
                         && let Some(first) = orders.first()
                     {
                         let body = json!({"type": "arrived_store", "order_id": first, "ts": now_ms()}).to_string();
@@ -767,13 +888,23 @@ async fn rider(ctx: Arc<Ctx>, id: String, store: Store, seed: u64) {
             Err(_) => s.error("mqtt_publish"),
         }
     }
+    // The app must never be left going for an order its customer cancelled.
+    let cancelled = s.cancelled_ids.lock().expect("cancelled lock").clone();
+    let stranded = route
+        .iter()
+        .filter(|(_, _, stop)| match stop {
+            Stop::Store(os) => os.iter().any(|o| cancelled.contains(o)),
+            Stop::Door(o) => cancelled.contains(o),
+        })
+        .count();
+    s.stranded.fetch_add(stranded as u64, Ordering::Relaxed);
     let _ = client.publish(format!("riders/{id}/shift"), QoS::AtLeastOnce, false, r#"{"on_shift":false}"#).await;
     tokio::time::sleep(Duration::from_millis(200)).await;
     let _ = client.disconnect().await;
     poller.abort();
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 enum Stop {
     /// Pick up these orders.
     Store(Vec<String>),
@@ -792,6 +923,7 @@ impl Report {
         };
         let mut out = format!(
             "darkstore-sim: {:.0} s at speedup {}\n  orders placed {}, delivered {}, undelivered {}, insufficient stock {}, not serviceable {}\n  \
+             cancelled {}, cancels refused (after pickup) {}, riders left holding a cancelled order {}\n  \
              oversold {}, accounted {} of {}, lifecycle violations {}, delivered within the promise {:.1}%\n  \
              positions published {}, tasks received {}, errors {}\n",
             self.duration_s,
@@ -801,6 +933,9 @@ impl Report {
             self.undelivered,
             self.insufficient_stock,
             self.not_serviceable,
+            self.cancelled,
+            self.cancel_refused,
+            self.stranded_riders,
             self.oversold,
             self.accounted,
             self.placed,

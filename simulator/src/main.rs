@@ -58,6 +58,10 @@ enum Command {
         /// Riders move and staff pick this many times faster than real time.
         #[arg(long, default_value_t = 1.0)]
         speedup: f64,
+        /// Share of orders (0 to 1) their customers cancel, each at a random point of its life
+        /// (right after placing, once packed, once assigned, or after pickup, when it is too late).
+        #[arg(long, default_value_t = 0.0)]
+        cancel_rate: f64,
         /// Write the report as JSON here.
         #[arg(long)]
         json: Option<PathBuf>,
@@ -83,13 +87,27 @@ fn main() -> ExitCode {
             })
         }
         Command::MdrpBench { data_dir, tick_minutes, knobs } => mdrp::bench(&data_dir, tick_minutes, &knobs),
-        Command::Run { server, mqtt, riders, order_rate, duration, speedup, json, drain, jwt_secret, seed, quiet } => {
+        Command::Run {
+            server,
+            mqtt,
+            riders,
+            order_rate,
+            duration,
+            speedup,
+            cancel_rate,
+            json,
+            drain,
+            jwt_secret,
+            seed,
+            quiet,
+        } => {
             let mut cfg = darkstore_sim::city::RunConfig::new(&server, &mqtt, &jwt_secret);
             cfg.riders = riders;
             cfg.order_rate = order_rate;
             cfg.duration = std::time::Duration::from_secs(duration);
             cfg.drain = std::time::Duration::from_secs(drain);
             cfg.speedup = speedup;
+            cfg.cancel_rate = cancel_rate;
             cfg.seed = seed;
             cfg.progress = !quiet;
             let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().map_err(|e| e.to_string());
