@@ -17,7 +17,7 @@ use crate::model::Order;
 use crate::mqtt::Incoming;
 use crate::riders::{Dropped, Fix, Progress, Riders};
 use crate::state::{State, TransitionError};
-use crate::topics::{self, RiderInbox};
+use crate::topics::{self, RiderInbox, RiderTopic};
 
 /// A position report (MQTT `riders/{id}/location` or HTTP).
 #[derive(Debug, Clone, Deserialize)]
@@ -204,11 +204,11 @@ pub fn spawn(
                 m = incoming.recv() => match m { Some(m) => m, None => break },
                 _ = stop_ingest.changed() => break,
             };
-            let (rider, inbox) = match topics::parse_rider_inbox(&msg.topic) {
-                Ok(Some(r)) => r,
+            let (rider, inbox) = match topics::parse_rider_topic(&msg.topic) {
+                RiderTopic::Inbox(rider, inbox) => (rider, inbox),
                 // The server's own task messages, or anything else under a rider.
-                Ok(None) => continue,
-                Err(()) => {
+                RiderTopic::Other => continue,
+                RiderTopic::Invalid => {
                     d.riders.count(Dropped::Malformed);
                     continue;
                 }

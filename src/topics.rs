@@ -54,20 +54,30 @@ pub enum RiderInbox {
 /// The MQTT topics the server subscribes to.
 pub const RIDER_INBOX_FILTERS: [&str; 3] = ["riders/+/location", "riders/+/shift", "riders/+/events"];
 
-/// Splits `riders/{id}/{location|shift|events}`: Ok(None) for another topic under a rider
-/// (the server's own tasks), Err for anything else or an invalid id.
-pub fn parse_rider_inbox(topic: &str) -> Result<Option<(&str, RiderInbox)>, ()> {
-    let rest = topic.strip_prefix("riders/").ok_or(())?;
-    let (id, kind) = rest.split_once('/').ok_or(())?;
+/// An MQTT topic under `riders/`, as the server reads it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RiderTopic<'a> {
+    /// `riders/{id}/{location|shift|events}`.
+    Inbox(&'a str, RiderInbox),
+    /// Another topic of a rider (the server's own tasks).
+    Other,
+    /// Not a rider's topic, or an invalid id.
+    Invalid,
+}
+
+pub fn parse_rider_topic(topic: &str) -> RiderTopic<'_> {
+    let Some((id, kind)) = topic.strip_prefix("riders/").and_then(|rest| rest.split_once('/')) else {
+        return RiderTopic::Invalid;
+    };
     if !darkstore_geoinv::ids::valid_id(id) {
-        return Err(());
+        return RiderTopic::Invalid;
     }
-    Ok(match kind {
-        "location" => Some((id, RiderInbox::Location)),
-        "shift" => Some((id, RiderInbox::Shift)),
-        "events" => Some((id, RiderInbox::Events)),
-        _ => None,
-    })
+    match kind {
+        "location" => RiderTopic::Inbox(id, RiderInbox::Location),
+        "shift" => RiderTopic::Inbox(id, RiderInbox::Shift),
+        "events" => RiderTopic::Inbox(id, RiderInbox::Events),
+        _ => RiderTopic::Other,
+    }
 }
 
 /// `riders/{id}/tasks`: a rider's task, sent by the server.
@@ -91,12 +101,12 @@ mod tests {
 
     #[test]
     fn rider_inbox() {
-        assert_eq!(parse_rider_inbox("riders/r-1/location"), Ok(Some(("r-1", RiderInbox::Location))));
-        assert_eq!(parse_rider_inbox("riders/r-1/events"), Ok(Some(("r-1", RiderInbox::Events))));
-        assert_eq!(parse_rider_inbox("riders/r-1/tasks"), Ok(None));
-        assert_eq!(parse_rider_inbox("riders/bad id/location"), Err(()));
-        assert_eq!(parse_rider_inbox("stores/s1/stock"), Err(()));
-        assert_eq!(parse_rider_inbox("riders/"), Err(()));
+        assert_eq!(parse_rider_topic("riders/r-1/location"), RiderTopic::Inbox("r-1", RiderInbox::Location));
+        assert_eq!(parse_rider_topic("riders/r-1/events"), RiderTopic::Inbox("r-1", RiderInbox::Events));
+        assert_eq!(parse_rider_topic("riders/r-1/tasks"), RiderTopic::Other);
+        assert_eq!(parse_rider_topic("riders/bad id/location"), RiderTopic::Invalid);
+        assert_eq!(parse_rider_topic("stores/s1/stock"), RiderTopic::Invalid);
+        assert_eq!(parse_rider_topic("riders/"), RiderTopic::Invalid);
     }
 
     #[test]

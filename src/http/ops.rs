@@ -9,7 +9,7 @@ use serde_json::json;
 
 use super::AppRef;
 
-static OPENAPI: &str = include_str!("../openapi.json");
+static OPENAPI: &str = include_str!("../../docs/openapi.json");
 static INDEX: &str = include_str!("../../web/index.html");
 static APP_JS: &str = include_str!("../../web/app.js");
 static STYLE_CSS: &str = include_str!("../../web/style.css");
