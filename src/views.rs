@@ -114,21 +114,17 @@ pub fn rider_json(r: &Rider) -> Value {
     })
 }
 
-/// A rider as `GET /v1/riders/{id}` shows it.
+/// A rider as `GET /v1/riders/{id}` shows it: the feed's view, with its name and task.
 pub fn rider_detail_json(r: &Rider) -> Value {
-    json!({
-        "id": r.id,
-        "name": r.name,
-        "store_id": r.store_id,
-        "on_shift": r.on_shift,
-        "status": r.status.as_str(),
-        "lat": r.pos.map(|p| p.0),
-        "lng": r.pos.map(|p| p.1),
-        "ts": r.pos.map(|_| r.ts),
-        "task": r.task.as_ref().map(|t| json!({
-            "task_id": t.id, "store_id": t.store_id, "orders": t.order_ids().collect::<Vec<_>>(), "picked_up": t.picked,
-        })),
-    })
+    let mut v = rider_json(r);
+    v["name"] = json!(r.name);
+    v["task"] = json!(r.task.as_ref().map(|t| json!({
+        "task_id": t.id, "store_id": t.store_id, "orders": t.order_ids().collect::<Vec<_>>(), "picked_up": t.picked,
+    })));
+    if let Some(o) = v.as_object_mut() {
+        o.remove("orders");
+    }
+    v
 }
 
 /// A task as the rider's app receives it on `riders/{id}/tasks`; no orders withdraws it.

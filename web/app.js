@@ -202,7 +202,7 @@ function renderQueue() {
   $("#queue tbody").innerHTML = rows.map((o) => `
     <tr data-order="${esc(o.id)}">
       <td>${esc(o.id)}</td>
-      <td><span class="status ${esc(o.status)}">${esc(o.status.replace("_", " "))}</span></td>
+      <td><span class="status ${esc(o.status)}">${esc(o.status.replace("_", " "))}</span>${o.payment_status === "held" ? ` <span class="status pending_payment">awaiting payment</span>` : ""}</td>
       <td>${esc(o.rider_id || "–")}</td>
       <td class="num">${o.lines.reduce((n, l) => n + l.qty, 0)}</td>
       <td class="timer" data-deadline="${esc(o.deadline)}"></td>
@@ -254,6 +254,8 @@ function renderNumbers() {
   $("#n-riders-idle").textContent = onShift.filter((r) => r.status === "idle").length;
   $("#n-riders-busy").textContent = onShift.filter((r) => r.status !== "idle").length;
   $("#n-open").textContent = [...state.orders.values()].filter(isOpen).length;
+  $("#n-cancelled").textContent = recent.filter((o) => o.status === "cancelled").length;
+  $("#n-refunds").textContent = [...state.orders.values()].filter((o) => o.payment_status === "refund_due").length;
 }
 
 // ----- actions -----

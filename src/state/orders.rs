@@ -43,7 +43,7 @@ pub(super) enum IdemState {
     },
 }
 
-/// An order an open order the rider holds: (order, rider, picked up).
+/// An open order a rider holds.
 #[derive(Debug, Clone)]
 pub struct HeldOrder {
     pub order: Order,

@@ -111,6 +111,12 @@ test("the dashboard follows riders, orders and stock live", async () => {
   await page.waitForFunction(() => document.querySelector('#stock tr[data-sku="milk"] .available').textContent === "13");
   assert.equal(await page.textContent("#n-orders-hour"), "1");
 
+  // The customer cancels: the order leaves the queue and counts as cancelled; its units return.
+  await call(server.http, "POST", `/v1/orders/${order.id}/cancel`, customer);
+  await page.waitForSelector(row, { state: "detached" });
+  await page.waitForFunction(() => document.querySelector("#n-cancelled").textContent === "1");
+  await page.waitForFunction(() => document.querySelector('#stock tr[data-sku="milk"] .available').textContent === "15");
+
   mkdirSync(join(root, "artifacts"), { recursive: true });
   await page.screenshot({ path: join(root, "artifacts/dashboard.png"), fullPage: true });
   assert.deepEqual(errors, []);
