@@ -117,6 +117,16 @@ pub struct ServeConfig {
     #[arg(long, env = "DARKSTORE_WS_QUEUE", default_value_t = 256)]
     pub ws_queue: usize,
 
+    /// Serve `/metrics` without a token on this address as well (for Prometheus on a private
+    /// network); on the main address it needs an admin token.
+    #[arg(long, env = "DARKSTORE_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
+
+    /// Most WebSocket connections one client (token subject, or IP address when anonymous) may
+    /// hold at once; more are refused with 429.
+    #[arg(long, env = "DARKSTORE_WS_MAX_PER_CLIENT", default_value_t = 16)]
+    pub ws_max_per_client: usize,
+
     /// Log format on stderr: text or json.
     #[arg(long, env = "DARKSTORE_LOG_FORMAT", default_value = "text")]
     pub log_format: String,

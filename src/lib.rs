@@ -175,7 +175,7 @@ pub async fn start(config: &ServeConfig, listener: TcpListener, clock: Arc<dyn C
         feeds,
         pages: http::pages::Pages::default(),
         mqtt: Some(mqtt.clone()),
-        ws: http::ws::WsLimits::new(config.ws_max_connections, config.ws_queue),
+        ws: http::ws::WsLimits::new(config.ws_max_connections, config.ws_max_per_client, config.ws_queue),
     });
     let (stop, stopped) = watch::channel(false);
     let mut background = ingest::spawn(ingest, incoming, stopped.clone());
@@ -198,6 +198,19 @@ pub async fn start(config: &ServeConfig, listener: TcpListener, clock: Arc<dyn C
             }
         }
     }));
+    if let Some(addr) = config.metrics_listen {
+        let listener = TcpListener::bind(addr).await.map_err(|e| format!("--metrics-listen {addr}: {e}"))?;
+        tracing::info!(addr = %listener.local_addr()?, "metrics served without a token");
+        let (router, mut stop) = (http::metrics_router(app.clone()), stopped.clone());
+        background.push(tokio::spawn(async move {
+            let serve = axum::serve(listener, router).with_graceful_shutdown(async move {
+                let _ = stop.changed().await;
+            });
+            if let Err(e) = serve.await {
+                tracing::error!(error = %e, "the metrics listener stopped");
+            }
+        }));
+    }
     background.push(every(Duration::from_secs(60), stopped, {
         let app = app.clone();
         move || {

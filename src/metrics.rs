@@ -80,8 +80,9 @@ impl OrderOutcome {
 
 #[derive(Debug, Default)]
 pub struct Metrics {
-    /// (method, route, status) → count
-    http_requests: DashMap<(String, String, u16), AtomicU64>,
+    /// (method, route, status) → count. Methods come from a closed set and routes from the router
+    /// (or `unmatched`), so the number of series is bounded whatever clients send.
+    http_requests: DashMap<(&'static str, String, u16), AtomicU64>,
     /// route → latency
     http_latency: DashMap<String, Histogram>,
     orders: [AtomicU64; OrderOutcome::ALL.len()],
@@ -105,8 +106,8 @@ pub struct Metrics {
 }
 
 impl Metrics {
-    pub fn http(&self, method: &str, route: &str, status: u16, seconds: f64) {
-        let key = (method.to_owned(), route.to_owned(), status);
+    pub fn http(&self, method: &'static str, route: &str, status: u16, seconds: f64) {
+        let key = (method, route.to_owned(), status);
         if let Some(c) = self.http_requests.get(&key) {
             c.fetch_add(1, Ordering::Relaxed);
         } else {

@@ -113,8 +113,12 @@ impl Publisher {
         if let Some(t) = store_topic {
             feeds.publish_latest(&t, "rider", &rider.id, &json);
         }
-        for t in order_topics {
-            feeds.publish_latest(&t, "rider_position", &rider.id, &json);
+        if !order_topics.is_empty() {
+            // A customer sees where its rider is, never the rider's other orders.
+            let position = views::rider_position_json(rider);
+            for t in order_topics {
+                feeds.publish_latest(&t, "rider_position", &rider.id, &position);
+            }
         }
     }
 

@@ -114,6 +114,17 @@ pub fn rider_json(r: &Rider) -> Value {
     })
 }
 
+/// What an order's feed shows of the rider carrying it: where it is, nothing of its other work.
+pub fn rider_position_json(r: &Rider) -> Value {
+    json!({
+        "id": r.id,
+        "status": r.status.as_str(),
+        "lat": r.pos.map(|p| p.0),
+        "lng": r.pos.map(|p| p.1),
+        "ts": r.pos.map(|_| r.ts),
+    })
+}
+
 /// A rider as `GET /v1/riders/{id}` shows it: the feed's view, with its name and task.
 pub fn rider_detail_json(r: &Rider) -> Value {
     let mut v = rider_json(r);

@@ -37,11 +37,11 @@ async fn role_matrix() {
         ("POST", "/v1/stores/s1/stock".into(), Some(stock_body), [401, 403, 403, 200, 403, 403, 200]),
         ("GET", "/v1/stores/s1/stock".into(), None, [401, 403, 403, 200, 403, 403, 200]),
         ("GET", format!("/v1/availability?lat={STORE_LAT}&lng={STORE_LNG}"), None, [200; 7]),
-        ("GET", format!("/v1/orders/{oid}"), None, [401, 200, 404, 200, 403, 403, 200]),
+        ("GET", format!("/v1/orders/{oid}"), None, [401, 200, 404, 200, 404, 404, 200]),
         ("POST", "/v1/orders".into(), Some(order_body("milk", 1)), [401, 201, 201, 403, 403, 403, 201]),
         ("GET", "/healthz".into(), None, [200; 7]),
         ("GET", "/readyz".into(), None, [200; 7]),
-        ("GET", "/metrics".into(), None, [200; 7]),
+        ("GET", "/metrics".into(), None, [401, 403, 403, 403, 403, 403, 200]),
         ("GET", "/openapi.json".into(), None, [200; 7]),
     ];
     for (method, path, body, expected) in &cases {
@@ -57,17 +57,18 @@ async fn role_matrix() {
             }
         }
     }
-    // Packing and cancelling: other staff and strangers cannot touch the order.
+    // Packing and cancelling: other staff and strangers cannot touch the order, and are told
+    // what they would be told of an order that does not exist (a rider may not cancel at all).
     let outsiders = [
-        (token(Role::Customer, "mallory", None), 404),
-        (token(Role::Staff, "sue", Some("s2")), 403),
-        (token(Role::Rider, "r1", None), 403),
+        (token(Role::Customer, "mallory", None), 404, 403),
+        (token(Role::Staff, "sue", Some("s2")), 404, 404),
+        (token(Role::Rider, "r1", None), 403, 403),
     ];
-    for (tok, want) in &outsiders {
+    for (tok, cancel, pack) in &outsiders {
         let (s, _) = server.call("POST", &format!("/v1/orders/{oid}/cancel"), Some(tok), None).await;
-        assert_eq!(s, *want);
+        assert_eq!(s, *cancel);
         let (s, _) = server.call("POST", &format!("/v1/orders/{oid}/packed"), Some(tok), None).await;
-        assert_eq!(s, 403);
+        assert_eq!(s, *pack);
     }
     let (s, _) = server.call("POST", &format!("/v1/orders/{oid}/packed"), Some(&alice), None).await;
     assert_eq!(s, 403, "a customer cannot pack");

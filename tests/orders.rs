@@ -113,7 +113,8 @@ async fn finished_orders_leave_memory_and_still_answer() {
     let mut evicted = 0.0;
     for _ in 0..50 {
         tokio::time::sleep(Duration::from_millis(200)).await;
-        let text = server.client.get(server.url("/metrics")).send().await.unwrap().text().await.unwrap();
+        let text =
+            server.client.get(server.url("/metrics")).bearer_auth(admin()).send().await.unwrap().text().await.unwrap();
         evicted = metric(&text, "darkstore_orders_evicted_total ");
         if evicted >= 1.0 {
             assert_eq!(metric(&text, "darkstore_orders "), 1.0, "only the open order stays in memory");

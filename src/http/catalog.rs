@@ -16,9 +16,18 @@ const MAX_TEXT: usize = 200;
 /// Largest price accepted, in minor units.
 const MAX_PRICE_MINOR: i64 = 1_000_000_000_000;
 
+/// Characters that reorder text on screen (bidirectional overrides and isolates, marks): a name
+/// with them can show something other than what it is.
+fn is_bidi_control(c: char) -> bool {
+    matches!(c, '\u{061C}' | '\u{200E}' | '\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
+}
+
 fn check_text(what: &str, s: &str, max: usize) -> Result<(), ApiError> {
     if s.trim().is_empty() || s.chars().count() > max {
         return Err(ApiError::invalid(format!("{what} must be 1-{max} characters")));
+    }
+    if s.chars().any(|c| c.is_control() || is_bidi_control(c)) {
+        return Err(ApiError::invalid(format!("{what} must not contain control or bidirectional-override characters")));
     }
     Ok(())
 }

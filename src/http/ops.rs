@@ -26,7 +26,14 @@ pub async fn readyz(State(app): State<AppRef>) -> Response {
     (status, axum::Json(json!({"ready": db && broker, "database": db, "broker": broker}))).into_response()
 }
 
-pub async fn metrics(State(app): State<AppRef>) -> Response {
+/// `GET /metrics`: admin only (or, with `--metrics-listen`, without a token on that address).
+pub async fn metrics(State(app): State<AppRef>, caller: super::Caller) -> Result<Response, crate::error::ApiError> {
+    caller.require(&[crate::auth::Role::Admin])?;
+    Ok(metrics_response(&app))
+}
+
+/// The Prometheus text of every metric.
+pub fn metrics_response(app: &AppRef) -> Response {
     let state = &app.state;
     let commits = state.committer().stats();
     let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed) as f64;
@@ -90,8 +97,12 @@ pub async fn openapi() -> Response {
     ([(header::CONTENT_TYPE, "application/json")], OPENAPI).into_response()
 }
 
-pub async fn index() -> Html<&'static str> {
-    Html(INDEX)
+/// The dashboard's policy: its own script, style and feeds only; never framed.
+const DASHBOARD_CSP: &str = "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; \
+     connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'; object-src 'none'";
+
+pub async fn index() -> Response {
+    ([(header::CONTENT_SECURITY_POLICY, DASHBOARD_CSP), (header::X_FRAME_OPTIONS, "DENY")], Html(INDEX)).into_response()
 }
 
 /// The dashboard's script and style, embedded in the binary.

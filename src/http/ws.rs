@@ -25,6 +25,7 @@ use crate::error::ApiError;
 use crate::feeds::{Frame, Subscriber};
 use crate::topics::{FEEDS_HELP, Feed};
 use crate::views;
+use darkstore_geoinv::order::OrderStatus;
 
 /// Most subscriptions one connection may hold.
 pub const MAX_SUBSCRIPTIONS: usize = 64;
@@ -36,11 +37,20 @@ const OPS_PER_SEC: f64 = 20.0;
 const PING_EVERY: Duration = Duration::from_secs(20);
 const SILENT_LIMIT: Duration = Duration::from_secs(60);
 const SEND_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a customer or rider keeps an order's feed after the order finished.
+const FINISHED_GRACE: Duration = Duration::from_secs(60);
+/// The close code for a connection whose token expired.
+const TOKEN_EXPIRED: u16 = 4001;
+/// Far enough in the future to mean never.
+const FAR: Duration = Duration::from_secs(100 * 365 * 86_400);
 
 /// Connection limits and counters.
 #[derive(Debug)]
 pub struct WsLimits {
     pub max_connections: usize,
+    /// Most connections one client (role and subject, or IP address) may hold.
+    pub max_per_client: usize,
+    per_client: dashmap::DashMap<String, usize, ahash::RandomState>,
     pub queue: usize,
     pub connections: AtomicUsize,
     pub next_id: AtomicU64,
@@ -53,9 +63,28 @@ pub struct WsLimits {
 }
 
 impl WsLimits {
-    pub fn new(max_connections: usize, queue: usize) -> WsLimits {
+    /// Counts a connection of `client`; false (nothing counted) when it holds the most it may.
+    fn enter(&self, client: &str) -> bool {
+        let mut n = self.per_client.entry(client.to_owned()).or_insert(0);
+        if *n >= self.max_per_client {
+            return false;
+        }
+        *n += 1;
+        true
+    }
+
+    fn leave(&self, client: &str) {
+        if let Some(mut n) = self.per_client.get_mut(client) {
+            *n = n.saturating_sub(1);
+        }
+        self.per_client.remove_if(client, |_, n| *n == 0);
+    }
+
+    pub fn new(max_connections: usize, max_per_client: usize, queue: usize) -> WsLimits {
         WsLimits {
             max_connections,
+            max_per_client,
+            per_client: Default::default(),
             queue,
             connections: AtomicUsize::new(0),
             next_id: AtomicU64::new(1),
@@ -93,7 +122,24 @@ pub async fn upgrade(
         Identity::Anonymous => None,
     };
     let limits = &app.ws;
+    let client = match &claims {
+        Some(c) => format!("{}:{}", c.role.as_str(), c.sub),
+        None => match req.extensions().get::<axum::extract::ConnectInfo<std::net::SocketAddr>>() {
+            Some(axum::extract::ConnectInfo(addr)) => format!("ip:{}", addr.ip()),
+            None => "ip:unknown".to_owned(),
+        },
+    };
+    if !limits.enter(&client) {
+        limits.refused.fetch_add(1, Ordering::Relaxed);
+        return ApiError::new(
+            axum::http::StatusCode::TOO_MANY_REQUESTS,
+            "rate_limited",
+            format!("at most {} WebSocket connections per client", limits.max_per_client),
+        )
+        .into_response();
+    }
     if limits.connections.fetch_add(1, Ordering::AcqRel) >= limits.max_connections {
+        limits.leave(&client);
         limits.connections.fetch_sub(1, Ordering::AcqRel);
         limits.refused.fetch_add(1, Ordering::Relaxed);
         return ApiError::new(
@@ -103,10 +149,25 @@ pub async fn upgrade(
         )
         .into_response();
     }
+    // Given back when the connection ends, or when the upgrade never completes.
+    let seat = Seat { app: app.clone(), client };
     ws.max_message_size(MAX_FRAME).max_frame_size(MAX_FRAME).on_upgrade(move |socket| async move {
         connection(app.clone(), socket, claims).await;
-        app.ws.connections.fetch_sub(1, Ordering::AcqRel);
+        drop(seat);
     })
+}
+
+/// A counted connection.
+struct Seat {
+    app: AppRef,
+    client: String,
+}
+
+impl Drop for Seat {
+    fn drop(&mut self) {
+        self.app.ws.connections.fetch_sub(1, Ordering::AcqRel);
+        self.app.ws.leave(&self.client);
+    }
 }
 
 fn frame_text(topic: &str, kind: &str, seq: u64, data: &str) -> String {
@@ -145,6 +206,15 @@ async fn connection(app: AppRef, mut socket: WebSocket, claims: Option<Claims>) 
     let (mut tokens, mut refill_at, mut refused_ops) = (OPS_PER_SEC * 2.0, Instant::now(), 0u32);
     let mut close: Option<(u16, &'static str)> = None;
     let mut shutdown = app.ws.shutdown.subscribe();
+    // Order feeds that end: the order finished, and its customer or rider keeps it a while.
+    let mut endings: HashMap<String, Instant> = HashMap::new();
+    // The connection ends when its token does.
+    let expires = claims.as_ref().map(|c| {
+        let left = (c.exp * 1000 - app.clock.now_ms()).max(0) as u64;
+        Instant::now() + Duration::from_millis(left)
+    });
+    let token_expiry = tokio::time::sleep_until(expires.unwrap_or_else(|| Instant::now() + FAR).into());
+    tokio::pin!(token_expiry);
     loop {
         let out: Vec<String> = tokio::select! {
             msg = socket.recv() => {
@@ -177,7 +247,18 @@ async fn connection(app: AppRef, mut socket: WebSocket, claims: Option<Claims>) 
                     }
                 }
             }
-            Some(frame) = queue.recv() => render(&mut subs, &frame).into_iter().collect(),
+            Some(frame) = queue.recv() => match order_feed_access(&claims, &frame) {
+                FeedAccess::Keep => render(&mut subs, &frame).into_iter().collect(),
+                FeedAccess::EndsSoon => {
+                    endings.entry(frame.topic.to_string()).or_insert_with(|| Instant::now() + FINISHED_GRACE);
+                    render(&mut subs, &frame).into_iter().collect()
+                }
+                FeedAccess::Lost => end_subscription(&app, &sub, &mut subs, &frame.topic, "not_found", "you no longer have access to this order"),
+            },
+            _ = &mut token_expiry, if expires.is_some() => {
+                close = Some((TOKEN_EXPIRED, "the token expired"));
+                break;
+            }
             _ = sub.wake.notified() => sub.take_latest().iter().filter_map(|f| render(&mut subs, f)).collect(),
             _ = sub.kill.notified() => break,
             _ = shutdown.changed() => {
@@ -192,7 +273,14 @@ async fn connection(app: AppRef, mut socket: WebSocket, claims: Option<Claims>) 
                 if tokio::time::timeout(SEND_TIMEOUT, socket.send(Message::Ping(Vec::new().into()))).await.is_err() {
                     break;
                 }
-                Vec::new()
+                let now = Instant::now();
+                let ended: Vec<String> = endings.iter().filter(|(_, at)| **at <= now).map(|(t, _)| t.clone()).collect();
+                let mut out = Vec::new();
+                for topic in ended {
+                    endings.remove(&topic);
+                    out.extend(end_subscription(&app, &sub, &mut subs, &topic, "ended", "the order is finished"));
+                }
+                out
             }
         };
         let mut failed = false;
@@ -224,6 +312,53 @@ async fn connection(app: AppRef, mut socket: WebSocket, claims: Option<Claims>) 
         let frame = CloseFrame { code, reason: reason.into() };
         let _ = tokio::time::timeout(Duration::from_secs(1), socket.send(Message::Close(Some(frame)))).await;
     }
+}
+
+/// What an order's status frame means for a subscriber's access to the order's feed.
+enum FeedAccess {
+    Keep,
+    /// The order is finished: its customer and rider keep the feed for a grace period.
+    EndsSoon,
+    /// The subscriber is no longer a party to the order (a rider it was taken from).
+    Lost,
+}
+
+/// Re-checks access on an order's status frame (the order as it now is). Other frames keep going.
+fn order_feed_access(claims: &Option<Claims>, frame: &Frame) -> FeedAccess {
+    let (Some(c), Some(Feed::Order(_)), "status") = (claims, Feed::parse(&frame.topic), frame.kind) else {
+        return FeedAccess::Keep;
+    };
+    if c.role == Role::Admin || c.role == Role::Staff {
+        // Staff of the store stay parties to its orders; the store never changes.
+        return FeedAccess::Keep;
+    }
+    let Ok(order) = serde_json::from_str::<Value>(&frame.data) else { return FeedAccess::Keep };
+    let party = match c.role {
+        Role::Customer => order["customer_id"] == c.sub.as_str(),
+        _ => order["rider_id"] == c.sub.as_str(),
+    };
+    let finished = matches!(order["status"].as_str(), Some("delivered" | "cancelled" | "expired"));
+    match (party, finished) {
+        (false, _) => FeedAccess::Lost,
+        (true, true) => FeedAccess::EndsSoon,
+        (true, false) => FeedAccess::Keep,
+    }
+}
+
+/// Ends one subscription with an error message saying why.
+fn end_subscription(
+    app: &AppRef,
+    sub: &Arc<Subscriber>,
+    subs: &mut HashMap<String, u64>,
+    topic: &str,
+    error: &str,
+    message: &str,
+) -> Vec<String> {
+    app.feeds.unsubscribe(topic, sub.id);
+    if subs.remove(topic).is_none() {
+        return Vec::new();
+    }
+    vec![error_text(Some(topic), error, message)]
 }
 
 /// The text for a frame on a topic still subscribed, with its next seq.
@@ -328,7 +463,15 @@ async fn snapshot(app: &AppRef, topic: &str) -> Value {
         Some(Feed::Order(order_id)) => {
             let Some(order) = state.find_order(order_id).await.ok().flatten() else { return Value::Null };
             let o = order.lock().await.clone();
-            let rider = o.rider_id.as_ref().and_then(|r| app.riders.get(r)).map(|r| views::rider_json(&r));
+            // The rider's position only while it carries the order, and nothing of its other work.
+            let carrying = matches!(o.status, OrderStatus::Assigned | OrderStatus::PickedUp);
+            let rider = o
+                .rider_id
+                .as_ref()
+                .filter(|_| carrying)
+                .and_then(|r| app.riders.get(r))
+                .filter(|r| r.task.as_ref().is_some_and(|t| t.holds(&o.id)))
+                .map(|r| views::rider_position_json(&r));
             json!({"order": views::order_json(&o, promise), "rider": rider})
         }
         Some(Feed::Store(store_id)) => {

@@ -124,7 +124,6 @@ pub struct State {
     /// Payment holds by deadline: (hold_expires_at, order id).
     holds: Mutex<BTreeSet<(Millis, String)>>,
     next_lot: AtomicI64,
-    next_order: AtomicI64,
     /// Orders waiting for a rider (confirmed or packed), for the dispatcher.
     dispatchable: Mutex<BTreeSet<String>>,
 }
@@ -178,7 +177,6 @@ impl State {
             idempotency: DashMap::new(),
             holds: Mutex::new(BTreeSet::new()),
             next_lot: AtomicI64::new(1),
-            next_order: AtomicI64::new(1),
             dispatchable: Mutex::new(BTreeSet::new()),
         }
     }

@@ -108,7 +108,7 @@ impl State {
                 return Err(PlaceError::Insufficient(short));
             }
         };
-        let id = format!("o{}", self.next_order.fetch_add(1, Ordering::Relaxed));
+        let id = new_order_id(now);
         let (status, payment_status, hold_expires_at) = match self.config.payment_hold_ms {
             Some(hold) => (OrderStatus::PendingPayment, PaymentStatus::Held, Some(now + hold)),
             None => (OrderStatus::Confirmed, PaymentStatus::None, None),
@@ -273,6 +273,34 @@ impl State {
     pub fn n_orders(&self) -> usize {
         self.orders.len()
     }
+}
+
+/// Crockford's base32 alphabet, lower case (no i, l, o, u).
+const BASE32: &[u8; 32] = b"0123456789abcdefghjkmnpqrstvwxyz";
+
+/// A new order id: `o`, the placement time (unix ms, 10 base32 digits, so ids sort by time) and
+/// 40 random bits (8 digits), so ids can be neither guessed nor counted. Databases written before
+/// keep their sequential ids (`o1`, `o2`, …); both forms are valid ids.
+pub fn new_order_id(now: Millis) -> String {
+    let mut random = [0u8; 5];
+    if getrandom::fill(&mut random).is_err() {
+        // No randomness from the OS: fall back to a hash of the time and a counter, still unique.
+        static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let h = std::hash::BuildHasher::hash_one(&ahash::RandomState::new(), (now, n));
+        random.copy_from_slice(&h.to_le_bytes()[..5]);
+    }
+    let r = random.iter().fold(0u64, |acc, b| (acc << 8) | u64::from(*b));
+    let mut id = String::with_capacity(19);
+    id.push('o');
+    let t = now.max(0) as u64;
+    for i in (0..10).rev() {
+        id.push(BASE32[((t >> (i * 5)) & 31) as usize] as char);
+    }
+    for i in (0..8).rev() {
+        id.push(BASE32[((r >> (i * 5)) & 31) as usize] as char);
+    }
+    id
 }
 
 /// A claimed idempotency key: finished with an order id, or released when dropped (failure,

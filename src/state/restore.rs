@@ -97,11 +97,7 @@ impl State {
                 d_reserved: h.reserved,
             });
         }
-        let mut max_seq = 0;
         for row in snap.orders {
-            if let Some(seq) = row.id.strip_prefix('o').and_then(|n| n.parse::<i64>().ok()) {
-                max_seq = max_seq.max(seq);
-            }
             let packed_at = snap.packed_at.get(&row.id).copied();
             let order_holds = holds.remove(&row.id).unwrap_or_default();
             let mut order = match order_from_row(row, packed_at, order_holds) {
@@ -132,7 +128,6 @@ impl State {
             }
             state.insert_order(order);
         }
-        state.next_order.store(max_seq + 1, Ordering::Relaxed);
         state
     }
 }

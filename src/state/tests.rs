@@ -68,6 +68,20 @@ impl World {
     }
 }
 
+#[test]
+fn order_ids_sort_by_time_and_cannot_be_counted() {
+    let a = orders::new_order_id(T0);
+    let b = orders::new_order_id(T0);
+    let c = orders::new_order_id(T0 + 1);
+    assert_eq!(a.len(), 19);
+    assert!(darkstore_geoinv::ids::valid_id(&a), "{a}");
+    assert_ne!(a, b, "two orders in the same millisecond differ");
+    assert_eq!(a[..11], b[..11], "the time part is shared");
+    assert!(a < c && b < c, "later orders sort later: {a} {b} {c}");
+    let ids: std::collections::HashSet<String> = (0..10_000).map(|_| orders::new_order_id(T0)).collect();
+    assert_eq!(ids.len(), 10_000);
+}
+
 #[tokio::test]
 async fn a_hold_runs_out_by_the_clock_and_a_late_payment_is_owed_back() {
     let w = world("ds_state_hold").await;

@@ -238,6 +238,7 @@ pub fn mqtt_of(server: &Server) -> String {
 }
 
 pub async fn metric(server: &Server, series: &str) -> f64 {
-    let text = server.client.get(server.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    let text =
+        server.client.get(server.url("/metrics")).bearer_auth(admin()).send().await.unwrap().text().await.unwrap();
     text.lines().find_map(|l| l.strip_prefix(series).and_then(|v| v.trim().parse().ok())).unwrap_or(0.0)
 }
