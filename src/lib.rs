@@ -19,6 +19,7 @@
 
 /// Tokens and signatures (the `darkstore-auth` crate, re-exported).
 pub use darkstore_auth as auth;
+pub mod broker;
 pub mod changes;
 pub mod clock;
 pub mod config;
@@ -68,6 +69,8 @@ pub struct Server {
     pub http_addr: SocketAddr,
     pub mqtt_url: Option<String>,
     pub app: Arc<App>,
+    /// The embedded broker, when there is no external one.
+    pub broker: Option<broker::EmbeddedBroker>,
     listener: TcpListener,
     commit_task: JoinHandle<()>,
     background: Vec<JoinHandle<()>>,
@@ -132,19 +135,31 @@ pub async fn start(config: &ServeConfig, listener: TcpListener, clock: Arc<dyn C
     // Riders first: an order leaving a task changes the task before the order's feed hears of it.
     changes
         .attach(vec![Arc::downgrade(&riders) as Weak<dyn Observer>, Arc::downgrade(&publisher) as Weak<dyn Observer>]);
-    let (mqtt_url, credentials) = match &config.mqtt_url {
-        Some(url) => (url.clone(), None),
+    let server_client_id = mqtt::server_client_id()?;
+    let (mqtt_url, credentials, broker) = match &config.mqtt_url {
+        Some(url) => {
+            tracing::warn!(
+                %url,
+                "an external MQTT broker: darkstore cannot enforce who may publish or subscribe what there; \
+                 give it the access rules in the README (riders publish and read only their own topics)"
+            );
+            (url.clone(), None, None)
+        }
         None => {
             let internal = auth::hmac_hex(jwt_secret.as_bytes(), b"darkstore mqtt server credential");
-            let (secret, server_password) = (jwt_secret.clone().into_bytes(), internal.clone());
-            let broker_clock = clock.clone();
-            let addr = mqtt::start_embedded_broker(config.mqtt_listen, move |_client, user, pass| {
-                broker_auth(&secret, &server_password, &user, &pass, broker_clock.now_secs())
-            })?;
-            (format!("mqtt://{addr}"), Some((mqtt::SERVER_USERNAME.to_owned(), internal)))
+            let access = Arc::new(broker::Access::new(
+                jwt_secret.clone().into_bytes(),
+                internal.clone(),
+                server_client_id.clone(),
+                clock.clone(),
+            ));
+            access.set_state(Arc::downgrade(&state));
+            let embedded = broker::EmbeddedBroker::start(config.mqtt_listen, access, mqtt::MAX_PAYLOAD).await?;
+            let url = format!("mqtt://{}", embedded.addr);
+            (url, Some((broker::SERVER_USERNAME.to_owned(), internal)), Some(embedded))
         }
     };
-    let (mqtt, incoming) = mqtt::connect(&mqtt_url, credentials, config.mqtt_queue)?;
+    let (mqtt, incoming) = mqtt::connect(&mqtt_url, server_client_id, credentials, config.mqtt_queue)?;
     for _ in 0..50 {
         if mqtt.connected.load(std::sync::atomic::Ordering::Relaxed) {
             break;
@@ -175,6 +190,7 @@ pub async fn start(config: &ServeConfig, listener: TcpListener, clock: Arc<dyn C
         feeds,
         pages: http::pages::Pages::default(),
         mqtt: Some(mqtt.clone()),
+        broker_access: broker.as_ref().map(|b| b.access.clone()),
         ws: http::ws::WsLimits::new(config.ws_max_connections, config.ws_max_per_client, config.ws_queue),
     });
     let (stop, stopped) = watch::channel(false);
@@ -222,23 +238,12 @@ pub async fn start(config: &ServeConfig, listener: TcpListener, clock: Arc<dyn C
         http_addr: listener.local_addr()?,
         mqtt_url: Some(mqtt.url.clone()),
         app,
+        broker,
         listener,
         commit_task,
         background,
         stop,
     })
-}
-
-/// Who may connect to the embedded broker: the server itself, a rider with its own rider token
-/// (username = rider id), or an admin token.
-fn broker_auth(secret: &[u8], server_password: &str, user: &str, pass: &str, now_secs: i64) -> bool {
-    if user == mqtt::SERVER_USERNAME {
-        return pass == server_password;
-    }
-    match auth::verify(secret, pass, now_secs) {
-        Ok(c) => c.role == auth::Role::Admin || (c.role == auth::Role::Rider && c.sub == user),
-        Err(_) => false,
-    }
 }
 
 /// Runs `tick` every `period` until `stop` turns true.
@@ -297,6 +302,9 @@ impl Server {
         let db = self.app.state.db.clone();
         if let Some(m) = &self.app.mqtt {
             let _ = m.client.try_disconnect();
+        }
+        if let Some(b) = &self.broker {
+            b.shutdown();
         }
         drop(self.app);
         // The commit task ends when the last handle to the state (and its committer) is gone.

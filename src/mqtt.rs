@@ -1,12 +1,11 @@
-//! MQTT: the embedded broker (rumqttd) when no external one is configured, and the server's own
-//! client (rumqttc), the same code path for both.
+//! MQTT: the server's own client (rumqttc), the same code path for the embedded broker
+//! (`broker.rs`) and an external one.
 //!
 //! The client subscribes to the riders' topics and hands each message to a bounded queue; when
 //! the queue is full the message is shed and counted, never buffered without bound. After a
 //! broker restart rumqttc reconnects on the next poll; every CONNACK resubscribes, and the
 //! `connected` flag (what `/readyz` reports) is false in between.
 
-use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
@@ -16,8 +15,6 @@ use tokio::sync::mpsc;
 
 use crate::BoxError;
 
-/// The username the server itself connects with to the embedded broker.
-pub const SERVER_USERNAME: &str = "darkstore-server";
 /// Largest MQTT payload accepted, bytes.
 pub const MAX_PAYLOAD: usize = 16 * 1024;
 
@@ -66,89 +63,23 @@ fn parse_url(url: &str) -> Result<(String, u16, Option<Credentials>), BoxError> 
     Ok((host, port, creds))
 }
 
-/// Starts the embedded broker on `listen` (port 0 picks a free port), authenticating each client
-/// with `auth(client_id, username, password)`. Returns the address it listens on, once it accepts
-/// connections.
-pub fn start_embedded_broker(
-    listen: SocketAddr,
-    auth: impl Fn(String, String, String) -> bool + Send + Sync + 'static,
-) -> Result<SocketAddr, BoxError> {
-    // rumqttd binds by itself, does not report its port, and only logs a failed bind: bind here
-    // first, so port 0 becomes a real port and a taken address is an error, not a silent
-    // connection to whoever holds it.
-    let probe =
-        TcpListener::bind(listen).map_err(|e| format!("the embedded MQTT broker cannot listen on {listen}: {e}"))?;
-    let addr = probe.local_addr()?;
-    drop(probe);
-    let auth = Arc::new(auth);
-    let mut connections = rumqttd::ConnectionSettings {
-        connection_timeout_ms: 60_000,
-        max_payload_size: MAX_PAYLOAD,
-        max_inflight_count: 500,
-        auth: None,
-        external_auth: None,
-        dynamic_filters: true,
-    };
-    connections.set_auth_handler(move |client_id, user, pass| {
-        let auth = auth.clone();
-        async move { auth(client_id, user, pass) }
-    });
-    let server = rumqttd::ServerSettings {
-        name: "darkstore".to_owned(),
-        listen: addr,
-        tls: None,
-        next_connection_delay_ms: 0,
-        connections,
-    };
-    let config = rumqttd::Config {
-        id: 0,
-        router: rumqttd::RouterConfig {
-            max_connections: 20_010,
-            max_outgoing_packet_count: 1_000,
-            // rumqttd keeps, per subscription filter, an in-memory log of what was published. All
-            // positions land in one filter's log: keep it to two 1 MiB segments, or memory grows
-            // with every position ever sent (its defaults allow 1 GiB per filter).
-            max_segment_size: 1024 * 1024,
-            max_segment_count: 2,
-            custom_segment: None,
-            initialized_filters: None,
-            shared_subscriptions_strategy: Default::default(),
-        },
-        v4: Some([("darkstore".to_owned(), server)].into_iter().collect()),
-        v5: None,
-        ws: None,
-        cluster: None,
-        console: None,
-        bridge: None,
-        prometheus: None,
-        metrics: None,
-    };
-    std::thread::Builder::new().name("mqtt-broker".into()).spawn(move || {
-        // Broker::start blocks for the life of the broker; it has no shutdown, so the thread ends
-        // with the process.
-        if let Err(e) = rumqttd::Broker::new(config).start() {
-            tracing::error!(error = %e, "embedded MQTT broker stopped");
-        }
-    })?;
-    // Ready when it accepts a TCP connection.
-    for _ in 0..100 {
-        if TcpStream::connect_timeout(&addr, Duration::from_millis(100)).is_ok() {
-            return Ok(addr);
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    Err(format!("the embedded MQTT broker did not start on {addr}").into())
+/// A client id for the server: random per start, so no one can guess it and knock the server off
+/// the broker by connecting under it.
+pub fn server_client_id() -> Result<String, BoxError> {
+    let mut bytes = [0u8; 16];
+    getrandom::fill(&mut bytes).map_err(|e| format!("no randomness: {e}"))?;
+    Ok(format!("darkstore-server-{}", hex::encode(bytes)))
 }
 
-/// Connects the server's client to `url` and starts its event loop. Incoming rider messages go to
-/// the returned queue (bounded by `queue`).
+/// Connects the server's client to `url` under `client_id` and starts its event loop. Incoming
+/// rider messages go to the returned queue (bounded by `queue`).
 pub fn connect(
     url: &str,
+    client_id: String,
     credentials: Option<Credentials>,
     queue: usize,
 ) -> Result<(Mqtt, mpsc::Receiver<Incoming>), BoxError> {
     let (host, port, url_creds) = parse_url(url)?;
-    let client_id = format!("darkstore-server-{}", std::process::id());
     let mut options = MqttOptions::new(client_id, host, port);
     options.set_keep_alive(Duration::from_secs(10));
     options.set_clean_session(true);

@@ -379,7 +379,7 @@ async fn mqtt_carries_stock_and_order_status() {
         .rsplit_once(':')
         .map(|(h, p)| (h.to_owned(), p.parse::<u16>().unwrap()))
         .unwrap();
-    let mut opts = MqttOptions::new("feeds-test", host, port);
+    let mut opts = MqttOptions::new("admin:admin:feeds-test", host, port);
     opts.set_credentials("admin", admin());
     let (client, mut el) = AsyncClient::new(opts, 100);
     client.subscribe("stores/s1/stock", QoS::AtLeastOnce).await.unwrap();

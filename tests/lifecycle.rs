@@ -164,9 +164,10 @@ async fn a_rider_registered_by_a_client_that_hung_up_is_known_to_ingest() {
         );
         let mut socket = std::net::TcpStream::connect(&addr).unwrap();
         socket.write_all(request.as_bytes()).unwrap();
-        // Hang up without reading the answer.
+        // Hang up without reading the answer, after 0 to 19 ms: some while the commit is in
+        // flight, some before the server read the request at all.
+        tokio::time::sleep(Duration::from_millis(i)).await;
         drop(socket);
-        tokio::time::sleep(Duration::from_millis(if i % 2 == 0 { 0 } else { 5 })).await;
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
     for i in 0..20 {

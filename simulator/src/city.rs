@@ -764,7 +764,8 @@ async fn rider(ctx: Arc<Ctx>, id: String, store: Store, seed: u64) {
     else {
         return s.error("mqtt_url");
     };
-    let mut opts = MqttOptions::new(format!("{id}-{}", std::process::id()), host, port);
+    // `{rider}:…`: the embedded broker binds client ids to the token's subject.
+    let mut opts = MqttOptions::new(format!("{id}:{}", std::process::id()), host, port);
     opts.set_keep_alive(Duration::from_secs(15));
     opts.set_credentials(id.clone(), token);
     let (client, mut eventloop) = AsyncClient::new(opts, 256);

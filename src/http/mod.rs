@@ -51,6 +51,8 @@ pub struct App {
     pub feeds: Arc<crate::feeds::Feeds>,
     pub pages: pages::Pages,
     pub mqtt: Option<crate::mqtt::Mqtt>,
+    /// The embedded broker's access rules (None with an external broker).
+    pub broker_access: Option<Arc<crate::broker::Access>>,
     pub ws: ws::WsLimits,
 }
 

@@ -70,6 +70,15 @@ pub fn metrics_response(app: &AppRef) -> Response {
         extra.push(("darkstore_mqtt_connection_errors_total".into(), "counter", load(&m.reconnects)));
         extra.push(("darkstore_mqtt_published_total".into(), "counter", load(&m.published)));
     }
+    if let Some(access) = &app.broker_access {
+        let c = &access.counters;
+        for (what, n) in
+            [("connect", &c.connects_refused), ("subscribe", &c.subscribes_refused), ("publish", &c.publishes_refused)]
+        {
+            extra.push((format!("darkstore_mqtt_refused_total{{what=\"{what}\"}}"), "counter", load(n)));
+        }
+        extra.push(("darkstore_mqtt_sessions_expired_total".into(), "counter", load(&c.sessions_expired)));
+    }
     let w = &app.ws;
     extra.push(("darkstore_ws_connections".into(), "gauge", w.connections.load(Ordering::Relaxed) as f64));
     extra.push(("darkstore_ws_subscriptions".into(), "gauge", app.feeds.n_subscriptions() as f64));

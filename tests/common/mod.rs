@@ -185,12 +185,32 @@ pub async fn rider_client(
     rider: &str,
     password: Option<String>,
 ) -> (AsyncClient, mpsc::Receiver<(String, Value)>, bool) {
+    // Client ids are bound to the token's subject on the embedded broker: `{rider}:…`, or
+    // `{role}:{sub}:…` for other roles.
+    let role =
+        password.as_deref().and_then(|p| auth::verify(SECRET.as_bytes(), p, now_ms() / 1000).ok()).map(|c| c.role);
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos();
+    let client_id = match role {
+        Some(Role::Rider) | None => format!("{rider}:{nanos}"),
+        Some(r) => format!("{}:{rider}:{nanos}", r.as_str()),
+    };
+    mqtt_client(broker, &client_id, rider, password).await
+}
+
+/// An MQTT client with this client id, username and password; publishes it receives arrive on
+/// the channel. The third value is true when the broker accepted the connection.
+pub async fn mqtt_client(
+    broker: &str,
+    client_id: &str,
+    user: &str,
+    password: Option<String>,
+) -> (AsyncClient, mpsc::Receiver<(String, Value)>, bool) {
     let hostport = broker.trim_start_matches("mqtt://");
     let (host, port) = hostport.rsplit_once(':').unwrap();
-    let mut opts = MqttOptions::new(unique(rider), host, port.parse().unwrap());
+    let mut opts = MqttOptions::new(client_id, host, port.parse().unwrap());
     opts.set_keep_alive(Duration::from_secs(5));
     if let Some(p) = password {
-        opts.set_credentials(rider, p);
+        opts.set_credentials(user, p);
     }
     let (client, mut eventloop) = AsyncClient::new(opts, 100);
     let (tx, rx) = mpsc::channel(100);

@@ -85,7 +85,7 @@ test("the dashboard follows riders, orders and stock live", async () => {
   assert.match(await page.textContent("#store-name"), /Indiranagar/);
 
   // A rider position published over MQTT moves its marker.
-  const client = await mqtt.connectAsync(server.mqtt, { username: "r1", password: rider, reconnectPeriod: 0 });
+  const client = await mqtt.connectAsync(server.mqtt, { username: "r1", password: rider, clientId: "r1:browser-test", reconnectPeriod: 0 });
   cleanups.push(() => client.endAsync());
   await client.publishAsync("riders/r1/shift", JSON.stringify({ on_shift: true }), { qos: 1 });
   const t0 = Date.now();

@@ -1,0 +1,174 @@
+//! Riders speak only for themselves on the embedded broker: what another rider can subscribe to,
+//! publish as someone else, or keep doing after its token ran out.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{STORE_LAT, STORE_LNG, Server, admin, eventually, metric, mqtt_of, now_ms, order_body, token};
+use darkstore::auth::{Claims, Role};
+use darkstore_db::scratch::ScratchDb;
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS, SubscribeReasonCode};
+use serde_json::{Value, json};
+use tokio::sync::mpsc;
+
+/// What a client saw: messages, and SUBACK return codes.
+enum Seen {
+    Message(String, Value),
+    SubAck(Vec<SubscribeReasonCode>),
+    Down,
+}
+
+async fn client(broker: &str, client_id: &str, user: &str, password: String) -> (AsyncClient, mpsc::Receiver<Seen>) {
+    let hostport = broker.trim_start_matches("mqtt://");
+    let (host, port) = hostport.rsplit_once(':').unwrap();
+    let mut opts = MqttOptions::new(client_id, host, port.parse().unwrap());
+    opts.set_keep_alive(Duration::from_secs(5));
+    opts.set_credentials(user, password);
+    let (client, mut eventloop) = AsyncClient::new(opts, 100);
+    let (tx, rx) = mpsc::channel(1000);
+    tokio::spawn(async move {
+        loop {
+            let seen = match eventloop.poll().await {
+                Ok(Event::Incoming(Packet::Publish(p))) => {
+                    Seen::Message(p.topic, serde_json::from_slice(&p.payload).unwrap_or(Value::Null))
+                }
+                Ok(Event::Incoming(Packet::SubAck(a))) => Seen::SubAck(a.return_codes),
+                Ok(_) => continue,
+                Err(_) => {
+                    let _ = tx.send(Seen::Down).await;
+                    break;
+                }
+            };
+            if tx.send(seen).await.is_err() {
+                break;
+            }
+        }
+    });
+    (client, rx)
+}
+
+async fn rider_position(server: &Server, rider: &str) -> Value {
+    server.call("GET", &format!("/v1/riders/{rider}"), Some(&admin()), None).await.1
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rider_can_neither_read_nor_forge_another_riders_topics() {
+    let scratch = ScratchDb::sqlite("ds_broker_acl");
+    let server = Server::start(&scratch.url, &["--dispatch-tick-ms", "200"]);
+    server.seed("s1", "milk", 10).await;
+    let broker = mqtt_of(&server);
+    for r in ["r-1", "r-2"] {
+        let (s, _) = server
+            .call("PUT", &format!("/v1/riders/{r}"), Some(&admin()), Some(json!({"name": r, "store_id": "s1"})))
+            .await;
+        assert_eq!(s, 201);
+    }
+    let (one, mut one_seen) = client(&broker, "r-1:app", "r-1", token(Role::Rider, "r-1", None)).await;
+    one.subscribe("riders/r-1/tasks", QoS::AtLeastOnce).await.unwrap();
+    assert!(
+        matches!(one_seen.recv().await, Some(Seen::SubAck(c)) if c == [SubscribeReasonCode::Success(QoS::AtLeastOnce)])
+    );
+    one.publish("riders/r-1/shift", QoS::AtLeastOnce, false, r#"{"on_shift":true}"#).await.unwrap();
+    let home = json!({"lat": STORE_LAT + 0.001, "lng": STORE_LNG, "ts": now_ms()});
+    one.publish("riders/r-1/location", QoS::AtLeastOnce, false, home.to_string()).await.unwrap();
+    eventually("r-1 on shift at the store", 10, || async {
+        let me = rider_position(&server, "r-1").await;
+        (me["on_shift"] == true && me["lat"].is_number()).then_some(())
+    })
+    .await;
+
+    // r-2 tries to listen to everything, and to speak as r-1.
+    let (two, mut two_seen) = client(&broker, "r-2:app", "r-2", token(Role::Rider, "r-2", None)).await;
+    for filter in ["#", "riders/+/tasks", "riders/r-1/#", "riders/r-1/tasks", "orders/#", "stores/#"] {
+        two.subscribe(filter, QoS::AtLeastOnce).await.unwrap();
+        match two_seen.recv().await {
+            Some(Seen::SubAck(codes)) => assert_eq!(codes, [SubscribeReasonCode::Failure], "{filter}"),
+            _ => panic!("no SUBACK for {filter}"),
+        }
+    }
+    let far = json!({"lat": STORE_LAT + 0.01, "lng": STORE_LNG, "ts": now_ms() + 500});
+    two.publish("riders/r-1/location", QoS::AtLeastOnce, false, far.to_string()).await.unwrap();
+    two.publish("riders/r-1/shift", QoS::AtLeastOnce, false, r#"{"on_shift":false}"#).await.unwrap();
+    let fake =
+        json!({"task_id": "fake", "store_id": "s1", "pickup": {"lat": 0, "lng": 0}, "orders": [], "assigned_at": 0});
+    two.publish("riders/r-1/tasks", QoS::AtLeastOnce, false, fake.to_string()).await.unwrap();
+
+    // r-1 delivers an order meanwhile.
+    let alice = token(Role::Customer, "alice", None);
+    let (_, order) = server.order(&alice, "k", order_body("milk", 1)).await;
+    let id = order["id"].as_str().unwrap().to_owned();
+    server.call("POST", &format!("/v1/orders/{id}/packed"), Some(&token(Role::Staff, "sam", Some("s1"))), None).await;
+    let task = loop {
+        match tokio::time::timeout(Duration::from_secs(10), one_seen.recv()).await.expect("a task for r-1") {
+            Some(Seen::Message(topic, task)) => {
+                assert_eq!(topic, "riders/r-1/tasks");
+                assert_ne!(task["task_id"], "fake", "r-2's forged task reached r-1");
+                break task;
+            }
+            Some(Seen::SubAck(_)) => continue,
+            _ => panic!("r-1 lost its connection"),
+        }
+    };
+    assert_eq!(task["orders"][0]["id"], id.as_str());
+    for kind in ["picked_up", "delivered"] {
+        let e = json!({"type": kind, "order_id": id, "ts": now_ms()});
+        // r-2 tries first, as r-1: dropped.
+        two.publish("riders/r-1/events", QoS::AtLeastOnce, false, e.to_string()).await.unwrap();
+        one.publish("riders/r-1/events", QoS::AtLeastOnce, false, e.to_string()).await.unwrap();
+    }
+    eventually("delivered by r-1", 10, || async {
+        let (_, o) = server.call("GET", &format!("/v1/orders/{id}"), Some(&alice), None).await;
+        (o["status"] == "delivered").then_some(())
+    })
+    .await;
+    // r-2 learned nothing, and changed nothing of r-1.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    while let Ok(seen) = two_seen.try_recv() {
+        assert!(!matches!(seen, Seen::Message(..)), "r-2 received a message");
+    }
+    let me = rider_position(&server, "r-1").await;
+    assert_eq!((me["on_shift"].as_bool(), me["lat"].as_f64()), (Some(true), Some(STORE_LAT + 0.001)), "{me}");
+    assert!(metric(&server, "darkstore_mqtt_refused_total{what=\"subscribe\"} ").await >= 6.0);
+    assert!(metric(&server, "darkstore_mqtt_refused_total{what=\"publish\"} ").await >= 5.0);
+    // Nobody can take the server's session: positions keep arriving after r-2 tried.
+    let (_, mut refused) = client(&broker, "darkstore-server-0", "r-2", token(Role::Rider, "r-2", None)).await;
+    assert!(matches!(refused.recv().await, Some(Seen::Down)));
+    let moved = json!({"lat": STORE_LAT + 0.0015, "lng": STORE_LNG, "ts": now_ms()});
+    one.publish("riders/r-1/location", QoS::AtLeastOnce, false, moved.to_string()).await.unwrap();
+    eventually("the position after the attempt", 10, || async {
+        (rider_position(&server, "r-1").await["lat"].as_f64() == Some(STORE_LAT + 0.0015)).then_some(())
+    })
+    .await;
+    drop(server);
+    scratch.drop_database().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_mqtt_session_ends_with_its_token() {
+    let scratch = ScratchDb::sqlite("ds_broker_expiry");
+    let server = Server::start(&scratch.url, &[]);
+    server.call("PUT", "/v1/riders/r-9", Some(&admin()), Some(json!({"name": "R"}))).await;
+    let exp = now_ms() / 1000 + 3;
+    let short = darkstore::auth::sign(
+        common::SECRET.as_bytes(),
+        &Claims { sub: "r-9".into(), role: Role::Rider, store: None, exp },
+    );
+    let (c, mut seen) = client(&mqtt_of(&server), "r-9:app", "r-9", short).await;
+    c.publish("riders/r-9/shift", QoS::AtLeastOnce, false, r#"{"on_shift":true}"#).await.unwrap();
+    eventually("on shift", 5, || async { (rider_position(&server, "r-9").await["on_shift"] == true).then_some(()) })
+        .await;
+    // The token runs out: the broker disconnects the session within a second or two.
+    let down = tokio::time::timeout(Duration::from_secs(8), async {
+        loop {
+            if let Some(Seen::Down) | None = seen.recv().await {
+                break;
+            }
+        }
+    })
+    .await;
+    assert!(down.is_ok(), "the session outlived its token");
+    assert!(metric(&server, "darkstore_mqtt_sessions_expired_total ").await >= 1.0);
+    drop(server);
+    scratch.drop_database().await;
+}
