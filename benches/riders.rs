@@ -122,9 +122,23 @@ fn nearest_queries(rng: &mut Rng, mut query: impl FnMut(f64, f64)) -> (f64, f64)
     (times[queries / 2] as f64 / 1000.0, times[queries * 99 / 100] as f64 / 1000.0)
 }
 
-async fn through_broker(secs: u64) {
+/// Positions through a broker: Mosquitto (`external`), or the server's embedded broker with its
+/// access checks (every client authenticated by token, every publish and subscribe authorized).
+async fn through_broker(secs: u64, external: bool) {
     let scratch = ScratchDb::sqlite("ds_bench_riders");
-    let server = BenchServer::start(&scratch.url, &["--mqtt-url", "mqtt://127.0.0.1:1883"]);
+    let flags: &[&str] =
+        if external { &["--mqtt-url", "mqtt://127.0.0.1:1883"] } else { &["--mqtt-listen", "127.0.0.1:0"] };
+    let server = BenchServer::start(&scratch.url, flags);
+    let hostport = server.mqtt.trim_start_matches("mqtt://").to_owned();
+    let (host, port) = hostport.rsplit_once(':').map(|(h, p)| (h.to_owned(), p.parse::<u16>().unwrap())).unwrap();
+    // On the embedded broker an admin token may read and publish every rider's topics, under a
+    // client id bound to its subject.
+    let creds = |opts: &mut MqttOptions| {
+        if !external {
+            opts.set_credentials("bench", token(Role::Admin, "bench", None));
+        }
+    };
+    let id = |name: String| if external { name } else { format!("admin:bench:{name}") };
     let base = server.base.clone();
     let admin = token(Role::Admin, "admin", None);
     let http = reqwest::Client::new();
@@ -150,8 +164,9 @@ async fn through_broker(secs: u64) {
 
     // A plain subscriber on the same broker.
     let received = Arc::new(AtomicU64::new(0));
-    let mut opts = MqttOptions::new(format!("bench-sub-{}", std::process::id()), "127.0.0.1", 1883);
+    let mut opts = MqttOptions::new(id(format!("bench-sub-{}", std::process::id())), host.clone(), port);
     opts.set_keep_alive(Duration::from_secs(10));
+    creds(&mut opts);
     let (sub, mut sub_loop) = AsyncClient::new(opts, 1000);
     sub.subscribe("riders/+/location", QoS::AtMostOnce).await.unwrap();
     let counter = received.clone();
@@ -171,8 +186,9 @@ async fn through_broker(secs: u64) {
     for p in 0..8 {
         let stop = stop.clone();
         let sent = sent.clone();
+        let mut opts = MqttOptions::new(id(format!("bench-pub-{p}-{}", std::process::id())), host.clone(), port);
+        creds(&mut opts);
         tasks.push(tokio::spawn(async move {
-            let mut opts = MqttOptions::new(format!("bench-pub-{p}-{}", std::process::id()), "127.0.0.1", 1883);
             opts.set_keep_alive(Duration::from_secs(10));
             let (client, mut el) = AsyncClient::new(opts, 10_000);
             tokio::spawn(async move { while el.poll().await.is_ok() {} });
@@ -215,7 +231,8 @@ async fn through_broker(secs: u64) {
     let processed = metric(&after, "darkstore_rider_positions_total ") - processed_before;
     let shed = metric(&after, "darkstore_rider_messages_dropped_total{reason=\"shed\"} ");
     let stale = metric(&after, "darkstore_rider_messages_dropped_total{reason=\"stale\"} ");
-    println!("through Mosquitto, {n_riders} riders, 8 publishers, {secs} s:");
+    let name = if external { "Mosquitto" } else { "the embedded broker (mqtt5, with access checks)" };
+    println!("through {name}, {n_riders} riders, 8 publishers, {secs} s:");
     println!("  published            {:>9.0} positions/s", sent as f64 / elapsed);
     println!("  plain subscriber got {:>9.0} positions/s", got as f64 / elapsed);
     println!(
@@ -352,6 +369,9 @@ fn redis_geo(pos: &[(f64, f64)]) {
 fn main() {
     let positions = in_process();
     let secs = std::env::var("BENCH_SECS").ok().and_then(|v| v.parse().ok()).unwrap_or(10);
-    tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap().block_on(through_broker(secs));
+    tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap().block_on(async {
+        through_broker(secs, true).await;
+        through_broker(secs, false).await;
+    });
     redis_geo(&positions);
 }
