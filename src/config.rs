@@ -105,6 +105,11 @@ pub struct ServeConfig {
     #[arg(long, env = "DARKSTORE_RIDER_SILENCE_SECS", default_value_t = 30)]
     pub rider_silence_secs: u64,
 
+    /// How close to the drop point (metres) a rider's last position must be for a `delivered`
+    /// event without the order's delivery code to count.
+    #[arg(long, env = "DARKSTORE_DELIVERY_RADIUS_M", default_value_t = 100.0)]
+    pub delivery_radius_m: f64,
+
     /// Rider messages queued between the MQTT client and the ingest worker; beyond it they are shed.
     #[arg(long, env = "DARKSTORE_MQTT_QUEUE", default_value_t = 65_536)]
     pub mqtt_queue: usize,

@@ -148,6 +148,9 @@ impl From<crate::riders::Dropped> for ApiError {
             D::UnknownRider => ApiError::not_found("no such rider"),
             D::Stale => ApiError::conflict("the position is older than the last one"),
             D::Malformed => ApiError::invalid("malformed rider message"),
+            D::Unproven => ApiError::invalid(
+                "a delivered event needs the order's delivery code, or the rider's position at the drop point",
+            ),
             D::Implausible => {
                 ApiError::invalid("implausible position: out of range, from the future, or an impossible speed or jump")
             }

@@ -82,14 +82,34 @@ impl EventKind {
 pub struct Ingest {
     pub state: Arc<State>,
     pub riders: Arc<Riders>,
+    /// How close to the drop point a rider must be to deliver without the code, metres.
+    pub delivery_radius_m: f64,
     /// Hand-backs whose commit failed (the database was away): (order, rider), retried each tick.
     retry: Mutex<Vec<(String, String)>>,
     pub handed_back: std::sync::atomic::AtomicU64,
 }
 
 impl Ingest {
-    pub fn new(state: Arc<State>, riders: Arc<Riders>) -> Ingest {
-        Ingest { state, riders, retry: Mutex::new(Vec::new()), handed_back: Default::default() }
+    pub fn new(state: Arc<State>, riders: Arc<Riders>, delivery_radius_m: f64) -> Ingest {
+        Ingest { state, riders, delivery_radius_m, retry: Mutex::new(Vec::new()), handed_back: Default::default() }
+    }
+
+    /// Proof that `rider` is handing `order` over: the order's delivery code, or the rider's last
+    /// position (heard within the silence limit) within the delivery radius of the drop point.
+    /// Orders placed before codes existed need the position only.
+    fn delivery_proven(&self, order: &Order, rider: &str, code: Option<&str>) -> bool {
+        if let (Some(expected), Some(given)) = (order.delivery_code.as_deref(), code)
+            && darkstore_auth::constant_time_eq(expected.as_bytes(), given.trim().as_bytes())
+        {
+            return true;
+        }
+        let now = self.state.now();
+        self.riders.get(rider).is_some_and(|r| {
+            let fresh = now - r.seen_at <= self.riders.silence_ms;
+            r.pos.is_some_and(|(lat, lng)| {
+                fresh && darkstore_geoinv::travel::distance_m(lat, lng, order.lat, order.lng) <= self.delivery_radius_m
+            })
+        })
     }
 
     pub fn location(&self, rider: &str, loc: &Location) -> Result<(), Dropped> {
@@ -145,17 +165,25 @@ impl Ingest {
     }
 
     /// Applies a rider event. Events for orders the rider does not hold are ignored (and counted).
-    pub async fn event(&self, rider: &str, kind: EventKind, order_id: &str) -> Result<(), Dropped> {
+    pub async fn event(&self, rider: &str, kind: EventKind, order_id: &str, code: Option<&str>) -> Result<(), Dropped> {
         if !self.riders.exists(rider) {
             return Err(Dropped::UnknownRider);
         }
         self.riders.counters.events.fetch_add(1, Ordering::Relaxed);
         self.riders.seen(rider, self.state.now());
         let holds = |o: &Order| o.rider_id.as_deref() == Some(rider);
-        let held = match self.state.order(order_id) {
-            Some(o) => holds(&*o.lock().await),
-            None => false,
+        let (held, proven) = match self.state.order(order_id) {
+            Some(o) => {
+                let o = o.lock().await;
+                (holds(&o), kind != EventKind::Delivered || self.delivery_proven(&o, rider, code))
+            }
+            None => (false, true),
         };
+        if held && !proven {
+            // Refused: the order stays picked up until the rider proves the hand-over.
+            tracing::info!(%rider, order = %order_id, "delivered refused: no delivery code and not at the door");
+            return Err(Dropped::Unproven);
+        }
         let result = match kind {
             EventKind::ArrivedStore if held => Ok(Progress::ArrivedStore),
             EventKind::PickedUp => self
@@ -193,7 +221,7 @@ pub fn spawn(
     mut incoming: mpsc::Receiver<Incoming>,
     stop: watch::Receiver<bool>,
 ) -> Vec<tokio::task::JoinHandle<()>> {
-    let (events_tx, mut events_rx) = mpsc::channel::<(String, EventKind, String)>(16_384);
+    let (events_tx, mut events_rx) = mpsc::channel::<(String, EventKind, String, Option<String>)>(16_384);
     let mut handles = Vec::new();
     // Positions and shifts inline; events to the sequential worker.
     let d = ingest.clone();
@@ -224,10 +252,10 @@ pub fn spawn(
                 },
                 RiderInbox::Events => match serde_json::from_slice::<Event>(&msg.payload)
                     .ok()
-                    .and_then(|e| Some((EventKind::parse(&e.kind)?, e.order_id)))
+                    .and_then(|e| Some((EventKind::parse(&e.kind)?, e.order_id, e.code)))
                 {
-                    Some((kind, order_id)) => {
-                        if events_tx.try_send((rider.to_owned(), kind, order_id)).is_err() {
+                    Some((kind, order_id, code)) => {
+                        if events_tx.try_send((rider.to_owned(), kind, order_id, code)).is_err() {
                             d.riders.counters.shed.fetch_add(1, Ordering::Relaxed);
                         }
                         Ok(())
@@ -244,11 +272,11 @@ pub fn spawn(
     let mut stop_events = stop;
     handles.push(tokio::spawn(async move {
         loop {
-            let (rider, kind, order_id) = tokio::select! {
+            let (rider, kind, order_id, code) = tokio::select! {
                 m = events_rx.recv() => match m { Some(m) => m, None => break },
                 _ = stop_events.changed() => break,
             };
-            if let Err(drop) = d.event(&rider, kind, &order_id).await {
+            if let Err(drop) = d.event(&rider, kind, &order_id, code.as_deref()).await {
                 d.riders.count(drop);
             }
         }

@@ -174,7 +174,7 @@ pub async fn start(config: &ServeConfig, listener: TcpListener, clock: Arc<dyn C
         publisher.set_mqtt(Box::new(move |topic, payload| mqtt.publish(topic, payload, rumqttc::QoS::AtLeastOnce)));
     }
     let tick_ms = config.dispatch_tick_ms.max(100);
-    let ingest = Arc::new(Ingest::new(state.clone(), riders.clone()));
+    let ingest = Arc::new(Ingest::new(state.clone(), riders.clone(), config.delivery_radius_m.max(0.0)));
     let dispatcher = Arc::new(Dispatcher::new(ingest.clone(), tick_ms as i64));
     let app = Arc::new(App {
         state: state.clone(),

@@ -37,7 +37,7 @@ fn main() -> ExitCode {
 
 fn init_logs(format: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("DARKSTORE_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,mqtt5=warn"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,mqtt5=error"));
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     if format == "json" {
         builder.json().init();

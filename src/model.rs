@@ -57,6 +57,9 @@ pub struct Order {
     pub total_minor: i64,
     /// What is owed back, once the payment is `refund_due` (or was refunded).
     pub refund_minor: Option<i64>,
+    /// The 4-digit code the customer gives the rider at the door (None for orders placed before
+    /// codes existed). Shown to the order's customer only.
+    pub delivery_code: Option<String>,
     pub rider_id: Option<String>,
     pub eta_minutes: i64,
     pub created_at: Millis,

@@ -44,6 +44,18 @@ pub fn order_json(o: &Order, promise_ms: Millis) -> Value {
     v
 }
 
+/// An order as its own customer sees it: with the delivery code it gives the rider at the door.
+/// `viewer` is the caller's (role, subject); anyone else gets [`order_json`].
+pub fn order_json_for(o: &Order, promise_ms: Millis, viewer: (darkstore_auth::Role, &str)) -> Value {
+    let mut v = order_json(o, promise_ms);
+    let own =
+        matches!(viewer.0, darkstore_auth::Role::Customer | darkstore_auth::Role::Admin) && viewer.1 == o.customer_id;
+    if own && let Some(code) = &o.delivery_code {
+        v["delivery_code"] = json!(code);
+    }
+    v
+}
+
 /// An order's status as MQTT `orders/{id}/status` carries it.
 pub fn order_status_json(o: &Order) -> Value {
     json!({

@@ -69,11 +69,13 @@ async fn delivery_story(extra: &[&str], rider_password: bool) {
     let (s, _) = server.call("GET", &format!("/v1/orders/{id}"), Some(&rider_token), None).await;
     assert_eq!(s, 200);
 
+    // The rider waits 100 m from the door: the customer's code proves the hand-over.
+    let code = order["delivery_code"].as_str().expect("the customer sees its delivery code").to_owned();
     for kind in ["arrived_store", "picked_up", "picked_up", "delivered"] {
         publish(
             &client,
             format!("riders/{rider}/events"),
-            json!({"type": kind, "order_id": id, "ts": common::now_ms()}),
+            json!({"type": kind, "order_id": id, "ts": common::now_ms(), "code": code}),
         )
         .await;
     }

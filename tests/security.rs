@@ -256,3 +256,87 @@ async fn one_client_holds_a_bounded_number_of_websockets() {
     drop(server);
     scratch.drop_database().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delivered_needs_the_customers_code_or_the_rider_at_the_door() {
+    let scratch = ScratchDb::sqlite("ds_sec_proof");
+    let server = Server::start(&scratch.url, &["--dispatch-tick-ms", "100", "--delivery-radius-m", "100"]);
+    server.seed("s1", "milk", 10).await;
+    let rider = "r-pod";
+    server
+        .call("PUT", &format!("/v1/riders/{rider}"), Some(&admin()), Some(json!({"name": "R", "store_id": "s1"})))
+        .await;
+    let me = token(Role::Rider, rider, None);
+    server.call("POST", &format!("/v1/riders/{rider}/shift"), Some(&me), Some(json!({"on_shift": true}))).await;
+    let at = |lat: f64, ts: i64| json!({"lat": lat, "lng": STORE_LNG, "ts": ts});
+    server.call("POST", &format!("/v1/riders/{rider}/location"), Some(&me), Some(at(STORE_LAT, now_ms()))).await;
+    let alice = token(Role::Customer, "alice", None);
+    let staff = token(Role::Staff, "sam", Some("s1"));
+    // Two orders; the drop point is 111 m north of the store, where the rider waits.
+    let mut orders = Vec::new();
+    for key in ["first", "second"] {
+        let (_, o) = server.order(&alice, key, order_body("milk", 1)).await;
+        let code = o["delivery_code"].as_str().expect("its customer sees the code").to_owned();
+        assert_eq!(code.len(), 4);
+        let id = o["id"].as_str().unwrap().to_owned();
+        // Nobody else sees it: not staff, not the rider, not the order's feed.
+        let (_, seen) = server.call("GET", &format!("/v1/orders/{id}"), Some(&staff), None).await;
+        assert!(seen.get("delivery_code").is_none(), "{seen}");
+        server.call("POST", &format!("/v1/orders/{id}/packed"), Some(&staff), None).await;
+        orders.push((id, code));
+    }
+    let (first, code) = orders[0].clone();
+    let (second, second_code) = orders[1].clone();
+    common::eventually("both assigned", 10, || async {
+        let mut n = 0;
+        for (id, _) in [&orders[0], &orders[1]] {
+            let (_, o) = server.call("GET", &format!("/v1/orders/{id}"), Some(&me), None).await;
+            n += (o["rider_id"] == rider) as usize;
+        }
+        (n == 2).then_some(())
+    })
+    .await;
+    let (_, o) = server.call("GET", &format!("/v1/orders/{first}"), Some(&me), None).await;
+    assert!(o.get("delivery_code").is_none(), "the rider never sees the code: {o}");
+    for id in [&first, &second] {
+        let e = json!({"type": "picked_up", "order_id": id, "ts": now_ms()});
+        server.call("POST", &format!("/v1/riders/{rider}/events"), Some(&me), Some(e)).await;
+    }
+    let deliver = |id: &str, code: Option<&str>| {
+        let mut e = json!({"type": "delivered", "order_id": id, "ts": now_ms()});
+        if let Some(c) = code {
+            e["code"] = json!(c);
+        }
+        let path = format!("/v1/riders/{rider}/events");
+        let (server, me) = (&server, &me);
+        async move { server.call("POST", &path, Some(me), Some(e)).await.0 }
+    };
+    // At the store (111 m from the door): no code, a wrong one, or another order's are refused.
+    let wrong = if code == "0000" { "0001" } else { "0000" };
+    for (what, given) in
+        [("no code", None), ("a wrong code", Some(wrong)), ("another order's code", Some(second_code.as_str()))]
+    {
+        if given == Some(code.as_str()) {
+            continue; // the two orders drew the same code
+        }
+        assert_eq!(deliver(&first, given).await, 422, "{what}");
+        let (_, o) = server.call("GET", &format!("/v1/orders/{first}"), Some(&alice), None).await;
+        assert_eq!(o["status"], "picked_up", "{what}");
+    }
+    assert!(
+        common::metric(&server, "darkstore_rider_messages_dropped_total{reason=\"unproven_delivery\"} ").await >= 2.0
+    );
+    // The right code proves it from anywhere.
+    assert_eq!(deliver(&first, Some(&code)).await, 202);
+    // At the door, no code is needed.
+    server
+        .call("POST", &format!("/v1/riders/{rider}/location"), Some(&me), Some(at(STORE_LAT + 0.001, now_ms())))
+        .await;
+    assert_eq!(deliver(&second, None).await, 202);
+    for id in [&first, &second] {
+        let (_, o) = server.call("GET", &format!("/v1/orders/{id}"), Some(&alice), None).await;
+        assert_eq!(o["status"], "delivered");
+    }
+    drop(server);
+    scratch.drop_database().await;
+}

@@ -42,6 +42,11 @@ pub fn order_json(app: &AppRef, o: &Order) -> Value {
     crate::views::order_json(o, app.state.promise_ms())
 }
 
+/// An order as `caller` may see it (its customer also gets the delivery code).
+fn order_json_for(app: &AppRef, caller: &Caller, o: &Order) -> Value {
+    crate::views::order_json_for(o, app.state.promise_ms(), (caller.0.role, &caller.0.sub))
+}
+
 fn validate(body: &OrderBody) -> Result<(), ApiError> {
     check_point(body.lat, body.lng)?;
     if body.lines.is_empty() {
@@ -67,9 +72,11 @@ fn validate(body: &OrderBody) -> Result<(), ApiError> {
 
 pub async fn place(State(app): State<AppRef>, caller: Caller, headers: HeaderMap, body: Bytes) -> Response {
     let started = std::time::Instant::now();
+    let viewer = (caller.0.role, caller.0.sub.clone());
     let (outcome, response) = match place_inner(&app, caller, &headers, &body).await {
         Ok((order, replayed)) => {
-            let mut response = (StatusCode::CREATED, Json(order_json(&app, &order))).into_response();
+            let body = crate::views::order_json_for(&order, app.state.promise_ms(), (viewer.0, &viewer.1));
+            let mut response = (StatusCode::CREATED, Json(body)).into_response();
             if replayed {
                 response.headers_mut().insert("idempotent-replayed", HeaderValue::from_static("true"));
             }
@@ -139,7 +146,7 @@ async fn visible_order(app: &AppRef, caller: &Caller, id: &str) -> Result<Order,
 
 pub async fn get(State(app): State<AppRef>, caller: Caller, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
     let order = visible_order(&app, &caller, &id).await?;
-    Ok(Json(order_json(&app, &order)))
+    Ok(Json(order_json_for(&app, &caller, &order)))
 }
 
 pub async fn cancel(

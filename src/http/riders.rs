@@ -52,7 +52,14 @@ pub async fn event(
     let kind = EventKind::parse(&event.kind)
         .ok_or_else(|| ApiError::invalid("type must be arrived_store, picked_up, delivered or rejected"))?;
     let ingest = app.ingest.clone();
-    detached(async move { ingest.event(&rider_id, kind, &event.order_id).await }).await??;
+    detached(async move {
+        let refused = ingest.event(&rider_id, kind, &event.order_id, event.code.as_deref()).await;
+        if let Err(d) = refused {
+            ingest.riders.count(d);
+        }
+        refused
+    })
+    .await??;
     Ok(StatusCode::ACCEPTED)
 }
 

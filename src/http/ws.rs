@@ -403,7 +403,7 @@ async fn handle_op(
             // Register first, then snapshot: what changes meanwhile arrives after the snapshot.
             app.feeds.subscribe(&topic, sub);
             subs.insert(topic.clone(), 0);
-            let data = snapshot(app, &topic).await;
+            let data = snapshot(app, claims, &topic).await;
             vec![frame_text(&topic, "snapshot", 0, &data.to_string())]
         }
         "unsubscribe" => {
@@ -456,7 +456,7 @@ async fn authorize(app: &AppRef, claims: &Option<Claims>, topic: &str) -> Result
 }
 
 /// The first message of a subscription: the topic's current state.
-async fn snapshot(app: &AppRef, topic: &str) -> Value {
+async fn snapshot(app: &AppRef, claims: &Option<Claims>, topic: &str) -> Value {
     let state = &app.state;
     let promise = state.promise_ms();
     match Feed::parse(topic) {
@@ -472,7 +472,12 @@ async fn snapshot(app: &AppRef, topic: &str) -> Value {
                 .and_then(|r| app.riders.get(r))
                 .filter(|r| r.task.as_ref().is_some_and(|t| t.holds(&o.id)))
                 .map(|r| views::rider_position_json(&r));
-            json!({"order": views::order_json(&o, promise), "rider": rider})
+            // Its customer's snapshot carries the delivery code; the frames after it never do.
+            let order = match claims {
+                Some(c) => views::order_json_for(&o, promise, (c.role, &c.sub)),
+                None => views::order_json(&o, promise),
+            };
+            json!({"order": order, "rider": rider})
         }
         Some(Feed::Store(store_id)) => {
             let Some(store) = state.store(store_id) else { return Value::Null };

@@ -34,10 +34,13 @@ pub enum Dropped {
     Stale,
     /// Out of range, from the future, or a physically impossible speed or jump.
     Implausible,
+    /// A `delivered` event with neither the order's delivery code nor a position at the door.
+    Unproven,
 }
 
 impl Dropped {
-    pub const ALL: [Dropped; 4] = [Dropped::Malformed, Dropped::UnknownRider, Dropped::Stale, Dropped::Implausible];
+    pub const ALL: [Dropped; 5] =
+        [Dropped::Malformed, Dropped::UnknownRider, Dropped::Stale, Dropped::Implausible, Dropped::Unproven];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -45,6 +48,7 @@ impl Dropped {
             Dropped::UnknownRider => "unknown_rider",
             Dropped::Stale => "stale",
             Dropped::Implausible => "implausible",
+            Dropped::Unproven => "unproven_delivery",
         }
     }
 }

@@ -137,6 +137,7 @@ fn an_order_leaving_a_sent_task_sends_it_again_and_the_last_one_withdraws_it() {
         payment_status: darkstore_geoinv::order::PaymentStatus::None,
         total_minor: 0,
         refund_minor: None,
+        delivery_code: None,
         rider_id: rider.map(Into::into),
         eta_minutes: 0,
         created_at: T0,

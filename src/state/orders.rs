@@ -125,6 +125,7 @@ impl State {
             payment_status,
             total_minor: Order::total_of(&lines),
             refund_minor: None,
+            delivery_code: Some(new_delivery_code()),
             rider_id: None,
             eta_minutes,
             created_at: now,
@@ -146,6 +147,7 @@ impl State {
             status: status.as_str(),
             payment_status: payment_status.as_str(),
             total_minor: order.total_minor,
+            delivery_code: order.delivery_code.clone(),
             eta_minutes: order.eta_minutes,
             created_at: now,
             hold_expires_at,
@@ -273,6 +275,16 @@ impl State {
     pub fn n_orders(&self) -> usize {
         self.orders.len()
     }
+}
+
+/// A 4-digit delivery code, uniformly random.
+fn new_delivery_code() -> String {
+    let mut b = [0u8; 4];
+    let n = match getrandom::fill(&mut b) {
+        Ok(()) => u32::from_le_bytes(b),
+        Err(_) => std::hash::BuildHasher::hash_one(&ahash::RandomState::new(), 0u8) as u32,
+    };
+    format!("{:04}", n % 10_000)
 }
 
 /// Crockford's base32 alphabet, lower case (no i, l, o, u).

@@ -36,6 +36,7 @@ pub(super) fn order_from_row(o: OrderRow, packed_at: Option<Millis>, holds: Vec<
         payment_status,
         total_minor: o.total_minor,
         refund_minor: o.refund_minor,
+        delivery_code: o.delivery_code,
         rider_id: o.rider_id,
         eta_minutes: o.eta_minutes,
         created_at: o.created_at,

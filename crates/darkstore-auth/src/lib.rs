@@ -126,6 +126,11 @@ pub fn verify(secret: &[u8], token: &str, now_secs: i64) -> Result<Claims, Token
     Ok(claims)
 }
 
+/// Whether two byte strings are equal, in time that does not depend on where they differ.
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
 /// HMAC-SHA256 of `body` under `secret`, compared in constant time with the hex `signature`.
 pub fn verify_hmac_hex(secret: &[u8], body: &[u8], signature: &str) -> bool {
     let Ok(expected) = hex::decode(signature.trim()) else {

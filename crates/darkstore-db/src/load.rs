@@ -59,6 +59,7 @@ pub struct OrderRow {
     pub payment_status: String,
     pub total_minor: i64,
     pub refund_minor: Option<i64>,
+    pub delivery_code: Option<String>,
     pub rider_id: Option<String>,
     pub eta_minutes: i64,
     pub created_at: i64,
@@ -97,7 +98,7 @@ pub struct Snapshot {
 
 /// The columns `order_row` reads, in its order.
 const ORDER_COLUMNS: &str = "id, customer_id, idempotency_key, request_hash, store_id, lat, lng, status, rider_id, \
-     eta_minutes, created_at, updated_at, hold_expires_at, payment_status, total_minor, refund_minor";
+     eta_minutes, created_at, updated_at, hold_expires_at, payment_status, total_minor, refund_minor, delivery_code";
 
 fn order_row(r: &sqlx::any::AnyRow, lines: Vec<OrderLineRow>) -> Result<OrderRow, DbError> {
     Ok(OrderRow {
@@ -117,6 +118,7 @@ fn order_row(r: &sqlx::any::AnyRow, lines: Vec<OrderLineRow>) -> Result<OrderRow
         payment_status: r.try_get(13)?,
         total_minor: r.try_get(14)?,
         refund_minor: r.try_get(15)?,
+        delivery_code: r.try_get(16)?,
         lines,
     })
 }

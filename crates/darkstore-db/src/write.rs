@@ -33,6 +33,7 @@ pub struct NewOrder {
     pub status: &'static str,
     pub payment_status: &'static str,
     pub total_minor: i64,
+    pub delivery_code: Option<String>,
     pub eta_minutes: i64,
     pub created_at: i64,
     pub hold_expires_at: Option<i64>,
@@ -189,7 +190,7 @@ impl Db {
         }
         for chunk in orders.chunks(ROWS_PER_STATEMENT) {
             let mut q = MultiInsert::new(
-                "INSERT INTO orders (id, customer_id, idempotency_key, request_hash, store_id, lat, lng, status, eta_minutes, created_at, updated_at, hold_expires_at, payment_status, total_minor)",
+                "INSERT INTO orders (id, customer_id, idempotency_key, request_hash, store_id, lat, lng, status, eta_minutes, created_at, updated_at, hold_expires_at, payment_status, total_minor, delivery_code)",
             );
             let mut events = MultiInsert::new("INSERT INTO order_events (order_id, status, payment_status, ts)");
             for o in chunk {
@@ -207,7 +208,8 @@ impl Db {
                     .bind(o.created_at)
                     .bind(o.hold_expires_at)
                     .bind(o.payment_status)
-                    .bind(o.total_minor);
+                    .bind(o.total_minor)
+                    .bind(o.delivery_code.clone());
                 events.row().bind(o.id.clone()).bind(o.status).bind(o.payment_status).bind(o.created_at);
             }
             q.execute(conn, "").await?;

@@ -37,6 +37,7 @@ fn order(id: &str, key: &str) -> NewOrder {
         status: "confirmed",
         payment_status: "paid",
         total_minor: 12_000,
+        delivery_code: Some("0420".into()),
         eta_minutes: 9,
         created_at: 2_000,
         hold_expires_at: None,
@@ -165,6 +166,7 @@ async fn story(url: &str) {
     assert_eq!((o1.status.as_str(), o1.payment_status.as_str()), ("cancelled", "refund_due"));
     assert_eq!((o1.total_minor, o1.refund_minor), (12_000, Some(12_000)));
     assert_eq!((o0.payment_status.as_str(), o0.refund_minor), ("paid", None));
+    assert_eq!(o0.delivery_code.as_deref(), Some("0420"));
     let payments: Vec<(String, Option<String>)> =
         db.payment_events("o1").await.unwrap().into_iter().map(|e| (e.0, e.1)).collect();
     assert_eq!(payments, [("confirmed".into(), Some("paid".into())), ("cancelled".into(), Some("refund_due".into()))]);
