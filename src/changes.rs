@@ -31,7 +31,9 @@ pub enum Change<'a> {
     Order { order: &'a Order, before: Option<OrderBefore> },
     /// Stock lines of a store changed.
     Stock { store_id: &'a str, store: StoreIdx, lines: &'a [LineView], crossings: &'a [Crossing], now: Millis },
-    /// A rider's live state changed (position, shift, status or task).
+    /// A rider's live state changed (position, shift, status or task). For a position (the
+    /// hottest path) it is emitted while the rider's entry is locked, without a copy: observers
+    /// of it must not call back into `Riders`.
     Rider { rider: &'a Rider },
     /// A rider's task was given or changed: the rider must be told. A task with no orders left
     /// is withdrawn.

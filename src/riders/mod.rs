@@ -261,10 +261,9 @@ impl Riders {
         slot.rider.ts = fix.ts;
         slot.rider.seen_at = now;
         self.reindex(&mut slot, now);
-        let snapshot = slot.rider.clone();
-        drop(slot);
         self.counters.positions.fetch_add(1, Ordering::Relaxed);
-        self.emit_rider(&snapshot);
+        // The hottest path: told under the rider's entry lock, without a copy (see `Change::Rider`).
+        self.changes.emit(&Change::Rider { rider: &slot.rider });
         Ok(())
     }
 
