@@ -139,7 +139,7 @@ pub async fn start(config: &ServeConfig, listener: TcpListener, clock: Arc<dyn C
     let (mqtt_url, credentials, broker) = match &config.mqtt_url {
         Some(url) => {
             tracing::warn!(
-                %url,
+                url = %mqtt::redacted(url),
                 "an external MQTT broker: darkstore cannot enforce who may publish or subscribe what there; \
                  give it the access rules in the README (riders publish and read only their own topics)"
             );

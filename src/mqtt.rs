@@ -63,6 +63,12 @@ fn parse_url(url: &str) -> Result<(String, u16, Option<Credentials>), BoxError> 
     Ok((host, port, creds))
 }
 
+/// The URL without its credentials, for logs and the ready line.
+pub fn redacted(url: &str) -> String {
+    let rest = url.trim_start_matches("mqtt://").trim_start_matches("tcp://");
+    format!("mqtt://{}", rest.rsplit('@').next().unwrap_or(rest))
+}
+
 /// A client id for the server: random per start, so no one can guess it and knock the server off
 /// the broker by connecting under it.
 pub fn server_client_id() -> Result<String, BoxError> {
@@ -92,10 +98,7 @@ pub fn connect(
     let mqtt = Mqtt {
         client: client.clone(),
         connected: Arc::new(AtomicBool::new(false)),
-        url: format!(
-            "mqtt://{}",
-            url.trim_start_matches("mqtt://").trim_start_matches("tcp://").rsplit('@').next().unwrap_or(url)
-        ),
+        url: redacted(url),
         shed: Arc::new(AtomicU64::new(0)),
         reconnects: Arc::new(AtomicU64::new(0)),
         published: Arc::new(AtomicU64::new(0)),
@@ -164,5 +167,7 @@ mod tests {
         assert!(parse_url("http://host").is_err());
         assert!(parse_url("mqtt://host:x").is_err());
         assert!(parse_url("mqtt://:1883").is_err());
+        assert_eq!(super::redacted("mqtt://server:secret@host:1884"), "mqtt://host:1884");
+        assert_eq!(super::redacted("mqtt://host:1883"), "mqtt://host:1883");
     }
 }
