@@ -88,11 +88,23 @@ pub struct Access {
     server_password: String,
     server_client_id: String,
     clock: Arc<dyn Clock>,
-    /// Token expiry (unix seconds) of each connected client, by client id.
-    sessions: DashMap<String, i64, ahash::RandomState>,
+    /// Connected clients by client id.
+    sessions: DashMap<String, Session, ahash::RandomState>,
     /// Whose orders are whose, for customers' subscriptions.
     state: OnceLock<Weak<State>>,
     pub counters: AccessCounters,
+}
+
+/// A connected client.
+#[derive(Debug, Clone)]
+struct Session {
+    /// Token expiry, unix seconds.
+    exp: i64,
+    /// Who it is (`Who::key`).
+    user: String,
+    /// Connections under this client id (a reconnect takes the session over before the old
+    /// connection's end is reported).
+    connections: u32,
 }
 
 /// `sub` or `sub:anything` (ids cannot contain ':', so no subject's ids can be another's).
@@ -143,7 +155,7 @@ impl Access {
     /// The session's identity, while its token is valid.
     fn live(&self, client_id: &str, user: Option<&str>) -> Option<Who> {
         let who = Who::parse(user?)?;
-        let exp = self.sessions.get(client_id).map(|e| *e)?;
+        let exp = self.sessions.get(client_id).map(|s| s.exp)?;
         (exp > self.clock.now_secs()).then_some(who)
     }
 
@@ -182,7 +194,7 @@ impl Access {
     /// Client ids whose token has expired (they are forgotten here).
     fn expired(&self) -> Vec<String> {
         let now = self.clock.now_secs();
-        let ids: Vec<String> = self.sessions.iter().filter(|e| *e.value() <= now).map(|e| e.key().clone()).collect();
+        let ids: Vec<String> = self.sessions.iter().filter(|e| e.exp <= now).map(|e| e.key().clone()).collect();
         for id in &ids {
             self.sessions.remove(id);
         }
@@ -201,8 +213,14 @@ impl AuthProvider for Access {
         Box::pin(async move {
             Ok(match self.admit(connect) {
                 Some((who, exp)) => {
-                    self.sessions.insert(connect.client_id.clone(), exp);
-                    AuthResult::success_with_user(who.key())
+                    let user = who.key();
+                    let mut s = self.sessions.entry(connect.client_id.clone()).or_insert(Session {
+                        exp,
+                        user: user.clone(),
+                        connections: 0,
+                    });
+                    *s = Session { exp, user: user.clone(), connections: s.connections + 1 };
+                    AuthResult::success_with_user(user)
                 }
                 None => {
                     self.counters.connects_refused.fetch_add(1, Ordering::Relaxed);
@@ -240,8 +258,19 @@ struct Forget(Weak<Access>);
 
 impl BrokerEventHandler for Forget {
     fn on_client_disconnect<'a>(&'a self, event: ClientDisconnectEvent) -> Boxed<'a, ()> {
-        if let Some(access) = self.0.upgrade() {
-            access.sessions.remove(&*event.client_id);
+        // Only a connection that authenticated as the session's user ends it; the session is
+        // forgotten when its last connection ends.
+        if let (Some(access), Some(user)) = (self.0.upgrade(), event.user_id.as_deref()) {
+            let mut gone = false;
+            if let Some(mut s) = access.sessions.get_mut(&*event.client_id)
+                && s.user == user
+            {
+                s.connections = s.connections.saturating_sub(1);
+                gone = s.connections == 0;
+            }
+            if gone {
+                access.sessions.remove_if(&*event.client_id, |_, s| s.connections == 0);
+            }
         }
         Box::pin(async {})
     }

@@ -245,3 +245,26 @@ async fn an_mqtt_session_ends_with_its_token() {
     drop(server);
     scratch.drop_database().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rider_that_reconnects_under_its_client_id_keeps_its_rights() {
+    let scratch = ScratchDb::sqlite("ds_broker_takeover");
+    let server = Server::start(&scratch.url, &[]);
+    server.call("PUT", "/v1/riders/r-7", Some(&admin()), Some(json!({"name": "R"}))).await;
+    let broker = mqtt_of(&server);
+    let (first, _first_seen) = client(&broker, "r-7:phone", "r-7", token(Role::Rider, "r-7", None)).await;
+    first.publish("riders/r-7/shift", QoS::AtLeastOnce, false, r#"{"on_shift":true}"#).await.unwrap();
+    eventually("on shift", 5, || async { (rider_position(&server, "r-7").await["on_shift"] == true).then_some(()) })
+        .await;
+    // The phone reconnects (the old connection is taken over, its end reported after).
+    let (second, _second_seen) = client(&broker, "r-7:phone", "r-7", token(Role::Rider, "r-7", None)).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let at = json!({"lat": STORE_LAT, "lng": STORE_LNG, "ts": now_ms()});
+    second.publish("riders/r-7/location", QoS::AtLeastOnce, false, at.to_string()).await.unwrap();
+    eventually("the position from the new connection", 5, || async {
+        (rider_position(&server, "r-7").await["lat"].as_f64() == Some(STORE_LAT)).then_some(())
+    })
+    .await;
+    drop(server);
+    scratch.drop_database().await;
+}
