@@ -115,7 +115,7 @@ impl Ingest {
     pub fn location(&self, rider: &str, loc: &Location) -> Result<(), Dropped> {
         let now = self.state.now();
         self.riders.location(rider, loc.fix(), now)?;
-        self.state.metrics.position_age.observe((now - loc.ts).max(0) as f64 / 1000.0);
+        self.state.metrics.position_age.observe(now.saturating_sub(loc.ts).max(0) as f64 / 1000.0);
         Ok(())
     }
 

@@ -210,8 +210,8 @@ async fn connection(app: AppRef, mut socket: WebSocket, claims: Option<Claims>) 
     let mut endings: HashMap<String, Instant> = HashMap::new();
     // The connection ends when its token does.
     let expires = claims.as_ref().map(|c| {
-        let left = (c.exp * 1000 - app.clock.now_ms()).max(0) as u64;
-        Instant::now() + Duration::from_millis(left)
+        let left = c.exp.saturating_mul(1000).saturating_sub(app.clock.now_ms()).max(0) as u64;
+        Instant::now() + Duration::from_millis(left).min(FAR)
     });
     let token_expiry = tokio::time::sleep_until(expires.unwrap_or_else(|| Instant::now() + FAR).into());
     tokio::pin!(token_expiry);

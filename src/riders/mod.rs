@@ -250,7 +250,7 @@ impl Riders {
             return Err(Dropped::Stale);
         }
         if let Some((lat, lng)) = r.pos {
-            let seconds = (fix.ts - r.ts) as f64 / 1000.0;
+            let seconds = fix.ts.saturating_sub(r.ts) as f64 / 1000.0;
             let metres = distance_m(lat, lng, fix.lat, fix.lng);
             // A jump is judged with a little slack for GPS noise.
             if metres > 200.0 && metres > MAX_SPEED_MPS * seconds {

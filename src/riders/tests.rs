@@ -46,12 +46,17 @@ fn position_checks_table() {
             Fix { speed_mps: Some(500.0), ..fix(12.97, 77.64, T0 + 1000) },
             Err(Dropped::Implausible),
         ),
+        ("a timestamp before time began", "ghost", fix(12.97, 77.64, i64::MIN + 1), Err(Dropped::UnknownRider)),
         ("10 m in a second", "r1", fix(12.97009, 77.64, T0 + 1000), Ok(())),
     ];
     for (what, rider, report, expected) in cases {
         assert_eq!(fleet.location(rider, report, T0 + 1000), expected, "{what}");
     }
     assert_eq!(fleet.nearest(12.97, 77.64, 5), vec!["r1".to_owned()]);
+    // Extreme client timestamps never overflow: a first fix from the far past, then a jump.
+    fleet.upsert("r2", "R2", None);
+    assert_eq!(fleet.location("r2", fix(12.97, 77.64, i64::MIN + 1), T0), Ok(()));
+    assert_eq!(fleet.location("r2", fix(13.5, 77.64, T0), T0), Ok(()), "a jump over all of time is plausible");
 }
 
 #[test]
