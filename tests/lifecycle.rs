@@ -54,8 +54,20 @@ async fn assigned_to(server: &Server, id: &str, rider: &str) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_cancel_after_assignment_withdraws_the_task_and_frees_the_only_rider() {
-    let scratch = ScratchDb::sqlite("ds_cancel_assigned");
+async fn a_cancel_after_assignment_withdraws_the_task_and_frees_the_only_rider_on_sqlite() {
+    a_cancel_after_assignment_withdraws_the_task_and_frees_the_only_rider(ScratchDb::sqlite("ds_cancel_assigned"))
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancel_after_assignment_withdraws_the_task_and_frees_the_only_rider_on_postgres() {
+    match ScratchDb::postgres("ds_cancel_assigned").await {
+        Some(scratch) => a_cancel_after_assignment_withdraws_the_task_and_frees_the_only_rider(scratch).await,
+        None => eprintln!("DARKSTORE_TEST_POSTGRES is not set: skipped on PostgreSQL"),
+    }
+}
+
+async fn a_cancel_after_assignment_withdraws_the_task_and_frees_the_only_rider(scratch: ScratchDb) {
     let server = Server::start(&scratch.url, &["--dispatch-tick-ms", "200"]);
     server.seed("s1", "milk", 10).await;
     let rider = unique("rider");
@@ -107,8 +119,19 @@ async fn a_cancel_after_assignment_withdraws_the_task_and_frees_the_only_rider()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_cancel_racing_a_pickup_has_exactly_one_winner() {
-    let scratch = ScratchDb::sqlite("ds_cancel_race");
+async fn a_cancel_racing_a_pickup_has_exactly_one_winner_on_sqlite() {
+    a_cancel_racing_a_pickup_has_exactly_one_winner(ScratchDb::sqlite("ds_cancel_race")).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancel_racing_a_pickup_has_exactly_one_winner_on_postgres() {
+    match ScratchDb::postgres("ds_cancel_race").await {
+        Some(scratch) => a_cancel_racing_a_pickup_has_exactly_one_winner(scratch).await,
+        None => eprintln!("DARKSTORE_TEST_POSTGRES is not set: skipped on PostgreSQL"),
+    }
+}
+
+async fn a_cancel_racing_a_pickup_has_exactly_one_winner(scratch: ScratchDb) {
     let server = Server::start(&scratch.url, &["--dispatch-tick-ms", "100", "--rider-silence-secs", "3600"]);
     server.seed("s1", "milk", 1000).await;
     let rider = unique("racer");
@@ -192,8 +215,19 @@ async fn a_rider_registered_by_a_client_that_hung_up_is_known_to_ingest() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn payment_webhooks_in_any_order_over_http_and_on_the_feed() {
-    let scratch = ScratchDb::sqlite("ds_webhooks");
+async fn payment_webhooks_in_any_order_over_http_and_on_the_feed_on_sqlite() {
+    payment_webhooks_in_any_order_over_http_and_on_the_feed(ScratchDb::sqlite("ds_webhooks")).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn payment_webhooks_in_any_order_over_http_and_on_the_feed_on_postgres() {
+    match ScratchDb::postgres("ds_webhooks").await {
+        Some(scratch) => payment_webhooks_in_any_order_over_http_and_on_the_feed(scratch).await,
+        None => eprintln!("DARKSTORE_TEST_POSTGRES is not set: skipped on PostgreSQL"),
+    }
+}
+
+async fn payment_webhooks_in_any_order_over_http_and_on_the_feed(scratch: ScratchDb) {
     let server = Server::start(&scratch.url, &["--payment-webhook-secret", "whsec-test"]);
     server.seed("s1", "milk", 10).await;
     let alice = token(Role::Customer, "alice", None);

@@ -35,7 +35,10 @@ async fn state_on(url: &str, clock: Arc<ManualClock>) -> State {
 }
 
 async fn world(name: &str) -> World {
-    let scratch = ScratchDb::sqlite(name);
+    world_on(ScratchDb::sqlite(name)).await
+}
+
+async fn world_on(scratch: ScratchDb) -> World {
     let clock = Arc::new(ManualClock::new(T0));
     let state = Arc::new(state_on(&scratch.url, clock.clone()).await);
     state.put_store("s1", "Indiranagar", 12.9719, 77.6412).await.unwrap();
@@ -106,7 +109,18 @@ async fn a_hold_runs_out_by_the_clock_and_a_late_payment_is_owed_back() {
 
 #[tokio::test]
 async fn webhooks_in_any_order_never_undo_a_payment() {
-    let w = world("ds_state_webhooks").await;
+    webhooks_in_any_order(world("ds_state_webhooks").await).await;
+}
+
+#[tokio::test]
+async fn webhooks_in_any_order_never_undo_a_payment_on_postgres() {
+    match ScratchDb::postgres("ds_state_webhooks").await {
+        Some(scratch) => webhooks_in_any_order(world_on(scratch).await).await,
+        None => eprintln!("DARKSTORE_TEST_POSTGRES is not set: skipped on PostgreSQL"),
+    }
+}
+
+async fn webhooks_in_any_order(w: World) {
     // (events, final status, payment, refund)
     let cases: Vec<(&[E], OrderStatus, P, Option<i64>)> = vec![
         (&[E::Succeeded], OrderStatus::Confirmed, P::Paid, None),
