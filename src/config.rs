@@ -132,6 +132,10 @@ pub struct ServeConfig {
     #[arg(long, env = "DARKSTORE_WS_MAX_PER_CLIENT", default_value_t = 16)]
     pub ws_max_per_client: usize,
 
+    /// Seconds a customer or rider keeps an order's WebSocket feed after the order finished.
+    #[arg(long, env = "DARKSTORE_WS_ORDER_GRACE_SECS", default_value_t = 60)]
+    pub ws_order_grace_secs: u64,
+
     /// Log format on stderr: text or json.
     #[arg(long, env = "DARKSTORE_LOG_FORMAT", default_value = "text")]
     pub log_format: String,

@@ -191,7 +191,12 @@ pub async fn start(config: &ServeConfig, listener: TcpListener, clock: Arc<dyn C
         pages: http::pages::Pages::default(),
         mqtt: Some(mqtt.clone()),
         broker_access: broker.as_ref().map(|b| b.access.clone()),
-        ws: http::ws::WsLimits::new(config.ws_max_connections, config.ws_max_per_client, config.ws_queue),
+        ws: http::ws::WsLimits::new(
+            config.ws_max_connections,
+            config.ws_max_per_client,
+            config.ws_queue,
+            Duration::from_secs(config.ws_order_grace_secs),
+        ),
     });
     let (stop, stopped) = watch::channel(false);
     let mut background = ingest::spawn(ingest, incoming, stopped.clone());

@@ -109,7 +109,7 @@ async fn a_websocket_closes_when_its_token_expires() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_order_feed_follows_who_holds_the_order() {
     let scratch = ScratchDb::sqlite("ds_sec_feed");
-    let server = Server::start(&scratch.url, &["--dispatch-tick-ms", "100"]);
+    let server = Server::start(&scratch.url, &["--dispatch-tick-ms", "100", "--ws-order-grace-secs", "1"]);
     server.seed("s1", "milk", 10).await;
     let rider = "r-sec";
     server
@@ -169,6 +169,22 @@ async fn an_order_feed_follows_who_holds_the_order() {
     let mut late = ws(&server, &alice).await;
     let snap = subscribe(&mut late, &topic).await;
     assert_eq!((snap["data"]["order"]["status"].as_str(), &snap["data"]["rider"]), (Some("delivered"), &Value::Null));
+    // The customer keeps the finished order's feed for the grace period (1 s here), then it ends.
+    let ended = loop {
+        let v = next(&mut late).await.expect("the feed ends with a message");
+        if v["type"] == "error" {
+            break v;
+        }
+    };
+    assert_eq!(ended["data"]["error"], "ended", "{ended}");
+    // The customer who followed it live is told too.
+    let ended = loop {
+        let v = next(&mut customer).await.expect("the live feed ends with a message");
+        if v["type"] == "error" {
+            break v;
+        }
+    };
+    assert_eq!(ended["data"]["error"], "ended", "{ended}");
     drop(server);
     scratch.drop_database().await;
 }

@@ -37,8 +37,6 @@ const OPS_PER_SEC: f64 = 20.0;
 const PING_EVERY: Duration = Duration::from_secs(20);
 const SILENT_LIMIT: Duration = Duration::from_secs(60);
 const SEND_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long a customer or rider keeps an order's feed after the order finished.
-const FINISHED_GRACE: Duration = Duration::from_secs(60);
 /// The close code for a connection whose token expired.
 const TOKEN_EXPIRED: u16 = 4001;
 /// Far enough in the future to mean never.
@@ -48,6 +46,8 @@ const FAR: Duration = Duration::from_secs(100 * 365 * 86_400);
 #[derive(Debug)]
 pub struct WsLimits {
     pub max_connections: usize,
+    /// How long a customer or rider keeps an order's feed after the order finished.
+    pub finished_grace: Duration,
     /// Most connections one client (role and subject, or IP address) may hold.
     pub max_per_client: usize,
     per_client: dashmap::DashMap<String, usize, ahash::RandomState>,
@@ -80,9 +80,10 @@ impl WsLimits {
         self.per_client.remove_if(client, |_, n| *n == 0);
     }
 
-    pub fn new(max_connections: usize, max_per_client: usize, queue: usize) -> WsLimits {
+    pub fn new(max_connections: usize, max_per_client: usize, queue: usize, finished_grace: Duration) -> WsLimits {
         WsLimits {
             max_connections,
+            finished_grace,
             max_per_client,
             per_client: Default::default(),
             queue,
@@ -216,7 +217,19 @@ async fn connection(app: AppRef, mut socket: WebSocket, claims: Option<Claims>) 
     let token_expiry = tokio::time::sleep_until(expires.unwrap_or_else(|| Instant::now() + FAR).into());
     tokio::pin!(token_expiry);
     loop {
+        // The next order feed to end, if any.
+        let next_end = endings.values().min().copied();
         let out: Vec<String> = tokio::select! {
+            _ = tokio::time::sleep_until(next_end.unwrap_or_else(Instant::now).into()), if next_end.is_some() => {
+                let now = Instant::now();
+                let ended: Vec<String> = endings.iter().filter(|(_, at)| **at <= now).map(|(t, _)| t.clone()).collect();
+                let mut out = Vec::new();
+                for topic in ended {
+                    endings.remove(&topic);
+                    out.extend(end_subscription(&app, &sub, &mut subs, &topic, "ended", "the order is finished"));
+                }
+                out
+            }
             msg = socket.recv() => {
                 last_heard = Instant::now();
                 match msg {
@@ -233,7 +246,7 @@ async fn connection(app: AppRef, mut socket: WebSocket, claims: Option<Claims>) 
                             vec![error_text(None, "rate_limited", "too many operations; slow down")]
                         } else {
                             tokens -= 1.0;
-                            handle_op(&app, &sub, &claims, &mut subs, text.as_str()).await
+                            handle_op(&app, &sub, &claims, &mut subs, &mut endings, text.as_str()).await
                         }
                     }
                     Some(Ok(Message::Binary(_))) => vec![error_text(None, "invalid_request", "frames must be JSON text")],
@@ -250,7 +263,7 @@ async fn connection(app: AppRef, mut socket: WebSocket, claims: Option<Claims>) 
             Some(frame) = queue.recv() => match order_feed_access(&claims, &frame) {
                 FeedAccess::Keep => render(&mut subs, &frame).into_iter().collect(),
                 FeedAccess::EndsSoon => {
-                    endings.entry(frame.topic.to_string()).or_insert_with(|| Instant::now() + FINISHED_GRACE);
+                    endings.entry(frame.topic.to_string()).or_insert_with(|| Instant::now() + app.ws.finished_grace);
                     render(&mut subs, &frame).into_iter().collect()
                 }
                 FeedAccess::Lost => end_subscription(&app, &sub, &mut subs, &frame.topic, "not_found", "you no longer have access to this order"),
@@ -273,14 +286,7 @@ async fn connection(app: AppRef, mut socket: WebSocket, claims: Option<Claims>) 
                 if tokio::time::timeout(SEND_TIMEOUT, socket.send(Message::Ping(Vec::new().into()))).await.is_err() {
                     break;
                 }
-                let now = Instant::now();
-                let ended: Vec<String> = endings.iter().filter(|(_, at)| **at <= now).map(|(t, _)| t.clone()).collect();
-                let mut out = Vec::new();
-                for topic in ended {
-                    endings.remove(&topic);
-                    out.extend(end_subscription(&app, &sub, &mut subs, &topic, "ended", "the order is finished"));
-                }
-                out
+                Vec::new()
             }
         };
         let mut failed = false;
@@ -373,6 +379,7 @@ async fn handle_op(
     sub: &Arc<Subscriber>,
     claims: &Option<Claims>,
     subs: &mut HashMap<String, u64>,
+    endings: &mut HashMap<String, Instant>,
     text: &str,
 ) -> Vec<String> {
     let op: Op = match serde_json::from_str(text) {
@@ -404,10 +411,17 @@ async fn handle_op(
             app.feeds.subscribe(&topic, sub);
             subs.insert(topic.clone(), 0);
             let data = snapshot(app, claims, &topic).await;
+            // An order already finished: its customer or rider keeps the feed for the grace period.
+            endings.remove(&topic);
+            let finished = matches!(data["order"]["status"].as_str(), Some("delivered" | "cancelled" | "expired"));
+            if finished && claims.as_ref().is_some_and(|c| matches!(c.role, Role::Customer | Role::Rider)) {
+                endings.insert(topic.clone(), Instant::now() + app.ws.finished_grace);
+            }
             vec![frame_text(&topic, "snapshot", 0, &data.to_string())]
         }
         "unsubscribe" => {
             app.feeds.unsubscribe(&topic, sub.id);
+            endings.remove(&topic);
             match subs.remove(&topic) {
                 Some(seq) => vec![frame_text(&topic, "unsubscribed", seq + 1, "null")],
                 None => vec![error_text(Some(&topic), "not_subscribed", "not subscribed to this topic")],
