@@ -132,15 +132,7 @@ async fn run_server(db_url: &str, clients: u64, secs: u64) -> Outcome {
     let line = &stock["lines"][0];
     assert_eq!(line["reserved"].as_u64(), Some(out.ok), "every 201 reserved exactly one unit: {line}");
     assert!(line["available"].as_i64().unwrap() >= 0);
-    let metrics = client
-        .get(format!("{base}/metrics"))
-        .bearer_auth(common::token(darkstore::auth::Role::Admin, "bench-admin", None))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = common::metrics_text(&client, &base).await;
     let (jobs, transactions) =
         (metric(&metrics, "darkstore_db_commit_jobs_total "), metric(&metrics, "darkstore_db_transactions_total "));
     println!(

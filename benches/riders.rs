@@ -151,15 +151,7 @@ async fn through_broker(secs: u64, external: bool) {
             .await
             .unwrap();
     }
-    let before = http
-        .get(format!("{base}/metrics"))
-        .bearer_auth(common::token(darkstore::auth::Role::Admin, "bench-admin", None))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let before = common::metrics_text(&http, &base).await;
     let processed_before = metric(&before, "darkstore_rider_positions_total ");
 
     // A plain subscriber on the same broker.
@@ -219,15 +211,7 @@ async fn through_broker(secs: u64, external: bool) {
     let got = received.load(Ordering::Relaxed) - received_at_start;
     let sent = sent.load(Ordering::Relaxed);
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let after = http
-        .get(format!("{base}/metrics"))
-        .bearer_auth(common::token(darkstore::auth::Role::Admin, "bench-admin", None))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let after = common::metrics_text(&http, &base).await;
     let processed = metric(&after, "darkstore_rider_positions_total ") - processed_before;
     let shed = metric(&after, "darkstore_rider_messages_dropped_total{reason=\"shed\"} ");
     let stale = metric(&after, "darkstore_rider_messages_dropped_total{reason=\"stale\"} ");

@@ -118,12 +118,7 @@ async fn mosquitto_with_the_readmes_rules_keeps_riders_apart() {
         .stderr(std::process::Stdio::null())
         .spawn()
         .expect("mosquitto is installed");
-    for _ in 0..100 {
-        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    common::wait_for_port(port);
     let scratch = ScratchDb::sqlite("ds_broker_mosq");
     let url = format!("mqtt://darkstore-server:server-pw@127.0.0.1:{port}");
     let server = Server::start(&scratch.url, &["--dispatch-tick-ms", "200", "--mqtt-url", &url]);

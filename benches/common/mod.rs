@@ -66,6 +66,12 @@ pub fn token(role: Role, sub: &str, store: Option<&str>) -> String {
 }
 
 /// The value of one series in a Prometheus text page (`name` includes labels and a space).
+/// The server's `/metrics` text (read with an admin token).
+pub async fn metrics_text(http: &reqwest::Client, base: &str) -> String {
+    let r = http.get(format!("{base}/metrics")).bearer_auth(token(Role::Admin, "bench-admin", None)).send().await;
+    r.expect("metrics").text().await.expect("metrics text")
+}
+
 pub fn metric(text: &str, name: &str) -> f64 {
     text.lines().find_map(|l| l.strip_prefix(name).and_then(|v| v.trim().parse().ok())).unwrap_or(0.0)
 }

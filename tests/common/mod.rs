@@ -262,3 +262,13 @@ pub async fn metric(server: &Server, series: &str) -> f64 {
         server.client.get(server.url("/metrics")).bearer_auth(admin()).send().await.unwrap().text().await.unwrap();
     text.lines().find_map(|l| l.strip_prefix(series).and_then(|v| v.trim().parse().ok())).unwrap_or(0.0)
 }
+
+/// Waits until something listens on 127.0.0.1:`port` (at most 5 s).
+pub fn wait_for_port(port: u16) {
+    for _ in 0..100 {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
