@@ -94,6 +94,14 @@ fn main() {
             payment_hold_ms: None,
             order_retention_ms: i64::MAX,
             key_retention_ms: i64::MAX,
+            quote: darkstore_geoinv::quote::QuoteParams {
+                pick_ms: 120_000,
+                pickers: 2,
+                handover_ms: 60_000,
+                bundle: 1.0,
+                cycle_ms: 960_000,
+            },
+            max_eta_minutes: None,
         };
         Arc::new(State::from_snapshot(config, db, committer, snap, Arc::new(SystemClock), Arc::new(Changes::new())))
     });
@@ -182,7 +190,7 @@ fn main() {
 /// What `GET /v1/availability` runs in process: the serving store, then its page (kept, or built
 /// and kept).
 fn kept(state: &State, pages: &Pages, lat: f64, lng: f64, limit: usize) -> (String, PageJson) {
-    let (store, eta) = state.serving(lat, lng).unwrap().expect("a serving store");
-    let page = pages.page(state, &store, eta, None, None, limit);
+    let (store, quote) = state.serving(lat, lng).unwrap().expect("a serving store");
+    let page = pages.page(state, &store, quote.eta_minutes(), None, None, limit);
     (store.id.clone(), page)
 }

@@ -60,6 +60,19 @@ pub struct ServeConfig {
     #[arg(long, env = "DARKSTORE_PICKING_MINUTES", default_value_t = 2.0)]
     pub picking_minutes: f64,
 
+    /// A store whose quote is past this many minutes takes no orders (422 not_serviceable, reason
+    /// busy). Unset: darkstore quotes honestly and lets the customer decide.
+    #[arg(long, env = "DARKSTORE_MAX_ETA_MINUTES")]
+    pub max_eta_minutes: Option<f64>,
+
+    /// Orders a store picks at once (the quote's picking queue).
+    #[arg(long, env = "DARKSTORE_PICKERS", default_value_t = 2)]
+    pub pickers: u32,
+
+    /// Seconds a rider spends at the door (the quote's hand-over).
+    #[arg(long, env = "DARKSTORE_HANDOVER_SECS", default_value_t = 60.0)]
+    pub handover_secs: f64,
+
     /// Secret of the payment provider's webhook. Set, orders wait in `pending_payment`.
     #[arg(long, env = "DARKSTORE_PAYMENT_WEBHOOK_SECRET", hide_env_values = true)]
     pub payment_webhook_secret: Option<String>,

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use darkstore_dispatch::{GeoTravel, OrderIn, Params, Pt, RiderIn, plan_tick};
 use darkstore_geoinv::Millis;
 use darkstore_geoinv::order::OrderStatus;
+use darkstore_geoinv::quote::StoreLoad;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
@@ -16,6 +17,8 @@ use crate::ingest::Ingest;
 use crate::model::{Task, TaskOrder};
 use crate::riders::Riders;
 use crate::state::State;
+
+type FastMap<K, V> = std::collections::HashMap<K, V, ahash::RandomState>;
 
 #[derive(Debug, Default)]
 pub struct DispatchCounters {
@@ -77,9 +80,7 @@ impl Dispatcher {
             }
         }
         let ids = self.state.dispatchable();
-        if ids.is_empty() {
-            return;
-        }
+        let mut loads: FastMap<u32, StoreLoad> = FastMap::default();
         let mut orders_in = Vec::with_capacity(ids.len());
         let mut meta: Vec<Candidate> = Vec::with_capacity(ids.len());
         let mut stores: Vec<(f64, f64)> = Vec::new();
@@ -90,6 +91,11 @@ impl Dispatcher {
                 continue;
             }
             let Some(store) = self.state.store(&o.store_id) else { continue };
+            let load = loads.entry(store.idx.0).or_default();
+            load.awaiting_rider += 1;
+            if o.status == OrderStatus::Confirmed && o.packed_at.is_none() {
+                load.to_pick += 1;
+            }
             stores.push((store.lat, store.lng));
             orders_in.push(OrderIn {
                 key: meta.len(),
@@ -105,6 +111,11 @@ impl Dispatcher {
                 store_id: store.id.clone(),
                 pickup: (store.lat, store.lng),
             });
+        }
+        self.riders_at_stores(&mut loads, now);
+        self.state.set_loads(loads);
+        if orders_in.is_empty() {
+            return;
         }
         let candidates = self.riders.candidates(&stores, now, self.horizon_ms);
         let riders_in: Vec<RiderIn> = candidates
@@ -172,6 +183,36 @@ impl Dispatcher {
         self.counters.ticks.fetch_add(1, Ordering::Relaxed);
         self.counters.tick_micros.fetch_add(micros, Ordering::Relaxed);
         self.counters.last_tick_micros.store(micros, Ordering::Relaxed);
+    }
+}
+
+impl Dispatcher {
+    /// For every store, when each rider serving it can be there: a rider idle now plus the ride
+    /// from where it is; a busy one at the end of its task plus the ride back. A rider serves the
+    /// store it is registered with, else the store of its task, else the store serving where it is.
+    fn riders_at_stores(&self, loads: &mut FastMap<u32, StoreLoad>, now: Millis) {
+        for r in self.riders.all(None) {
+            if !r.on_shift || now - r.seen_at > self.riders.silence_ms {
+                continue;
+            }
+            let (from, free_at) = match (&r.task, r.pos) {
+                (Some(t), _) => (t.end, t.free_at.max(now)),
+                (None, Some(pos)) => (pos, now),
+                (None, None) => continue,
+            };
+            let store = r
+                .store_id
+                .as_deref()
+                .and_then(|s| self.state.store(s))
+                .or_else(|| r.task.as_ref().and_then(|t| self.state.store(&t.store_id)))
+                .or_else(|| self.state.serving(from.0, from.1).ok().flatten().map(|(s, _)| s));
+            let Some(store) = store else { continue };
+            let back = self.state.ride_ms(from, (store.lat, store.lng));
+            loads.entry(store.idx.0).or_default().riders_at_store.push(free_at.saturating_add(back));
+        }
+        for load in loads.values_mut() {
+            load.riders_at_store.sort_unstable();
+        }
     }
 }
 

@@ -99,6 +99,12 @@ impl From<crate::state::PlaceError> for ApiError {
                 )
                 .with("lines", Value::Array(lines))
             }
+            E::Busy => ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "not_serviceable",
+                "the store that serves this location is too busy to keep its promise right now",
+            )
+            .with("reason", json!("busy")),
             E::KeyReused => ApiError::conflict("this Idempotency-Key was already used with a different body"),
             E::KeyExpired => ApiError::conflict(
                 "this Idempotency-Key was used for an order placed longer ago than keys are kept; use a new key",

@@ -116,7 +116,17 @@ pub async fn start(config: &ServeConfig, listener: TcpListener, clock: Arc<dyn C
         config.payment_webhook_secret.as_ref().map(|_| (config.payment_hold_minutes.max(0.0) * 60_000.0) as i64);
     let order_retention_ms = (config.order_retention_minutes.max(0.0) * 60_000.0) as i64;
     let key_retention_ms = (config.idempotency_key_hours.max(0.0) * 3_600_000.0) as i64;
-    let state_config = StateConfig { travel, payment_hold_ms, order_retention_ms, key_retention_ms };
+    let quote = darkstore_geoinv::quote::QuoteParams {
+        pick_ms: (travel.picking_minutes * 60_000.0) as i64,
+        pickers: config.pickers.max(1),
+        handover_ms: (config.handover_secs.max(0.0) * 1000.0) as i64,
+        bundle: 1.0,
+        // A round trip to the edge of the area and back (the ride the promise leaves, twice).
+        cycle_ms: (2.0 * (travel.promise_minutes - travel.picking_minutes).max(1.0) * 60_000.0) as i64,
+    };
+    let max_eta_minutes = config.max_eta_minutes.filter(|m| m.is_finite() && *m > 0.0);
+    let state_config =
+        StateConfig { travel, payment_hold_ms, order_retention_ms, key_retention_ms, quote, max_eta_minutes };
     // The owners of state, and the hub their changes go through.
     let changes = Arc::new(Changes::new());
     let rider_rows = std::mem::take(&mut snapshot.riders);

@@ -125,22 +125,29 @@ pub async fn availability(
         .state
         .serving(lat, lng)
         .map_err(|_| ApiError::invalid("lat must be in [-90, 90] and lng in [-180, 180]"))?;
-    let (store_id, eta_minutes, page) = match serving {
-        Some((store, eta)) => {
+    let (store_id, quote, page) = match serving {
+        Some((store, quote)) => {
+            let eta = quote.eta_minutes();
             let page = app.pages.page(&app.state, &store, eta, q.category.as_deref(), q.after.as_deref(), limit);
-            (Some(store.id.clone()), Some(eta), page)
+            (Some(store.id.clone()), Some(quote), page)
         }
         None => (None, None, crate::http::pages::PageJson { items: "".into(), n_items: 0, next: None }),
     };
+    let eta_minutes = quote.map(|q| q.eta_minutes());
+    let within_promise = quote.is_some_and(|q| app.state.within_promise(&q));
+    let accepting = quote.is_some_and(|q| app.state.accepting(&q));
     // Built as text around the page's items, which are serialized once per change of the store's
     // stock (see `pages`): this is the hottest read of the server.
     let cell = darkstore_geoinv::area::cell_of(lat, lng).map(|c| c.to_string()).ok();
     let mut body = String::with_capacity(160 + page.items.len());
     body.push_str(&format!(
-        "{{\"serviceable\":{},\"store_id\":{},\"eta_minutes\":{},\"h3_cell\":{},\"next\":{},\"items\":[",
+        "{{\"serviceable\":{},\"store_id\":{},\"eta_minutes\":{},\"within_promise\":{},\"accepting\":{},{}\"h3_cell\":{},\"next\":{},\"items\":[",
         store_id.is_some(),
         json!(store_id),
         json!(eta_minutes),
+        within_promise,
+        accepting,
+        if store_id.is_some() && !accepting { "\"reason\":\"busy\"," } else { "" },
         json!(cell),
         json!(page.next),
     ));

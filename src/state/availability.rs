@@ -8,6 +8,7 @@ use std::sync::atomic::Ordering;
 
 use darkstore_geoinv::Millis;
 use darkstore_geoinv::area::{InvalidPoint, StoreIdx};
+use darkstore_geoinv::quote::Quote;
 
 use super::{State, Store};
 use crate::model::Product;
@@ -41,10 +42,14 @@ pub struct Availability {
 }
 
 impl State {
-    /// The store that serves (lat, lng) within the promise, with its ETA in whole minutes.
-    pub fn serving(&self, lat: f64, lng: f64) -> Result<Option<(Arc<Store>, i64)>, InvalidPoint> {
+    /// The store that serves (lat, lng) (the one that reaches it soonest by the map, within the
+    /// promise), with its quote for an order placed now (from its queue and its riders).
+    pub fn serving(&self, lat: f64, lng: f64) -> Result<Option<(Arc<Store>, Quote)>, InvalidPoint> {
         let serving = self.area.read().expect("area lock").best_store(lat, lng)?;
-        Ok(serving.and_then(|s| Some((self.store_at(s.store)?, s.eta_minutes.ceil() as i64))))
+        Ok(serving.and_then(|s| self.store_at(s.store)).map(|store| {
+            let q = self.quote(&store, lat, lng);
+            (store, q)
+        }))
     }
 
     /// What the store serving (lat, lng) can sell now, a page at a time.
@@ -57,7 +62,7 @@ impl State {
         limit: usize,
     ) -> Result<Availability, InvalidPoint> {
         Ok(match self.serving(lat, lng)? {
-            Some((store, eta)) => self.availability_at(&store, eta, category, after, limit),
+            Some((store, q)) => self.availability_at(&store, q.eta_minutes(), category, after, limit),
             None => Availability { store_id: None, eta_minutes: None, items: Vec::new(), next: None, stamp: None },
         })
     }

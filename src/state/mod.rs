@@ -26,6 +26,7 @@ pub mod availability;
 pub mod catalog;
 pub mod lifecycle;
 pub mod orders;
+pub mod quote;
 pub mod restore;
 pub mod stock;
 #[cfg(test)]
@@ -68,6 +69,8 @@ pub enum PlaceError {
     KeyReused,
     /// The idempotency key was used for an order placed before the keys the server remembers.
     KeyExpired,
+    /// The store's quote is past `--max-eta-minutes`.
+    Busy,
     Unavailable(String),
 }
 
@@ -103,6 +106,10 @@ pub struct StateConfig {
     pub order_retention_ms: Millis,
     /// How long an idempotency key is remembered after its order was placed.
     pub key_retention_ms: Millis,
+    /// The quote's settings (picking time and pickers, hand-over, bundling, trip cycle).
+    pub quote: darkstore_geoinv::quote::QuoteParams,
+    /// Set: a store whose quote is past this takes no orders (`busy`).
+    pub max_eta_minutes: Option<f64>,
 }
 
 pub struct State {
@@ -126,6 +133,8 @@ pub struct State {
     next_lot: AtomicI64,
     /// Orders waiting for a rider (confirmed or packed), for the dispatcher.
     dispatchable: Mutex<BTreeSet<String>>,
+    /// Each store's load, by store index, as the last dispatch tick saw it.
+    loads: RwLock<FastMap<u32, Arc<darkstore_geoinv::quote::StoreLoad>>>,
 }
 
 fn ledger_writes(
@@ -178,6 +187,7 @@ impl State {
             holds: Mutex::new(BTreeSet::new()),
             next_lot: AtomicI64::new(1),
             dispatchable: Mutex::new(BTreeSet::new()),
+            loads: RwLock::new(FastMap::default()),
         }
     }
 

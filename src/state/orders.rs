@@ -91,9 +91,14 @@ impl State {
         };
 
         let now = self.now();
-        let Some((store, eta_minutes)) = self.serving(req.lat, req.lng).map_err(|_| PlaceError::InvalidPoint)? else {
+        // The order is promised what it was quoted: placement time plus the quote.
+        let Some((store, quoted)) = self.serving(req.lat, req.lng).map_err(|_| PlaceError::InvalidPoint)? else {
             return Err(PlaceError::NotServiceable);
         };
+        if !self.accepting(&quoted) {
+            return Err(PlaceError::Busy);
+        }
+        let eta_minutes = quoted.eta_minutes();
         let mut lines = Vec::with_capacity(req.lines.len());
         for (sku, qty) in &req.lines {
             let product = self.product(sku).ok_or_else(|| PlaceError::UnknownSku(sku.clone()))?;

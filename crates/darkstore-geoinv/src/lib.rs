@@ -16,6 +16,7 @@
 pub mod area;
 pub mod ids;
 pub mod order;
+pub mod quote;
 pub mod stock;
 pub mod travel;
 

@@ -1,0 +1,46 @@
+//! Quotes: each store's load (what the dispatch tick saw: its picking queue, the orders waiting
+//! for a rider, and when each of its riders can be back) and the quote for a point. The quote
+//! itself is `darkstore_geoinv::quote`, a pure function; this keeps the snapshot it reads.
+
+use std::sync::Arc;
+
+use darkstore_geoinv::Millis;
+use darkstore_geoinv::quote::{Quote, StoreLoad, quote};
+use darkstore_geoinv::travel::distance_m;
+
+use super::{FastMap, State, Store};
+
+impl State {
+    /// Replaces every store's load (the dispatch tick calls this once a tick).
+    pub fn set_loads(&self, loads: FastMap<u32, StoreLoad>) {
+        let loads = loads.into_iter().map(|(k, v)| (k, Arc::new(v))).collect();
+        *self.loads.write().expect("loads lock") = loads;
+    }
+
+    /// Riding time from (lat, lng) to (lat2, lng2) by the travel model, ms.
+    pub fn ride_ms(&self, from: (f64, f64), to: (f64, f64)) -> Millis {
+        (self.config.travel.ride_minutes(distance_m(from.0, from.1, to.0, to.1)) * 60_000.0) as Millis
+    }
+
+    /// The quote for an order placed now at `store` to (lat, lng).
+    pub fn quote(&self, store: &Store, lat: f64, lng: f64) -> Quote {
+        let ride = self.ride_ms((store.lat, store.lng), (lat, lng));
+        let load = self.loads.read().expect("loads lock").get(&store.idx.0).cloned();
+        let empty = StoreLoad::default();
+        quote(load.as_deref().unwrap_or(&empty), ride, &self.config.quote, self.now())
+    }
+
+    /// Whether a store with this quote takes orders: not past `--max-eta-minutes` when that is
+    /// set (and, then, not without a rider at all).
+    pub fn accepting(&self, q: &Quote) -> bool {
+        match self.config.max_eta_minutes {
+            Some(max) => !q.no_rider && (q.eta_ms as f64) <= max * 60_000.0,
+            None => true,
+        }
+    }
+
+    /// Whether the quote keeps the promise.
+    pub fn within_promise(&self, q: &Quote) -> bool {
+        !q.no_rider && q.eta_ms <= self.promise_ms()
+    }
+}
