@@ -56,6 +56,13 @@ async fn a_small_city_runs_with_nothing_lost_or_oversold() {
     assert!(report.delivered > 0, "deliveries completed");
     assert!(report.positions_published > 0 && report.tasks_received > 0);
     assert!(report.order_latency_ms.count == report.placed);
+    // Every delivered order was judged against the promise it was given.
+    assert!((0.0..=100.0).contains(&report.on_time_pct));
+    assert!(report.promise_error_p50_s <= report.promise_error_p90_s);
+    let json = serde_json::to_value(&report).unwrap();
+    for field in ["on_time_pct", "promise_error_p50_s", "promise_error_p90_s"] {
+        assert!(json[field].is_number(), "{field} in the JSON report");
+    }
     drop(server);
     scratch.drop_database().await;
 }

@@ -134,6 +134,12 @@ pub struct Report {
     /// Delivered orders whose observed statuses were out of lifecycle order.
     pub lifecycle_violations: u64,
     pub delivered_within_promise_pct: f64,
+    /// Delivered orders that arrived at or before their `promised_by` (the quote they were
+    /// placed under), percent.
+    pub on_time_pct: f64,
+    /// Delivered − `promised_by`, simulated seconds (negative: early): median and 90th percentile.
+    pub promise_error_p50_s: f64,
+    pub promise_error_p90_s: f64,
     pub order_latency_ms: Dist,
     pub availability_latency_ms: Dist,
     /// Simulated seconds from placement to assignment.
@@ -159,6 +165,8 @@ struct Stats {
     not_serviceable: AtomicU64,
     violations: AtomicU64,
     within_promise: AtomicU64,
+    on_time: AtomicU64,
+    promise_errors_s: Mutex<Vec<f64>>,
     positions: AtomicU64,
     tasks: AtomicU64,
     errors: Mutex<BTreeMap<String, u64>>,
@@ -185,6 +193,8 @@ impl Stats {
             not_serviceable: AtomicU64::new(0),
             violations: AtomicU64::new(0),
             within_promise: AtomicU64::new(0),
+            on_time: AtomicU64::new(0),
+            promise_errors_s: Mutex::new(Vec::new()),
             positions: AtomicU64::new(0),
             tasks: AtomicU64::new(0),
             errors: Mutex::new(BTreeMap::new()),
@@ -459,6 +469,8 @@ pub async fn run(cfg: RunConfig) -> Result<Report, String> {
     let placed = s.placed.load(Ordering::Relaxed);
     let delivered = s.delivered.load(Ordering::Relaxed);
     let cancelled = s.cancelled.load(Ordering::Relaxed);
+    // Taken out first: a lock inside the report's literal would live to its end.
+    let promise_errors = s.promise_errors_s.lock().expect("errors lock").clone();
     let errors_by_kind = s.errors.lock().expect("errors lock").clone();
     Ok(Report {
         placed,
@@ -479,6 +491,13 @@ pub async fn run(cfg: RunConfig) -> Result<Report, String> {
         } else {
             0.0
         },
+        on_time_pct: if delivered > 0 {
+            100.0 * s.on_time.load(Ordering::Relaxed) as f64 / delivered as f64
+        } else {
+            0.0
+        },
+        promise_error_p50_s: quantile(&promise_errors, 0.5),
+        promise_error_p90_s: quantile(&promise_errors, 0.9),
         order_latency_ms: Dist::of(&s.order_ms.lock().expect("h"), 1.0),
         availability_latency_ms: Dist::of(&s.avail_ms.lock().expect("h"), 1.0),
         time_to_assignment_s: Dist::of(&s.assign_s.lock().expect("h"), 1.0 / 1000.0),
@@ -489,6 +508,16 @@ pub async fn run(cfg: RunConfig) -> Result<Report, String> {
         duration_s: started.elapsed().as_secs_f64(),
         speedup: ctx.cfg.speedup,
     })
+}
+
+/// The `q` quantile of `xs` (nearest rank), 0 when empty.
+fn quantile(xs: &[f64], q: f64) -> f64 {
+    if xs.is_empty() {
+        return 0.0;
+    }
+    let mut v = xs.to_vec();
+    v.sort_by(f64::total_cmp);
+    v[((v.len() as f64 * q).ceil() as usize).clamp(1, v.len()) - 1]
 }
 
 /// A GET for the final audit, waiting out the server's rate limit (the audit is a burst).
@@ -679,6 +708,13 @@ async fn customer(
             let c2d_sim = (delivered - created) as f64 * ctx.cfg.speedup;
             s.record(&s.c2d_s, c2d_sim);
             let promise = data["deadline"].as_str().and_then(parse_time).map(|d| d - created).unwrap_or(600_000) as f64;
+            if let Some(promised) = data["promised_by"].as_str().and_then(parse_time) {
+                if delivered <= promised {
+                    s.on_time.fetch_add(1, Ordering::Relaxed);
+                }
+                let error_s = (delivered - promised) as f64 * ctx.cfg.speedup / 1000.0;
+                s.promise_errors_s.lock().expect("errors lock").push(error_s);
+            }
             if c2d_sim <= promise {
                 s.within_promise.fetch_add(1, Ordering::Relaxed);
             }
@@ -926,6 +962,7 @@ impl Report {
             "darkstore-sim: {:.0} s at speedup {}\n  orders placed {}, delivered {}, undelivered {}, insufficient stock {}, not serviceable {}\n  \
              cancelled {}, cancels refused (after pickup) {}, riders left holding a cancelled order {}\n  \
              oversold {}, accounted {} of {}, lifecycle violations {}, delivered within the promise {:.1}%\n  \
+             on time (by promised_by) {:.1}%, promise error p50 {:.0} s, p90 {:.0} s (simulated; negative is early)\n  \
              positions published {}, tasks received {}, errors {}\n",
             self.duration_s,
             self.speedup,
@@ -942,6 +979,9 @@ impl Report {
             self.placed,
             self.lifecycle_violations,
             self.delivered_within_promise_pct,
+            self.on_time_pct,
+            self.promise_error_p50_s,
+            self.promise_error_p90_s,
             self.positions_published,
             self.tasks_received,
             self.errors,
