@@ -98,10 +98,10 @@ fn main() {
                 pick_ms: 120_000,
                 pickers: 2,
                 handover_ms: 60_000,
-                bundle: 1.0,
                 cycle_ms: 960_000,
             },
             max_eta_minutes: None,
+            delivery_fee_minor: 2_500,
         };
         Arc::new(State::from_snapshot(config, db, committer, snap, Arc::new(SystemClock), Arc::new(Changes::new())))
     });

@@ -1,8 +1,9 @@
 //! Typed changes, and the hub that hands them to whoever reacts.
 //!
 //! The state and the riders say *what* changed, in domain terms; they never know who listens or
-//! how it is shown. Two observers are attached at start-up: the riders (an order that leaves a
-//! rider's task before pickup is taken off the task, and the task is sent again) and the
+//! how it is shown. Three observers are attached at start-up: the riders (an order that leaves a
+//! rider's task before pickup is taken off the task, and the task is sent again), the promises
+//! (`promises.rs`: calibration and live ETAs, which it emits as `Eta` changes) and the
 //! publisher (`publish.rs`, the one module that knows WebSocket topics, MQTT topics and their
 //! JSON). Observers run synchronously, in the order attached, on the task that made the change,
 //! after the change is durable: by the time a request is answered, every reaction to it has run.
@@ -38,6 +39,26 @@ pub enum Change<'a> {
     /// A rider's task was given or changed: the rider must be told. A task with no orders left
     /// is withdrawn.
     Task { rider: &'a str, task: &'a Task },
+    /// An order's estimated arrival changed and is due to be told.
+    Eta { order_id: &'a str, store_id: &'a str, eta_at: Millis, promised_by: Millis, reason: EtaReason },
+}
+
+/// Why an estimate is told.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EtaReason {
+    Assigned,
+    PickedUp,
+    Moving,
+}
+
+impl EtaReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EtaReason::Assigned => "assigned",
+            EtaReason::PickedUp => "picked_up",
+            EtaReason::Moving => "moving",
+        }
+    }
 }
 
 /// Reacts to changes.

@@ -65,6 +65,18 @@ pub struct ServeConfig {
     #[arg(long, env = "DARKSTORE_MAX_ETA_MINUTES")]
     pub max_eta_minutes: Option<f64>,
 
+    /// The base delivery fee, minor units. Surge multiplies it by up to `--surge-max`.
+    #[arg(long, env = "DARKSTORE_DELIVERY_FEE_MINOR", default_value_t = 2_500)]
+    pub delivery_fee_minor: i64,
+
+    /// The highest multiple of the base delivery fee a busy area may charge (1 turns surge off).
+    #[arg(long, env = "DARKSTORE_SURGE_MAX", default_value_t = 2.0)]
+    pub surge_max: f64,
+
+    /// Days of orders that rank an area's top picks.
+    #[arg(long, env = "DARKSTORE_TOP_PICKS_DAYS", default_value_t = 7)]
+    pub top_picks_days: u32,
+
     /// Orders a store picks at once (the quote's picking queue).
     #[arg(long, env = "DARKSTORE_PICKERS", default_value_t = 2)]
     pub pickers: u32,

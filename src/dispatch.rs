@@ -1,20 +1,28 @@
 //! The dispatch tick: every `--dispatch-tick-ms`, silent riders' unpicked orders go back, open
 //! orders and candidate riders go to `darkstore_dispatch::plan_tick`, each plan's orders move to
 //! `assigned` together (one group commit), and the rider is sent its task.
+//!
+//! The tick also refreshes every store's load for the quote: its queues, when each of its riders
+//! can be there, what has been learned of it (`promises.rs`), and its surge fee
+//! (`darkstore_geoinv::surge`). The optimizer's travel and service times are scaled by the city's
+//! observed riding ratio; an order is ready when packed or when its quote said it would be, and
+//! its deadline is what it was promised.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use darkstore_dispatch::{GeoTravel, OrderIn, Params, Pt, RiderIn, plan_tick};
 use darkstore_geoinv::Millis;
 use darkstore_geoinv::order::OrderStatus;
 use darkstore_geoinv::quote::StoreLoad;
+use darkstore_geoinv::surge::{Demand, Surge, SurgeRule};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 use crate::ingest::Ingest;
 use crate::model::{Task, TaskOrder};
+use crate::promises::Promises;
 use crate::riders::Riders;
 use crate::state::State;
 
@@ -28,12 +36,35 @@ pub struct DispatchCounters {
     pub tasks: AtomicU64,
     pub orders_assigned: AtomicU64,
     pub orders_bundled: AtomicU64,
+    pub surge_changes: AtomicU64,
+}
+
+/// What the tick keeps between ticks for the quote and the surge rule.
+#[derive(Debug, Default)]
+struct Between {
+    last_tick: Option<Millis>,
+    /// Orders per trip, smoothed over ticks that assigned something.
+    bundle: Option<f64>,
+    /// Orders placed per ms, smoothed, by store index.
+    arrival_rate: FastMap<u32, f64>,
+    surge: FastMap<u32, Surge>,
+}
+
+/// A store's surge level and pressure, for the dashboard and `/metrics`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct AreaState {
+    pub level: usize,
+    pub pressure: f64,
+    pub fee_minor: i64,
 }
 
 pub struct Dispatcher {
     pub state: Arc<State>,
     pub riders: Arc<Riders>,
     pub ingest: Arc<Ingest>,
+    pub promises: Arc<Promises>,
+    pub surge_rule: SurgeRule,
+    between: Mutex<Between>,
     pub params: Params,
     pub travel: GeoTravel,
     /// Busy riders free within this long are offered to the optimizer.
@@ -52,7 +83,7 @@ struct Candidate {
 }
 
 impl Dispatcher {
-    pub fn new(ingest: Arc<Ingest>, tick_ms: Millis) -> Dispatcher {
+    pub fn new(ingest: Arc<Ingest>, promises: Arc<Promises>, surge_rule: SurgeRule, tick_ms: Millis) -> Dispatcher {
         let state = ingest.state.clone();
         let travel_model = state.config.travel;
         Dispatcher {
@@ -64,6 +95,9 @@ impl Dispatcher {
             riders: ingest.riders.clone(),
             state,
             ingest,
+            promises,
+            surge_rule,
+            between: Mutex::new(Between::default()),
             counters: DispatchCounters::default(),
             next_task: AtomicU64::new(1),
         }
@@ -80,7 +114,20 @@ impl Dispatcher {
             }
         }
         let ids = self.state.dispatchable();
+        // Every store has a load, so every quote reads what was learned.
         let mut loads: FastMap<u32, StoreLoad> = FastMap::default();
+        for store in self.state.stores() {
+            let load = loads.entry(store.idx.0).or_default();
+            load.calibrated = self.promises.calibrated(&store.id);
+        }
+        let ride_f = self.promises.city_ride();
+        let scaled = |ms: Millis| (ms as f64 * ride_f) as Millis;
+        let travel = GeoTravel { speed_mps: self.travel.speed_mps / ride_f, detour: self.travel.detour };
+        let params = Params {
+            pickup_service_ms: scaled(self.params.pickup_service_ms),
+            dropoff_service_ms: scaled(self.params.dropoff_service_ms),
+            ..self.params.clone()
+        };
         let mut orders_in = Vec::with_capacity(ids.len());
         let mut meta: Vec<Candidate> = Vec::with_capacity(ids.len());
         let mut stores: Vec<(f64, f64)> = Vec::new();
@@ -103,8 +150,11 @@ impl Dispatcher {
                 pickup: Pt::new(store.lng, store.lat),
                 drop: Pt::new(o.lng, o.lat),
                 placed_at: o.created_at,
-                ready_at: o.packed_at.unwrap_or(o.created_at + self.picking_ms),
-                deadline: o.created_at + self.promise_ms,
+                ready_at: o
+                    .packed_at
+                    .or_else(|| self.promises.ready_by(&o.id))
+                    .unwrap_or(o.created_at + self.picking_ms),
+                deadline: o.promised_by,
             });
             meta.push(Candidate {
                 order: TaskOrder { id: o.id.clone(), lat: o.lat, lng: o.lng },
@@ -113,6 +163,7 @@ impl Dispatcher {
             });
         }
         self.riders_at_stores(&mut loads, now);
+        self.surge(&mut loads, now);
         self.state.set_loads(loads);
         if orders_in.is_empty() {
             return;
@@ -128,7 +179,12 @@ impl Dispatcher {
                 off_at: Millis::MAX,
             })
             .collect();
-        let plans = plan_tick(now, &orders_in, &riders_in, &self.params, &self.travel);
+        let plans = plan_tick(now, &orders_in, &riders_in, &params, &travel);
+        if !plans.is_empty() {
+            let per_trip = plans.iter().map(|p| p.orders.len()).sum::<usize>() as f64 / plans.len() as f64;
+            let mut b = self.between.lock().expect("between lock");
+            b.bundle = Some(b.bundle.map_or(per_trip, |x| x + 0.1 * (per_trip - x)));
+        }
         for plan in plans {
             let rider = candidates[plan.rider].0.clone();
             let first = &meta[plan.orders[0]];
@@ -207,12 +263,74 @@ impl Dispatcher {
                 .or_else(|| r.task.as_ref().and_then(|t| self.state.store(&t.store_id)))
                 .or_else(|| self.state.serving(from.0, from.1).ok().flatten().map(|(s, _)| s));
             let Some(store) = store else { continue };
-            let back = self.state.ride_ms(from, (store.lat, store.lng));
-            loads.entry(store.idx.0).or_default().riders_at_store.push(free_at.saturating_add(back));
+            let load = loads.entry(store.idx.0).or_default();
+            let back = (self.state.ride_ms(from, (store.lat, store.lng)) as f64 * load.calibrated.ride) as Millis;
+            load.riders_at_store.push(free_at.saturating_add(back));
         }
         for load in loads.values_mut() {
             load.riders_at_store.sort_unstable();
         }
+    }
+}
+
+impl Dispatcher {
+    /// Each store's bundling, arrival rate and surge level: `pressure = (waiting + arrivals
+    /// expected over a trip cycle) ÷ (bundle × riders who can be at the store within a cycle)`,
+    /// a cycle being the quote's round trip as calibrated.
+    fn surge(&self, loads: &mut FastMap<u32, StoreLoad>, now: Millis) {
+        let arrivals = self.promises.take_arrivals();
+        let mut b = self.between.lock().expect("between lock");
+        let dt = b.last_tick.map_or(0, |t| now - t);
+        b.last_tick = Some(now);
+        let bundle = b.bundle.unwrap_or(1.0).max(1.0);
+        for store in self.state.stores() {
+            let Some(load) = loads.get_mut(&store.idx.0) else { continue };
+            load.calibrated.bundle = bundle;
+            let rate = b.arrival_rate.entry(store.idx.0).or_insert(0.0);
+            if dt > 0 {
+                let placed = f64::from(arrivals.get(&store.id).copied().unwrap_or(0));
+                *rate += 0.1 * (placed / dt as f64 - *rate);
+            }
+            let cycle = self.state.config.quote.cycle_ms as f64 * load.calibrated.ride;
+            let within = now.saturating_add(cycle as Millis);
+            let demand = Demand {
+                waiting: f64::from(load.awaiting_rider),
+                expected: *rate * cycle,
+                riders: load.riders_at_store.iter().filter(|t| **t <= within).count() as f64,
+                bundle,
+            };
+            let surge = b.surge.entry(store.idx.0).or_default();
+            if let Some(level) = surge.step(demand.pressure(), now, &self.surge_rule) {
+                self.counters.surge_changes.fetch_add(1, Ordering::Relaxed);
+                tracing::info!(
+                    store = %store.id,
+                    level,
+                    fee_minor = self.surge_rule.fee(level),
+                    pressure = surge.smoothed,
+                    "delivery fee changed"
+                );
+            }
+            load.delivery_fee_minor = self.surge_rule.fee(surge.level);
+        }
+    }
+
+    /// Orders per trip, as the optimizer has been bundling them (1 before any trip).
+    pub fn bundle(&self) -> f64 {
+        self.between.lock().expect("between lock").bundle.unwrap_or(1.0)
+    }
+
+    /// Each store's surge state, by store index.
+    pub fn areas(&self) -> Vec<(u32, AreaState)> {
+        let b = self.between.lock().expect("between lock");
+        let mut out: Vec<(u32, AreaState)> = b
+            .surge
+            .iter()
+            .map(|(idx, s)| {
+                (*idx, AreaState { level: s.level, pressure: s.smoothed, fee_minor: self.surge_rule.fee(s.level) })
+            })
+            .collect();
+        out.sort_unstable_by_key(|(idx, _)| *idx);
+        out
     }
 }
 

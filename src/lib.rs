@@ -32,6 +32,8 @@ pub mod ingest;
 pub mod metrics;
 pub mod model;
 pub mod mqtt;
+pub mod picks;
+pub mod promises;
 pub mod publish;
 pub mod ratelimit;
 pub mod riders;
@@ -54,6 +56,7 @@ use crate::config::ServeConfig;
 use crate::dispatch::Dispatcher;
 use crate::http::App;
 use crate::ingest::Ingest;
+use crate::promises::Promises;
 use crate::publish::Publisher;
 use crate::ratelimit::RateLimiter;
 use crate::riders::Riders;
@@ -120,13 +123,25 @@ pub async fn start(config: &ServeConfig, listener: TcpListener, clock: Arc<dyn C
         pick_ms: (travel.picking_minutes * 60_000.0) as i64,
         pickers: config.pickers.max(1),
         handover_ms: (config.handover_secs.max(0.0) * 1000.0) as i64,
-        bundle: 1.0,
         // A round trip to the edge of the area and back (the ride the promise leaves, twice).
         cycle_ms: (2.0 * (travel.promise_minutes - travel.picking_minutes).max(1.0) * 60_000.0) as i64,
     };
     let max_eta_minutes = config.max_eta_minutes.filter(|m| m.is_finite() && *m > 0.0);
-    let state_config =
-        StateConfig { travel, payment_hold_ms, order_retention_ms, key_retention_ms, quote, max_eta_minutes };
+    if config.delivery_fee_minor < 0 {
+        return Err("--delivery-fee-minor must be at least 0".into());
+    }
+    if !(config.surge_max.is_finite() && (1.0..=10.0).contains(&config.surge_max)) {
+        return Err("--surge-max must be between 1 and 10".into());
+    }
+    let state_config = StateConfig {
+        travel,
+        payment_hold_ms,
+        order_retention_ms,
+        key_retention_ms,
+        quote,
+        max_eta_minutes,
+        delivery_fee_minor: config.delivery_fee_minor,
+    };
     // The owners of state, and the hub their changes go through.
     let changes = Arc::new(Changes::new());
     let rider_rows = std::mem::take(&mut snapshot.riders);
@@ -142,9 +157,21 @@ pub async fn start(config: &ServeConfig, listener: TcpListener, clock: Arc<dyn C
     let feeds = Arc::new(feeds::Feeds::new());
     let publisher = Arc::new(Publisher::new(feeds.clone(), state.promise_ms()));
     publisher.set_state(Arc::downgrade(&state));
-    // Riders first: an order leaving a task changes the task before the order's feed hears of it.
-    changes
-        .attach(vec![Arc::downgrade(&riders) as Weak<dyn Observer>, Arc::downgrade(&publisher) as Weak<dyn Observer>]);
+    let promises = Arc::new(Promises::new(travel, quote.handover_ms));
+    promises.set_state(Arc::downgrade(&state));
+    let picks = Arc::new(picks::TopPicks::new(config.top_picks_days));
+    let now = clock.now_ms();
+    for (store, sku, qty, at) in state.db.lines_since(picks.since(now)).await? {
+        picks.add(&store, &sku, qty, at);
+    }
+    // Riders first: an order leaving a task changes the task before the order's feed hears of it;
+    // then the promises, whose ETAs the publisher tells.
+    changes.attach(vec![
+        Arc::downgrade(&riders) as Weak<dyn Observer>,
+        Arc::downgrade(&promises) as Weak<dyn Observer>,
+        Arc::downgrade(&picks) as Weak<dyn Observer>,
+        Arc::downgrade(&publisher) as Weak<dyn Observer>,
+    ]);
     let server_client_id = mqtt::server_client_id()?;
     let (mqtt_url, credentials, broker) = match &config.mqtt_url {
         Some(url) => {
@@ -185,7 +212,8 @@ pub async fn start(config: &ServeConfig, listener: TcpListener, clock: Arc<dyn C
     }
     let tick_ms = config.dispatch_tick_ms.max(100);
     let ingest = Arc::new(Ingest::new(state.clone(), riders.clone(), config.delivery_radius_m.max(0.0)));
-    let dispatcher = Arc::new(Dispatcher::new(ingest.clone(), tick_ms as i64));
+    let surge = darkstore_geoinv::surge::SurgeRule::new(config.delivery_fee_minor, config.surge_max);
+    let dispatcher = Arc::new(Dispatcher::new(ingest.clone(), promises.clone(), surge, tick_ms as i64));
     let app = Arc::new(App {
         state: state.clone(),
         clock: clock.clone(),
@@ -197,6 +225,8 @@ pub async fn start(config: &ServeConfig, listener: TcpListener, clock: Arc<dyn C
         ingest: ingest.clone(),
         dispatcher: dispatcher.clone(),
         publisher,
+        promises,
+        picks,
         feeds,
         pages: http::pages::Pages::default(),
         mqtt: Some(mqtt.clone()),

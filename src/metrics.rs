@@ -202,3 +202,8 @@ impl Metrics {
         out
     }
 }
+
+/// A label value in the text format: backslash, double quote and newline escaped.
+pub fn label_value(v: &str) -> String {
+    v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+}

@@ -53,7 +53,7 @@ pub struct Order {
     pub lng: f64,
     pub status: OrderStatus,
     pub payment_status: PaymentStatus,
-    /// What the customer pays: the lines' prices times quantities.
+    /// What the customer pays: the lines' prices times quantities, plus the delivery fee.
     pub total_minor: i64,
     /// What is owed back, once the payment is `refund_due` (or was refunded).
     pub refund_minor: Option<i64>,
@@ -62,6 +62,13 @@ pub struct Order {
     pub delivery_code: Option<String>,
     pub rider_id: Option<String>,
     pub eta_minutes: i64,
+    /// Placement time plus the quote it was placed under.
+    pub promised_by: Millis,
+    /// The quote it was placed under (in memory only: orders read back from the database have
+    /// none, and calibration skips them).
+    pub quoted: Option<darkstore_geoinv::quote::Quote>,
+    /// The delivery fee it was quoted, surge included (part of `total_minor`).
+    pub delivery_fee_minor: i64,
     pub created_at: Millis,
     pub updated_at: Millis,
     pub hold_expires_at: Option<Millis>,

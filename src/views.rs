@@ -33,7 +33,8 @@ pub fn order_json(o: &Order, promise_ms: Millis) -> Value {
         "total_minor": o.total_minor,
         "created_at": rfc3339(o.created_at),
         "updated_at": rfc3339(o.updated_at),
-        "promised_by": rfc3339(o.created_at + o.eta_minutes * 60_000),
+        "promised_by": rfc3339(o.promised_by),
+        "delivery_fee_minor": o.delivery_fee_minor,
         "deadline": rfc3339(o.created_at + promise_ms),
         "delivered_at": (o.status == OrderStatus::Delivered).then(|| rfc3339(o.updated_at)),
         "payment_hold_expires_at": o.hold_expires_at.filter(|_| o.status == OrderStatus::PendingPayment).map(rfc3339),
@@ -42,6 +43,11 @@ pub fn order_json(o: &Order, promise_ms: Millis) -> Value {
         v["refund_minor"] = json!(refund);
     }
     v
+}
+
+/// An order's estimated arrival, as its feed and its store's feed carry it.
+pub fn eta_json(order_id: &str, eta_at: Millis, promised_by: Millis, reason: &str) -> Value {
+    json!({"order_id": order_id, "eta_at": rfc3339(eta_at), "promised_by": rfc3339(promised_by), "late": eta_at > promised_by, "reason": reason})
 }
 
 /// An order as its own customer sees it: with the delivery code it gives the rider at the door.

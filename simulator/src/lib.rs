@@ -4,6 +4,8 @@
 //! - [`city`]: a living city driving a running server over its real interfaces: riders over MQTT,
 //!   customers over HTTP and WebSocket, staff packing and restocking.
 //! - [`mdrp`]: Meal Delivery Routing Problem replay through darkstore's dispatch crate.
+//! - [`forecast`]: the demand forecast's backtest on simulated weeks.
 
 pub mod city;
+pub mod forecast;
 pub mod mdrp;

@@ -30,6 +30,21 @@ enum Command {
         #[command(flatten)]
         knobs: Knobs,
     },
+    /// Backtest the server's demand forecast against seasonal-naive on simulated weeks.
+    ForecastBacktest {
+        #[arg(long, default_value_t = 50)]
+        stores: usize,
+        /// Weeks of history per store (the last days held back).
+        #[arg(long, default_value_t = 8)]
+        weeks: i64,
+        #[arg(long, default_value_t = 7)]
+        held_back_days: i64,
+        /// Hours forecast from 08:00 of each held-back day.
+        #[arg(long, default_value_t = 12)]
+        horizon: usize,
+        #[arg(long, default_value_t = 7)]
+        seed: u64,
+    },
     /// Replay every instance under a directory with both policies and print a Markdown table.
     MdrpBench {
         data_dir: PathBuf,
@@ -76,7 +91,23 @@ enum Command {
         /// No progress line.
         #[arg(long)]
         quiet: bool,
+        /// Riders are scarce: half of `--riders` come on shift.
+        #[arg(long)]
+        scarce: bool,
+        /// How arrivals spread over the run: `flat`, or `peaks` (the run is a compressed day from
+        /// 08:00 to 24:00 with a lunch and an evening peak; the mean rate stays `--order-rate`).
+        #[arg(long, value_enum, default_value = "flat")]
+        demand: DemandArg,
+        /// Staff picking at once in each store.
+        #[arg(long, default_value_t = 2)]
+        pickers: usize,
     },
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum DemandArg {
+    Flat,
+    Peaks,
 }
 
 fn main() -> ExitCode {
@@ -87,6 +118,15 @@ fn main() -> ExitCode {
             })
         }
         Command::MdrpBench { data_dir, tick_minutes, knobs } => mdrp::bench(&data_dir, tick_minutes, &knobs),
+        Command::ForecastBacktest { stores, weeks, held_back_days, horizon, seed } => {
+            if weeks < 2 || held_back_days < 1 || held_back_days > 7 * (weeks - 1) || horizon == 0 || horizon > 16 {
+                Err("--weeks ≥ 2, --held-back-days in [1, 7 × (weeks − 1)], --horizon in [1, 16]".into())
+            } else {
+                let b = darkstore_sim::forecast::backtest(stores, weeks, held_back_days, horizon, seed);
+                println!("{}", serde_json::to_string_pretty(&b).unwrap_or_default());
+                Ok(())
+            }
+        }
         Command::Run {
             server,
             mqtt,
@@ -100,9 +140,17 @@ fn main() -> ExitCode {
             jwt_secret,
             seed,
             quiet,
+            scarce,
+            demand,
+            pickers,
         } => {
             let mut cfg = darkstore_sim::city::RunConfig::new(&server, &mqtt, &jwt_secret);
-            cfg.riders = riders;
+            cfg.riders = if scarce { riders.div_ceil(2) } else { riders };
+            cfg.pickers = pickers;
+            cfg.demand = match demand {
+                DemandArg::Flat => darkstore_sim::city::Demand::Flat,
+                DemandArg::Peaks => darkstore_sim::city::Demand::Peaks,
+            };
             cfg.order_rate = order_rate;
             cfg.duration = std::time::Duration::from_secs(duration);
             cfg.drain = std::time::Duration::from_secs(drain);

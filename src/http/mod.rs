@@ -2,12 +2,14 @@
 //! logs), and the extractors that turn bad input into precise 4xx answers.
 //!
 //! Handlers live by feature: [`catalog`] (stores, products, rider registration), [`stock`]
-//! (stock and availability, with [`pages`] keeping serialized availability pages), [`orders`]
+//! (stock, availability and top picks, with [`pages`] keeping serialized availability pages),
+//! [`forecast`] (a store's expected demand), [`orders`]
 //! (orders and payments), [`riders`] (riders over HTTP), [`ops`] (health, metrics, docs,
 //! dashboard), [`ws`] (live feeds). This module is the only place that knows the HTTP wire
 //! format of requests and errors.
 
 mod catalog;
+mod forecast;
 mod ops;
 mod orders;
 pub mod pages;
@@ -48,6 +50,8 @@ pub struct App {
     pub ingest: Arc<crate::ingest::Ingest>,
     pub dispatcher: Arc<crate::dispatch::Dispatcher>,
     pub publisher: Arc<crate::publish::Publisher>,
+    pub promises: Arc<crate::promises::Promises>,
+    pub picks: Arc<crate::picks::TopPicks>,
     pub feeds: Arc<crate::feeds::Feeds>,
     pub pages: pages::Pages,
     pub mqtt: Option<crate::mqtt::Mqtt>,
@@ -82,6 +86,8 @@ pub fn router(app: AppRef) -> Router {
         .route("/v1/riders/{rider_id}/events", post(riders::event))
         .route("/v1/stores/{store_id}/stock", post(stock::post_stock).get(stock::get_stock))
         .route("/v1/availability", get(stock::availability))
+        .route("/v1/top-picks", get(stock::top_picks))
+        .route("/v1/stores/{store_id}/forecast", get(forecast::store_forecast))
         .route("/v1/ws", get(ws::upgrade))
         .route("/v1/stores", get(catalog::list_stores))
         .route("/v1/stores/{store_id}/area", get(catalog::store_area))

@@ -98,6 +98,34 @@ pub fn metrics_response(app: &AppRef) -> Response {
     extra.push(("darkstore_dispatch_orders_assigned_total".into(), "counter", load(&d.orders_assigned)));
     extra.push(("darkstore_dispatch_orders_bundled_total".into(), "counter", load(&d.orders_bundled)));
     extra.push(("darkstore_dispatch_orders_handed_back_total".into(), "counter", load(&app.ingest.handed_back)));
+    extra.push(("darkstore_dispatch_surge_changes_total".into(), "counter", load(&d.surge_changes)));
+    // What the promises have learned, and how they are kept.
+    let p = &app.promises.counters;
+    let (pick, ride, margin, n_pick, n_ride, _) = app.promises.summary();
+    extra.push(("darkstore_calibration_ratio{what=\"pick\"}".into(), "gauge", pick));
+    extra.push(("darkstore_calibration_ratio{what=\"ride\"}".into(), "gauge", ride));
+    extra.push(("darkstore_calibration_observations_total{what=\"pick\"}".into(), "counter", f64::from(n_pick)));
+    extra.push(("darkstore_calibration_observations_total{what=\"ride\"}".into(), "counter", f64::from(n_ride)));
+    extra.push(("darkstore_promise_margin_ratio".into(), "gauge", margin));
+    extra.push((
+        "darkstore_promises_delivered_total{outcome=\"on_time\"}".into(),
+        "counter",
+        load(&p.delivered_on_time),
+    ));
+    extra.push(("darkstore_promises_delivered_total{outcome=\"late\"}".into(), "counter", load(&p.delivered_late)));
+    extra.push(("darkstore_eta_messages_total".into(), "counter", load(&p.eta_messages)));
+    let stores = state.stores();
+    let areas = app.dispatcher.areas();
+    for (idx, area) in &areas {
+        let Some(store) = stores.get(*idx as usize) else { continue };
+        let id = crate::metrics::label_value(&store.id);
+        extra.push((format!("darkstore_surge_level{{store=\"{id}\"}}"), "gauge", area.level as f64));
+    }
+    for (idx, area) in &areas {
+        let Some(store) = stores.get(*idx as usize) else { continue };
+        let id = crate::metrics::label_value(&store.id);
+        extra.push((format!("darkstore_delivery_fee_minor{{store=\"{id}\"}}"), "gauge", area.fee_minor as f64));
+    }
     let body = state.metrics.render(&extra);
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
 }

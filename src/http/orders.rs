@@ -39,12 +39,20 @@ pub struct OrderBody {
 
 /// An order as the API shows it.
 pub fn order_json(app: &AppRef, o: &Order) -> Value {
-    crate::views::order_json(o, app.state.promise_ms())
+    with_eta(app, o, crate::views::order_json(o, app.state.promise_ms()))
 }
 
 /// An order as `caller` may see it (its customer also gets the delivery code).
 fn order_json_for(app: &AppRef, caller: &Caller, o: &Order) -> Value {
-    crate::views::order_json_for(o, app.state.promise_ms(), (caller.0.role, &caller.0.sub))
+    with_eta(app, o, crate::views::order_json_for(o, app.state.promise_ms(), (caller.0.role, &caller.0.sub)))
+}
+
+/// Adds the order's current estimate of arrival (`eta_at`; null once it is finished or when the
+/// server has none, e.g. for an order placed before a restart that has no rider yet).
+pub fn with_eta(app: &AppRef, o: &Order, mut v: Value) -> Value {
+    let eta = if o.status.is_final() { None } else { app.promises.eta_at(&o.id) };
+    v["eta_at"] = serde_json::json!(eta.map(crate::views::rfc3339));
+    v
 }
 
 fn validate(body: &OrderBody) -> Result<(), ApiError> {
@@ -76,6 +84,7 @@ pub async fn place(State(app): State<AppRef>, caller: Caller, headers: HeaderMap
     let (outcome, response) = match place_inner(&app, caller, &headers, &body).await {
         Ok((order, replayed)) => {
             let body = crate::views::order_json_for(&order, app.state.promise_ms(), (viewer.0, &viewer.1));
+            let body = with_eta(&app, &order, body);
             let mut response = (StatusCode::CREATED, Json(body)).into_response();
             if replayed {
                 response.headers_mut().insert("idempotent-replayed", HeaderValue::from_static("true"));

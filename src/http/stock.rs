@@ -125,13 +125,13 @@ pub async fn availability(
         .state
         .serving(lat, lng)
         .map_err(|_| ApiError::invalid("lat must be in [-90, 90] and lng in [-180, 180]"))?;
-    let (store_id, quote, page) = match serving {
+    let (store_id, quote, fee, page) = match serving {
         Some((store, quote)) => {
             let eta = quote.eta_minutes();
             let page = app.pages.page(&app.state, &store, eta, q.category.as_deref(), q.after.as_deref(), limit);
-            (Some(store.id.clone()), Some(quote), page)
+            (Some(store.id.clone()), Some(quote), Some(app.state.delivery_fee(&store)), page)
         }
-        None => (None, None, crate::http::pages::PageJson { items: "".into(), n_items: 0, next: None }),
+        None => (None, None, None, crate::http::pages::PageJson { items: "".into(), n_items: 0, next: None }),
     };
     let eta_minutes = quote.map(|q| q.eta_minutes());
     let within_promise = quote.is_some_and(|q| app.state.within_promise(&q));
@@ -141,10 +141,11 @@ pub async fn availability(
     let cell = darkstore_geoinv::area::cell_of(lat, lng).map(|c| c.to_string()).ok();
     let mut body = String::with_capacity(160 + page.items.len());
     body.push_str(&format!(
-        "{{\"serviceable\":{},\"store_id\":{},\"eta_minutes\":{},\"within_promise\":{},\"accepting\":{},{}\"h3_cell\":{},\"next\":{},\"items\":[",
+        "{{\"serviceable\":{},\"store_id\":{},\"eta_minutes\":{},\"delivery_fee_minor\":{},\"within_promise\":{},\"accepting\":{},{}\"h3_cell\":{},\"next\":{},\"items\":[",
         store_id.is_some(),
         json!(store_id),
         json!(eta_minutes),
+        json!(fee),
         within_promise,
         accepting,
         if store_id.is_some() && !accepting { "\"reason\":\"busy\"," } else { "" },
@@ -154,4 +155,36 @@ pub async fn availability(
     body.push_str(&page.items);
     body.push_str("]}");
     Ok(([(axum::http::header::CONTENT_TYPE, "application/json")], body).into_response())
+}
+
+#[derive(Debug, Deserialize)]
+pub struct TopPicksQuery {
+    lat: Option<String>,
+    lng: Option<String>,
+    limit: Option<String>,
+}
+
+/// The serving store's available items, ranked by units ordered in its area recently.
+pub async fn top_picks(State(app): State<AppRef>, Query(q): Query<TopPicksQuery>) -> Result<Json<Value>, ApiError> {
+    let lat = coordinate("lat", &q.lat)?;
+    let lng = coordinate("lng", &q.lng)?;
+    check_point(lat, lng)?;
+    let limit = match q.limit.as_deref() {
+        None => 20,
+        Some(s) => match s.parse::<usize>() {
+            Ok(n) if (1..=100).contains(&n) => n,
+            _ => return Err(ApiError::invalid("limit must be an integer in [1, 100]")),
+        },
+    };
+    let serving = app
+        .state
+        .serving(lat, lng)
+        .map_err(|_| ApiError::invalid("lat must be in [-90, 90] and lng in [-180, 180]"))?;
+    let Some((store, _)) = serving else {
+        return Ok(Json(json!({"serviceable": false, "store_id": null, "items": []})));
+    };
+    let ranked = app.picks.ranked(&store.id, app.state.now());
+    let items = app.state.available_of(&store, ranked.iter().map(|(sku, _)| sku.as_str()), limit);
+    let items: Vec<Value> = items.iter().map(|i| crate::views::item_json(&i.product, i.available)).collect();
+    Ok(Json(json!({"serviceable": true, "store_id": store.id, "items": items})))
 }

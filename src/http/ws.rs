@@ -491,6 +491,7 @@ async fn snapshot(app: &AppRef, claims: &Option<Claims>, topic: &str) -> Value {
                 Some(c) => views::order_json_for(&o, promise, (c.role, &c.sub)),
                 None => views::order_json(&o, promise),
             };
+            let order = crate::http::orders::with_eta(app, &o, order);
             json!({"order": order, "rider": rider})
         }
         Some(Feed::Store(store_id)) => {

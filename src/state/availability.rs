@@ -112,6 +112,32 @@ impl State {
         }
     }
 
+    /// Of `skus`, in their order, the ones `store` can sell now, at most `limit`.
+    pub fn available_of<'a>(
+        &self,
+        store: &Store,
+        skus: impl IntoIterator<Item = &'a str>,
+        limit: usize,
+    ) -> Vec<AvailableItem> {
+        let now = self.now();
+        let stock = store.stock.lock().expect("stock lock");
+        let catalog = self.catalog.read().expect("catalog lock");
+        let mut items = Vec::new();
+        for sku in skus {
+            if items.len() == limit {
+                break;
+            }
+            let available = stock.line(sku).map_or(0, |l| l.available(now));
+            if available <= 0 {
+                continue;
+            }
+            if let Some(product) = catalog.get(sku) {
+                items.push(AvailableItem { product: product.clone(), available });
+            }
+        }
+        items
+    }
+
     /// Whether a page read under `stamp` is still what [`State::availability_at`] would answer.
     pub fn page_holds(&self, store: &Store, stamp: &PageStamp) -> bool {
         let now = self.now();

@@ -110,6 +110,8 @@ pub struct StateConfig {
     pub quote: darkstore_geoinv::quote::QuoteParams,
     /// Set: a store whose quote is past this takes no orders (`busy`).
     pub max_eta_minutes: Option<f64>,
+    /// The base delivery fee (before the dispatch tick has set a store's surge).
+    pub delivery_fee_minor: i64,
 }
 
 pub struct State {

@@ -99,6 +99,7 @@ impl State {
             return Err(PlaceError::Busy);
         }
         let eta_minutes = quoted.eta_minutes();
+        let delivery_fee_minor = self.delivery_fee(&store);
         let mut lines = Vec::with_capacity(req.lines.len());
         for (sku, qty) in &req.lines {
             let product = self.product(sku).ok_or_else(|| PlaceError::UnknownSku(sku.clone()))?;
@@ -128,11 +129,14 @@ impl State {
             lng: req.lng,
             status,
             payment_status,
-            total_minor: Order::total_of(&lines),
+            total_minor: Order::total_of(&lines).saturating_add(delivery_fee_minor),
             refund_minor: None,
             delivery_code: Some(new_delivery_code()),
             rider_id: None,
             eta_minutes,
+            promised_by: now.saturating_add(quoted.eta_ms),
+            quoted: Some(quoted),
+            delivery_fee_minor,
             created_at: now,
             updated_at: now,
             hold_expires_at,
@@ -154,6 +158,8 @@ impl State {
             total_minor: order.total_minor,
             delivery_code: order.delivery_code.clone(),
             eta_minutes: order.eta_minutes,
+            promised_by: order.promised_by,
+            delivery_fee_minor,
             created_at: now,
             hold_expires_at,
             lines: order.lines.iter().map(|l| (l.sku.clone(), l.qty, l.price_minor)).collect(),

@@ -30,6 +30,17 @@ impl State {
         quote(load.as_deref().unwrap_or(&empty), ride, &self.config.quote, self.now())
     }
 
+    /// The delivery fee an order placed now at `store` pays, surge included.
+    pub fn delivery_fee(&self, store: &Store) -> i64 {
+        let loads = self.loads.read().expect("loads lock");
+        loads.get(&store.idx.0).map_or(self.config.delivery_fee_minor, |l| l.delivery_fee_minor)
+    }
+
+    /// Each store's load as the last tick saw it, by store index.
+    pub fn loads(&self) -> FastMap<u32, Arc<StoreLoad>> {
+        self.loads.read().expect("loads lock").clone()
+    }
+
     /// Whether a store with this quote takes orders: not past `--max-eta-minutes` when that is
     /// set (and, then, not without a rider at all).
     pub fn accepting(&self, q: &Quote) -> bool {

@@ -29,14 +29,9 @@ async fn state_on(url: &str, clock: Arc<ManualClock>) -> State {
         payment_hold_ms: Some(HOLD_MS),
         order_retention_ms: 60 * 60_000,
         key_retention_ms: 24 * 3_600_000,
-        quote: darkstore_geoinv::quote::QuoteParams {
-            pick_ms: 120_000,
-            pickers: 1,
-            handover_ms: 0,
-            bundle: 1.0,
-            cycle_ms: 600_000,
-        },
+        quote: darkstore_geoinv::quote::QuoteParams { pick_ms: 120_000, pickers: 1, handover_ms: 0, cycle_ms: 600_000 },
         max_eta_minutes: None,
+        delivery_fee_minor: 0,
     };
     let snapshot = db.load().await.unwrap();
     State::from_snapshot(config, db, committer, snapshot, clock, Arc::new(Changes::new()))

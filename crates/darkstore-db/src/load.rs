@@ -62,6 +62,9 @@ pub struct OrderRow {
     pub delivery_code: Option<String>,
     pub rider_id: Option<String>,
     pub eta_minutes: i64,
+    /// None for orders placed before promises were stored to the millisecond.
+    pub promised_by: Option<i64>,
+    pub delivery_fee_minor: i64,
     pub created_at: i64,
     pub updated_at: i64,
     pub hold_expires_at: Option<i64>,
@@ -98,7 +101,7 @@ pub struct Snapshot {
 
 /// The columns `order_row` reads, in its order.
 const ORDER_COLUMNS: &str = "id, customer_id, idempotency_key, request_hash, store_id, lat, lng, status, rider_id, \
-     eta_minutes, created_at, updated_at, hold_expires_at, payment_status, total_minor, refund_minor, delivery_code";
+     eta_minutes, created_at, updated_at, hold_expires_at, payment_status, total_minor, refund_minor, delivery_code, promised_by, delivery_fee_minor";
 
 fn order_row(r: &sqlx::any::AnyRow, lines: Vec<OrderLineRow>) -> Result<OrderRow, DbError> {
     Ok(OrderRow {
@@ -119,6 +122,8 @@ fn order_row(r: &sqlx::any::AnyRow, lines: Vec<OrderLineRow>) -> Result<OrderRow
         total_minor: r.try_get(14)?,
         refund_minor: r.try_get(15)?,
         delivery_code: r.try_get(16)?,
+        promised_by: r.try_get(17)?,
+        delivery_fee_minor: r.try_get(18)?,
         lines,
     })
 }
@@ -234,6 +239,33 @@ impl Db {
             lines.push(OrderLineRow { sku: l.try_get(0)?, qty: l.try_get(1)?, price_minor: l.try_get(2)? });
         }
         Ok(Some(order_row(&r, lines)?))
+    }
+
+    /// Order lines of orders placed at or after `since` (ms), with their store and placement time:
+    /// (store id, sku, qty, created_at). For what sells where recently (top picks).
+    pub async fn lines_since(&self, since: i64) -> Result<Vec<(String, String, i64, i64)>, DbError> {
+        let rows = sqlx::query(
+            "SELECT o.store_id, l.sku, l.qty, o.created_at FROM order_lines l JOIN orders o ON o.id = l.order_id \
+             WHERE o.created_at >= $1",
+        )
+        .bind(since)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter().map(|r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?, r.try_get(3)?))).collect()
+    }
+
+    /// A store's orders per hour (hours since the epoch) placed at or after `since` (ms):
+    /// (hour, orders), hours without orders left out. For the demand forecast.
+    pub async fn orders_per_hour(&self, store_id: &str, since: i64) -> Result<Vec<(i64, i64)>, DbError> {
+        let rows = sqlx::query(
+            "SELECT created_at / 3600000 AS hour, COUNT(*) FROM orders WHERE store_id = $1 AND created_at >= $2 \
+             GROUP BY created_at / 3600000",
+        )
+        .bind(store_id)
+        .bind(since)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter().map(|r| Ok((r.try_get(0)?, r.try_get(1)?))).collect()
     }
 
     /// The status history of an order, oldest first: (status, rider, ts).

@@ -35,6 +35,10 @@ pub struct NewOrder {
     pub total_minor: i64,
     pub delivery_code: Option<String>,
     pub eta_minutes: i64,
+    /// Placement time plus the quote, ms.
+    pub promised_by: i64,
+    /// The delivery fee quoted (included in `total_minor`).
+    pub delivery_fee_minor: i64,
     pub created_at: i64,
     pub hold_expires_at: Option<i64>,
     /// (sku, qty, price_minor)
@@ -190,7 +194,7 @@ impl Db {
         }
         for chunk in orders.chunks(ROWS_PER_STATEMENT) {
             let mut q = MultiInsert::new(
-                "INSERT INTO orders (id, customer_id, idempotency_key, request_hash, store_id, lat, lng, status, eta_minutes, created_at, updated_at, hold_expires_at, payment_status, total_minor, delivery_code)",
+                "INSERT INTO orders (id, customer_id, idempotency_key, request_hash, store_id, lat, lng, status, eta_minutes, created_at, updated_at, hold_expires_at, payment_status, total_minor, delivery_code, promised_by, delivery_fee_minor)",
             );
             let mut events = MultiInsert::new("INSERT INTO order_events (order_id, status, payment_status, ts)");
             for o in chunk {
@@ -209,7 +213,9 @@ impl Db {
                     .bind(o.hold_expires_at)
                     .bind(o.payment_status)
                     .bind(o.total_minor)
-                    .bind(o.delivery_code.clone());
+                    .bind(o.delivery_code.clone())
+                    .bind(o.promised_by)
+                    .bind(o.delivery_fee_minor);
                 events.row().bind(o.id.clone()).bind(o.status).bind(o.payment_status).bind(o.created_at);
             }
             q.execute(conn, "").await?;

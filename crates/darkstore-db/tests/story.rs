@@ -39,6 +39,8 @@ fn order(id: &str, key: &str) -> NewOrder {
         total_minor: 12_000,
         delivery_code: Some("0420".into()),
         eta_minutes: 9,
+        promised_by: 2_000 + 8 * 60_000 + 30_000,
+        delivery_fee_minor: 2_500,
         created_at: 2_000,
         hold_expires_at: None,
         lines: vec![("milk".into(), 2, 4500), ("bread".into(), 1, 3000)],
@@ -167,6 +169,7 @@ async fn story(url: &str) {
     assert_eq!((o1.total_minor, o1.refund_minor), (12_000, Some(12_000)));
     assert_eq!((o0.payment_status.as_str(), o0.refund_minor), ("paid", None));
     assert_eq!(o0.delivery_code.as_deref(), Some("0420"));
+    assert_eq!((o0.promised_by, o0.delivery_fee_minor), (Some(2_000 + 8 * 60_000 + 30_000), 2_500));
     let payments: Vec<(String, Option<String>)> =
         db.payment_events("o1").await.unwrap().into_iter().map(|e| (e.0, e.1)).collect();
     assert_eq!(payments, [("confirmed".into(), Some("paid".into())), ("cancelled".into(), Some("refund_due".into()))]);

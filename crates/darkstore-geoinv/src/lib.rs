@@ -12,12 +12,19 @@
 //!   produces.
 //! - [`order`]: the order lifecycle and which transitions it allows.
 //! - [`ids`]: validation of client-chosen ids.
+//! - [`quote`]: the quote of an order placed now, from a snapshot of the store.
+//! - [`calibrate`]: bounded estimators that correct the priors from what is observed.
+//! - [`surge`]: the delivery fee by supply and demand, with hysteresis.
+//! - [`forecast`]: expected orders per hour per store, and the riders they need.
 
 pub mod area;
+pub mod calibrate;
+pub mod forecast;
 pub mod ids;
 pub mod order;
 pub mod quote;
 pub mod stock;
+pub mod surge;
 pub mod travel;
 
 /// Unix time in milliseconds: the only notion of time in the core.

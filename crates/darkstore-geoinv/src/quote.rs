@@ -10,6 +10,11 @@
 //!   last of `n` riders, rider `k mod n` takes it after `k div n` more trip cycles;
 //! - `t_ride` and `t_handover`: the ride to the point and the hand-over at the door.
 //!
+//! Calibrated: the pick time is multiplied by the store's observed picking ratio, the ride and
+//! the hand-over by its observed riding ratio (see [`crate::calibrate`]); the riders' times are
+//! calibrated by the caller. The promise adds a margin: `eta = estimate × (1 + margin)`, the
+//! margin an observed quantile of the estimate's relative error, never below the ride itself.
+//!
 //! With no rider serving the store, the quote assumes one comes within a trip cycle and says it
 //! has no rider (`no_rider`), so callers never call it within the promise. A quote never promises
 //! the past: it is at least the ride and the hand-over. Pure: the snapshot of the store and `now`
@@ -26,6 +31,33 @@ pub struct StoreLoad {
     pub awaiting_rider: u32,
     /// When each rider who serves the store can be there, unix ms, ascending.
     pub riders_at_store: Vec<Millis>,
+    /// What the server has learned of this store.
+    pub calibrated: Calibrated,
+    /// The delivery fee an order placed now pays, surge included (minor units).
+    pub delivery_fee_minor: i64,
+}
+
+/// Observed corrections of the priors, for one store.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Calibrated {
+    /// Observed ÷ modelled picking time.
+    pub pick: f64,
+    /// Observed ÷ modelled time from the store (or the last drop) to the door, hand-over included.
+    pub ride: f64,
+    /// The promise's margin over the estimate, relative (0.2: 20% more).
+    pub margin: f64,
+    /// Orders per trip, as the optimizer has been bundling them.
+    pub bundle: f64,
+}
+
+impl Default for Calibrated {
+    fn default() -> Self {
+        Calibrated { pick: 1.0, ride: 1.0, margin: 0.0, bundle: 1.0 }
+    }
+}
+
+fn positive(x: f64, or: f64) -> f64 {
+    if x.is_finite() && x > 0.0 { x } else { or }
 }
 
 /// The settings of the quote.
@@ -37,8 +69,6 @@ pub struct QuoteParams {
     pub pickers: u32,
     /// Time at the door, ms.
     pub handover_ms: Millis,
-    /// Orders per trip on average (at least 1).
-    pub bundle: f64,
     /// A rider's round trip (to the door and back to the store), ms.
     pub cycle_ms: Millis,
 }
@@ -50,8 +80,12 @@ pub struct Quote {
     pub pick_ms: Millis,
     /// Until a rider can be at the store for it.
     pub rider_ms: Millis,
-    /// Until the door.
+    /// Until the door, as expected (no margin).
+    pub estimate_ms: Millis,
+    /// Until the door, as promised: the estimate plus the margin.
     pub eta_ms: Millis,
+    /// The picking time by the priors alone (what calibration compares the observed one with).
+    pub pick_prior_ms: Millis,
     /// No rider serves the store: `rider_ms` is a guess of one trip cycle.
     pub no_rider: bool,
 }
@@ -65,24 +99,31 @@ impl Quote {
 
 /// The quote for an order placed `now` at a store in state `load`, to a point `ride_ms` away.
 pub fn quote(load: &StoreLoad, ride_ms: Millis, p: &QuoteParams, now: Millis) -> Quote {
+    let c = &load.calibrated;
+    let (pick_f, ride_f) = (positive(c.pick, 1.0), positive(c.ride, 1.0));
+    let scale = |ms: Millis, f: f64| (ms.max(0) as f64 * f).min(i64::MAX as f64 / 4.0) as Millis;
     let pickers = i64::from(p.pickers.max(1));
-    let pick_ms = (i64::from(load.to_pick) + 1).saturating_mul(p.pick_ms.max(0)) / pickers;
+    let pick_prior_ms = (i64::from(load.to_pick) + 1).saturating_mul(p.pick_ms.max(0)) / pickers;
+    let pick_ms = scale(pick_prior_ms, pick_f);
+    let cycle_ms = scale(p.cycle_ms, ride_f);
     let riders = &load.riders_at_store;
     let no_rider = riders.is_empty();
     let rider_ms = if no_rider {
-        p.cycle_ms.max(0)
+        cycle_ms
     } else {
-        let bundle = if p.bundle.is_finite() { p.bundle.max(1.0) } else { 1.0 };
+        let bundle = positive(c.bundle, 1.0).max(1.0);
         // 0-based: the k-th earliest rider is this order's.
         let k = ((f64::from(load.awaiting_rider) + 1.0) / bundle).ceil().max(1.0) as usize - 1;
         // Past the last rider, rider `k mod n` takes it after `k div n` more trips.
         let n = riders.len();
         let (slot, rounds) = (k % n, (k / n) as i64);
-        (riders[slot] - now).max(0).saturating_add(rounds.saturating_mul(p.cycle_ms.max(0)))
+        (riders[slot] - now).max(0).saturating_add(rounds.saturating_mul(cycle_ms))
     };
-    let door = ride_ms.max(0).saturating_add(p.handover_ms.max(0));
-    let eta_ms = pick_ms.max(rider_ms).saturating_add(door);
-    Quote { pick_ms, rider_ms, eta_ms, no_rider }
+    let door = scale(ride_ms.max(0).saturating_add(p.handover_ms.max(0)), ride_f);
+    let estimate_ms = pick_ms.max(rider_ms).saturating_add(door);
+    let margin = if c.margin.is_finite() { c.margin.clamp(-0.9, 10.0) } else { 0.0 };
+    let eta_ms = scale(estimate_ms, 1.0 + margin).max(door);
+    Quote { pick_ms, rider_ms, estimate_ms, eta_ms, pick_prior_ms, no_rider }
 }
 
 #[cfg(test)]
@@ -93,7 +134,7 @@ mod tests {
     const MIN: Millis = 60_000;
 
     fn params() -> QuoteParams {
-        QuoteParams { pick_ms: 2 * MIN, pickers: 1, handover_ms: MIN / 2, bundle: 1.0, cycle_ms: 12 * MIN }
+        QuoteParams { pick_ms: 2 * MIN, pickers: 1, handover_ms: MIN / 2, cycle_ms: 12 * MIN }
     }
 
     #[test]
@@ -104,69 +145,129 @@ mod tests {
         let cases: Vec<(&str, StoreLoad, QuoteParams, i64)> = vec![
             (
                 "an idle rider at the store: picking, then the ride",
-                StoreLoad { to_pick: 0, awaiting_rider: 0, riders_at_store: at(&[0]) },
+                StoreLoad { to_pick: 0, awaiting_rider: 0, riders_at_store: at(&[0]), ..Default::default() },
                 params(),
                 8,
             ),
             (
                 "three to pick before this one",
-                StoreLoad { to_pick: 3, awaiting_rider: 0, riders_at_store: at(&[0]) },
+                StoreLoad { to_pick: 3, awaiting_rider: 0, riders_at_store: at(&[0]), ..Default::default() },
                 params(),
                 14,
             ),
             (
                 "two pickers halve the queue",
-                StoreLoad { to_pick: 3, awaiting_rider: 0, riders_at_store: at(&[0]) },
+                StoreLoad { to_pick: 3, awaiting_rider: 0, riders_at_store: at(&[0]), ..Default::default() },
                 QuoteParams { pickers: 2, ..params() },
                 10,
             ),
             (
                 "the rider is back in 6 minutes",
-                StoreLoad { to_pick: 0, awaiting_rider: 0, riders_at_store: at(&[6]) },
+                StoreLoad { to_pick: 0, awaiting_rider: 0, riders_at_store: at(&[6]), ..Default::default() },
                 params(),
                 12,
             ),
             (
                 "two orders wait for riders: the third rider",
-                StoreLoad { to_pick: 0, awaiting_rider: 2, riders_at_store: at(&[0, 4, 9]) },
+                StoreLoad { to_pick: 0, awaiting_rider: 2, riders_at_store: at(&[0, 4, 9]), ..Default::default() },
                 params(),
                 15,
             ),
             (
                 "bundles of two: the second rider",
-                StoreLoad { to_pick: 0, awaiting_rider: 2, riders_at_store: at(&[0, 4, 9]) },
-                QuoteParams { bundle: 2.0, ..params() },
+                StoreLoad {
+                    to_pick: 0,
+                    awaiting_rider: 2,
+                    riders_at_store: at(&[0, 4, 9]),
+                    calibrated: Calibrated { bundle: 2.0, ..Calibrated::default() },
+                    ..Default::default()
+                },
+                params(),
                 10,
             ),
             (
                 "more orders than riders: another round of trips",
-                StoreLoad { to_pick: 0, awaiting_rider: 2, riders_at_store: at(&[1, 3]) },
+                StoreLoad { to_pick: 0, awaiting_rider: 2, riders_at_store: at(&[1, 3]), ..Default::default() },
                 params(),
                 19,
             ),
             (
                 "eleven waiting, one rider: eleven rounds",
-                StoreLoad { to_pick: 0, awaiting_rider: 11, riders_at_store: at(&[0]) },
+                StoreLoad { to_pick: 0, awaiting_rider: 11, riders_at_store: at(&[0]), ..Default::default() },
                 params(),
                 138,
             ),
             (
                 "no rider serves the store: one trip cycle",
-                StoreLoad { to_pick: 0, awaiting_rider: 0, riders_at_store: vec![] },
+                StoreLoad { to_pick: 0, awaiting_rider: 0, riders_at_store: vec![], ..Default::default() },
                 params(),
                 18,
             ),
             (
                 "a rider time in the past counts as now",
-                StoreLoad { to_pick: 0, awaiting_rider: 0, riders_at_store: at(&[-30]) },
+                StoreLoad { to_pick: 0, awaiting_rider: 0, riders_at_store: at(&[-30]), ..Default::default() },
                 params(),
                 8,
             ),
             (
                 "nonsense settings do not divide by zero",
-                StoreLoad { to_pick: 0, awaiting_rider: 0, riders_at_store: at(&[0]) },
-                QuoteParams { pickers: 0, bundle: f64::NAN, ..params() },
+                StoreLoad {
+                    to_pick: 0,
+                    awaiting_rider: 0,
+                    riders_at_store: at(&[0]),
+                    calibrated: Calibrated { pick: f64::NAN, ride: -1.0, margin: f64::INFINITY, bundle: f64::NAN },
+                    ..Default::default()
+                },
+                QuoteParams { pickers: 0, ..params() },
                 8,
+            ),
+            (
+                "riders twice as slow as configured: the door leg doubles",
+                StoreLoad {
+                    to_pick: 0,
+                    awaiting_rider: 0,
+                    riders_at_store: at(&[0]),
+                    calibrated: Calibrated { ride: 2.0, ..Calibrated::default() },
+                    ..Default::default()
+                },
+                params(),
+                13,
+            ),
+            (
+                "picking observed three times slower",
+                StoreLoad {
+                    to_pick: 1,
+                    awaiting_rider: 0,
+                    riders_at_store: at(&[0]),
+                    calibrated: Calibrated { pick: 3.0, ..Calibrated::default() },
+                    ..Default::default()
+                },
+                params(),
+                18,
+            ),
+            (
+                "a margin of 20% on a 7.5-minute estimate",
+                StoreLoad {
+                    to_pick: 0,
+                    awaiting_rider: 0,
+                    riders_at_store: at(&[0]),
+                    calibrated: Calibrated { margin: 0.2, ..Calibrated::default() },
+                    ..Default::default()
+                },
+                params(),
+                9,
+            ),
+            (
+                "a negative margin never promises less than the ride",
+                StoreLoad {
+                    to_pick: 0,
+                    awaiting_rider: 0,
+                    riders_at_store: at(&[0]),
+                    calibrated: Calibrated { margin: -0.9, ..Calibrated::default() },
+                    ..Default::default()
+                },
+                params(),
+                6,
             ),
         ];
         for (what, load, p, expected) in cases {
@@ -181,7 +282,12 @@ mod tests {
         let p = params();
         for to_pick in 0..5u32 {
             for awaiting in 0..5u32 {
-                let load = StoreLoad { to_pick, awaiting_rider: awaiting, riders_at_store: vec![NOW - MIN, NOW + MIN] };
+                let load = StoreLoad {
+                    to_pick,
+                    awaiting_rider: awaiting,
+                    riders_at_store: vec![NOW - MIN, NOW + MIN],
+                    ..Default::default()
+                };
                 let q = quote(&load, 0, &p, NOW + 10 * MIN);
                 assert!(q.eta_ms >= p.handover_ms, "at least the hand-over");
                 let more_pick = StoreLoad { to_pick: to_pick + 1, ..load.clone() };

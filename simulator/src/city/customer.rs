@@ -113,6 +113,9 @@ pub(super) async fn customer(
     let Some(id) = order["id"].as_str().map(str::to_owned) else { return s.error("order_without_id") };
     s.placed.fetch_add(1, Ordering::Relaxed);
     s.placed_ids.lock().expect("ids lock").push(id.clone());
+    if let Some(fee) = order["delivery_fee_minor"].as_i64() {
+        *s.fees.lock().expect("fees lock").entry(fee).or_default() += 1;
+    }
     let created = order["created_at"].as_str().and_then(parse_time).unwrap_or_else(now_ms);
     // Follow the order to its door.
     let Ok((mut ws, _)) = tokio_tungstenite::connect_async(ctx.ws_url(&token)).await else {
@@ -126,6 +129,8 @@ pub(super) async fn customer(
     let mut last_seq = None;
     let mut assigned_at = None;
     let mut last_position_ts = i64::MIN;
+    // The estimate told when the order was picked up.
+    let mut eta_at_pickup: Option<i64> = None;
     let follow_until = Instant::now() + ctx.cfg.duration + ctx.cfg.drain;
     while Instant::now() < follow_until {
         let msg = match tokio::time::timeout(Duration::from_secs(1), ws.next()).await {
@@ -161,6 +166,12 @@ pub(super) async fn customer(
                 }
                 None
             }
+            Some("eta") => {
+                if v["data"]["reason"] == "picked_up" {
+                    eta_at_pickup = v["data"]["eta_at"].as_str().and_then(parse_time);
+                }
+                None
+            }
             Some("error") => return s.error(format!("ws_{}", v["data"]["error"].as_str().unwrap_or("error"))),
             _ => None,
         };
@@ -191,6 +202,10 @@ pub(super) async fn customer(
                 }
                 let error_s = (delivered - promised) as f64 * ctx.cfg.speedup / 1000.0;
                 s.promise_errors_s.lock().expect("errors lock").push(error_s);
+            }
+            if let Some(eta) = eta_at_pickup {
+                let error_s = (delivered - eta).abs() as f64 * ctx.cfg.speedup / 1000.0;
+                s.eta_errors_s.lock().expect("errors lock").push(error_s);
             }
             if c2d_sim <= promise {
                 s.within_promise.fetch_add(1, Ordering::Relaxed);

@@ -10,8 +10,9 @@
 //!   (right after placing, once packed, once assigned, or after pickup, when the server must
 //!   refuse); every successful cancel of an assigned order is audited a second later: the rider
 //!   it was assigned to must no longer hold it.
-//! - **Staff** (one WebSocket per store): mark confirmed orders packed after the picking time, and
-//!   restock lines that run low.
+//! - **Staff** (one WebSocket per store): `pickers` people per store pick confirmed orders in
+//!   turn, each taking the picking time (±25%), mark them packed, and restock lines that run low.
+//! - **Demand**: flat, or a compressed day with a lunch and an evening peak.
 //!
 //! Arrivals are scheduled on a fixed timeline and latency is measured from each arrival's
 //! intended time, so a stalled server cannot hide behind a slower request rate. `speedup` makes
@@ -31,6 +32,7 @@ use darkstore_auth::{Claims, Role, sign};
 use serde_json::{Value, json};
 
 pub use report::{Dist, Report};
+
 use report::{Stats, quantile};
 
 /// What to run.
@@ -60,6 +62,61 @@ pub struct RunConfig {
     pub cancel_rate: f64,
     /// Seed of the simulator's random choices.
     pub seed: u64,
+    /// Staff picking at once in each store (orders wait their turn).
+    pub pickers: usize,
+    /// How arrivals spread over the run.
+    pub demand: Demand,
+}
+
+/// How customer arrivals spread over the run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Demand {
+    /// A constant rate.
+    Flat,
+    /// The run is one day from 08:00 to 24:00, compressed: a lunch peak about 13:00 and a larger
+    /// evening peak about 20:00 over a base, with the same mean rate as `Flat`.
+    Peaks,
+}
+
+impl Demand {
+    /// The rate at a fraction `x` of the run, relative to the mean (mean 1 over [0, 1]).
+    pub fn shape(self, x: f64) -> f64 {
+        match self {
+            Demand::Flat => 1.0,
+            Demand::Peaks => Demand::peaks_raw(x) / PEAKS_MEAN,
+        }
+    }
+
+    fn peaks_raw(x: f64) -> f64 {
+        let hour = 8.0 + 16.0 * x.clamp(0.0, 1.0);
+        let bump = |at: f64, width: f64| (-((hour - at) / width).powi(2) / 2.0).exp();
+        0.4 + 1.2 * bump(13.0, 1.0) + 1.8 * bump(20.0, 1.2)
+    }
+
+    /// The highest relative rate (for thinning).
+    fn max_shape(self) -> f64 {
+        (0..=1000).map(|i| self.shape(f64::from(i) / 1000.0)).fold(0.0, f64::max)
+    }
+}
+
+/// The mean of `peaks_raw` over [0, 1] (checked numerically by a test).
+const PEAKS_MEAN: f64 = 0.926_247;
+
+#[cfg(test)]
+mod tests {
+    use super::Demand;
+
+    #[test]
+    fn demand_curves_keep_the_mean_rate() {
+        let n = 100_000;
+        for d in [Demand::Flat, Demand::Peaks] {
+            let mean: f64 = (0..n).map(|i| d.shape((f64::from(i) + 0.5) / f64::from(n))).sum::<f64>() / f64::from(n);
+            assert!((mean - 1.0).abs() < 1e-4, "{d:?}: {mean}");
+        }
+        // Evening above lunch above the morning.
+        let at = |hour: f64| Demand::Peaks.shape((hour - 8.0) / 16.0);
+        assert!(at(20.0) > at(13.0) && at(13.0) > at(10.0) * 2.0, "{} {} {}", at(20.0), at(13.0), at(10.0));
+    }
 }
 
 impl RunConfig {
@@ -78,6 +135,8 @@ impl RunConfig {
             progress: false,
             cancel_rate: 0.0,
             seed: 0x5eed,
+            pickers: 2,
+            demand: Demand::Flat,
         }
     }
 }
@@ -242,13 +301,20 @@ pub async fn run(cfg: RunConfig) -> Result<Report, String> {
     });
     let mut next = Duration::ZERO;
     let mut n = 0u64;
+    let max_shape = ctx.cfg.demand.max_shape();
     loop {
         if ctx.cfg.order_rate <= 0.0 {
             break;
         }
-        next += Duration::from_secs_f64(-rng.unit().max(1e-12).ln() / ctx.cfg.order_rate);
+        // A Poisson process at the peak rate, thinned to the demand curve.
+        let peak = ctx.cfg.order_rate * max_shape;
+        next += Duration::from_secs_f64(-rng.unit().max(1e-12).ln() / peak);
         if next >= ctx.cfg.duration {
             break;
+        }
+        let x = next.as_secs_f64() / ctx.cfg.duration.as_secs_f64().max(1e-9);
+        if rng.unit() * max_shape > ctx.cfg.demand.shape(x) {
+            continue;
         }
         let intended = started + next;
         tokio::time::sleep_until(intended.into()).await;
@@ -339,6 +405,8 @@ pub async fn run(cfg: RunConfig) -> Result<Report, String> {
     let cancelled = s.cancelled.load(Ordering::Relaxed);
     // Taken out first: a lock inside the report's literal would live to its end.
     let promise_errors = s.promise_errors_s.lock().expect("errors lock").clone();
+    let eta_errors = s.eta_errors_s.lock().expect("errors lock").clone();
+    let fee_levels = s.fees.lock().expect("fees lock").clone();
     let errors_by_kind = s.errors.lock().expect("errors lock").clone();
     Ok(Report {
         placed,
@@ -366,6 +434,9 @@ pub async fn run(cfg: RunConfig) -> Result<Report, String> {
         },
         promise_error_p50_s: quantile(&promise_errors, 0.5),
         promise_error_p90_s: quantile(&promise_errors, 0.9),
+        eta_error_at_pickup_p50_s: quantile(&eta_errors, 0.5),
+        eta_error_at_pickup_p90_s: quantile(&eta_errors, 0.9),
+        fee_levels,
         order_latency_ms: Dist::of(&s.order_ms.lock().expect("h"), 1.0),
         availability_latency_ms: Dist::of(&s.avail_ms.lock().expect("h"), 1.0),
         time_to_assignment_s: Dist::of(&s.assign_s.lock().expect("h"), 1.0 / 1000.0),

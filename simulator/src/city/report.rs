@@ -66,6 +66,11 @@ pub struct Report {
     /// Delivered − `promised_by`, simulated seconds (negative: early): median and 90th percentile.
     pub promise_error_p50_s: f64,
     pub promise_error_p90_s: f64,
+    /// |delivered − the `eta_at` told at pickup|, simulated seconds: median and 90th percentile.
+    pub eta_error_at_pickup_p50_s: f64,
+    pub eta_error_at_pickup_p90_s: f64,
+    /// Orders placed at each delivery fee (minor units).
+    pub fee_levels: BTreeMap<i64, u64>,
     pub order_latency_ms: Dist,
     pub availability_latency_ms: Dist,
     /// Simulated seconds from placement to assignment.
@@ -93,6 +98,8 @@ pub(super) struct Stats {
     pub(super) within_promise: AtomicU64,
     pub(super) on_time: AtomicU64,
     pub(super) promise_errors_s: Mutex<Vec<f64>>,
+    pub(super) eta_errors_s: Mutex<Vec<f64>>,
+    pub(super) fees: Mutex<BTreeMap<i64, u64>>,
     pub(super) positions: AtomicU64,
     pub(super) tasks: AtomicU64,
     pub(super) errors: Mutex<BTreeMap<String, u64>>,
@@ -121,6 +128,8 @@ impl Stats {
             within_promise: AtomicU64::new(0),
             on_time: AtomicU64::new(0),
             promise_errors_s: Mutex::new(Vec::new()),
+            eta_errors_s: Mutex::new(Vec::new()),
+            fees: Mutex::new(BTreeMap::new()),
             positions: AtomicU64::new(0),
             tasks: AtomicU64::new(0),
             errors: Mutex::new(BTreeMap::new()),
@@ -166,6 +175,7 @@ impl Report {
              cancelled {}, cancels refused (after pickup) {}, riders left holding a cancelled order {}\n  \
              oversold {}, accounted {} of {}, lifecycle violations {}, delivered within the promise {:.1}%\n  \
              on time (by promised_by) {:.1}%, promise error p50 {:.0} s, p90 {:.0} s (simulated; negative is early)\n  \
+             live ETA at pickup: absolute error p50 {:.0} s, p90 {:.0} s (simulated); orders by delivery fee {:?}\n  \
              positions published {}, tasks received {}, errors {}\n",
             self.duration_s,
             self.speedup,
@@ -185,6 +195,9 @@ impl Report {
             self.on_time_pct,
             self.promise_error_p50_s,
             self.promise_error_p90_s,
+            self.eta_error_at_pickup_p50_s,
+            self.eta_error_at_pickup_p90_s,
+            self.fee_levels,
             self.positions_published,
             self.tasks_received,
             self.errors,

@@ -1,0 +1,209 @@
+//! Calibration: the configured speed, detour and picking time are priors; what the server observes
+//! corrects them.
+//!
+//! Every finished leg gives a ratio `r = observed ÷ modelled` (the modelled time from the
+//! configured priors). [`LogEwma`] keeps a bounded, exponentially weighted mean of `ln r`:
+//! - a running mean for the first `1 ÷ alpha` observations (`alpha_n = max(1 ÷ n, alpha)`), so a
+//!   city that is twice as slow as configured, or a simulator at any speed-up, is learned from
+//!   its first few orders instead of over a hundred;
+//! - then an exponentially weighted mean with weight `alpha`, counted in observations, not in
+//!   wall-clock time, so it behaves the same at any `--speedup` and in quiet hours;
+//! - bounded: a ratio counts as at most [`Bounds::ratio`] either way, and once warm an
+//!   observation is pulled to within `max_step` (log) of the estimate, so one rider's lunch break
+//!   cannot move a store's estimate by more than a step.
+//!
+//! A store's estimate is shrunk toward the city's while it has few observations
+//! ([`LogEwma::shrunk_toward`]: `(n·θ_store + n₀·θ_city) ÷ (n + n₀)` in log space).
+//!
+//! [`Quantile`] tracks a quantile of the quote's relative error online with the pinball-loss
+//! update `q ← q + step·(τ − 1[e < q])`; the promise adds it as a margin.
+
+/// Limits of the estimators.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Bounds {
+    /// The smallest weight of a new observation once warm.
+    pub alpha: f64,
+    /// Ratios are clamped to `[1 ÷ ratio, ratio]`.
+    pub ratio: f64,
+    /// Once warm, an observation is pulled to within this (natural log) of the estimate.
+    pub max_step: f64,
+    /// Pseudo-observations of the parent when shrinking a child toward it.
+    pub n0: f64,
+}
+
+impl Default for Bounds {
+    fn default() -> Self {
+        // max_step ln 3: a leg three times the estimate counts as three times, no more.
+        Bounds { alpha: 0.05, ratio: 100.0, max_step: 3f64.ln(), n0: 8.0 }
+    }
+}
+
+/// A bounded exponentially weighted mean of log-ratios. The estimate starts at ratio 1 (the
+/// prior) with no observations.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct LogEwma {
+    mean: f64,
+    n: u32,
+}
+
+impl LogEwma {
+    /// Adds one observed ratio; a ratio that is not a positive finite number is ignored.
+    pub fn observe(&mut self, ratio: f64, b: &Bounds) {
+        if !(ratio.is_finite() && ratio > 0.0) {
+            return;
+        }
+        let bound = b.ratio.max(1.0).ln();
+        let mut x = ratio.ln().clamp(-bound, bound);
+        let alpha = b.alpha.clamp(1e-6, 1.0);
+        let warm = f64::from(self.n) >= 1.0 / alpha;
+        if warm {
+            x = x.clamp(self.mean - b.max_step, self.mean + b.max_step);
+        }
+        let weight = (1.0 / (f64::from(self.n) + 1.0)).max(alpha);
+        self.mean += weight * (x - self.mean);
+        self.n = self.n.saturating_add(1);
+    }
+
+    /// The estimated ratio.
+    pub fn factor(&self) -> f64 {
+        self.mean.exp()
+    }
+
+    /// Observations so far.
+    pub fn count(&self) -> u32 {
+        self.n
+    }
+
+    /// The ratio, shrunk toward `parent` while this has few observations.
+    pub fn shrunk_toward(&self, parent: &LogEwma, b: &Bounds) -> f64 {
+        self.shrunk_toward_log(parent.mean, b)
+    }
+
+    /// The ratio, shrunk toward a parent given as its natural log.
+    pub fn shrunk_toward_log(&self, parent_log: f64, b: &Bounds) -> f64 {
+        let n = f64::from(self.n);
+        let n0 = b.n0.max(0.0);
+        if n + n0 <= 0.0 {
+            return parent_log.exp();
+        }
+        ((n * self.mean + n0 * parent_log) / (n + n0)).exp()
+    }
+}
+
+/// An online quantile of a stream (the pinball-loss update with a fixed step), kept within
+/// `[lo, hi]`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Quantile {
+    q: f64,
+    n: u32,
+}
+
+impl Quantile {
+    pub fn new(prior: f64) -> Quantile {
+        Quantile { q: prior, n: 0 }
+    }
+
+    /// Adds one observation `e`, moving the estimate toward the `tau` quantile.
+    pub fn observe(&mut self, e: f64, tau: f64, step: f64, lo: f64, hi: f64) {
+        if !e.is_finite() {
+            return;
+        }
+        let below = if e < self.q { 1.0 } else { 0.0 };
+        self.q = (self.q + step * (tau - below)).clamp(lo, hi);
+        self.n = self.n.saturating_add(1);
+    }
+
+    pub fn value(&self) -> f64 {
+        self.q
+    }
+
+    pub fn count(&self) -> u32 {
+        self.n
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn learns_a_city_twice_as_slow_from_its_first_legs() {
+        let b = Bounds::default();
+        let mut e = LogEwma::default();
+        assert_eq!(e.factor(), 1.0, "the prior");
+        for _ in 0..3 {
+            e.observe(2.0, &b);
+        }
+        assert!((e.factor() - 2.0).abs() < 1e-9, "{}", e.factor());
+        // A simulator at speed-up 40: ratios near 1/40.
+        let mut fast = LogEwma::default();
+        fast.observe(1.0 / 40.0, &b);
+        assert!((fast.factor() - 0.025).abs() < 1e-9);
+    }
+
+    #[test]
+    fn bounded_against_nonsense_and_outliers() {
+        let b = Bounds::default();
+        let mut e = LogEwma::default();
+        for bad in [0.0, -1.0, f64::NAN, f64::INFINITY] {
+            e.observe(bad, &b);
+        }
+        assert_eq!(e.count(), 0);
+        e.observe(1e9, &b);
+        assert!((e.factor() - 100.0).abs() < 1e-6, "clamped to the ratio bound");
+        let mut warm = LogEwma::default();
+        for _ in 0..40 {
+            warm.observe(1.0, &b);
+        }
+        warm.observe(1000.0, &b);
+        // At most max_step (ln 3) times alpha (0.05) away: a factor of about 1.056.
+        assert!(warm.factor() < 1.06, "{}", warm.factor());
+    }
+
+    #[test]
+    fn follows_a_change_once_warm() {
+        let b = Bounds::default();
+        let mut e = LogEwma::default();
+        for _ in 0..100 {
+            e.observe(1.0, &b);
+        }
+        for _ in 0..100 {
+            e.observe(2.0, &b);
+        }
+        assert!((e.factor() - 2.0).abs() < 0.02, "{}", e.factor());
+    }
+
+    #[test]
+    fn a_thin_child_leans_on_its_parent() {
+        let b = Bounds::default();
+        let mut city = LogEwma::default();
+        for _ in 0..50 {
+            city.observe(2.0, &b);
+        }
+        let store = LogEwma::default();
+        assert!((store.shrunk_toward(&city, &b) - 2.0).abs() < 1e-9, "no data: the city");
+        let mut busy = LogEwma::default();
+        for _ in 0..1000 {
+            busy.observe(1.0, &b);
+        }
+        let f = busy.shrunk_toward(&city, &b);
+        assert!(f < 1.01, "well observed: its own ({f})");
+    }
+
+    #[test]
+    fn quantile_finds_the_ninetieth_percentile() {
+        let mut q = Quantile::new(0.0);
+        // A repeating stream 0.00, 0.01, …, 0.99: its 90th percentile is about 0.9.
+        for i in 0..20_000 {
+            q.observe(f64::from(i % 100) / 100.0, 0.9, 0.002, -1.0, 2.0);
+        }
+        assert!((q.value() - 0.9).abs() < 0.03, "{}", q.value());
+        q.observe(f64::NAN, 0.9, 0.5, -1.0, 2.0);
+        assert!((q.value() - 0.9).abs() < 0.03, "NaN ignored");
+        let mut bounded = Quantile::new(0.0);
+        for _ in 0..1000 {
+            bounded.observe(100.0, 0.9, 0.1, -0.5, 1.0);
+        }
+        assert_eq!(bounded.value(), 1.0);
+    }
+}

@@ -1,0 +1,413 @@
+//! Promises: what the server learns from finished legs, and the live ETA of every assigned order.
+//!
+//! An observer of the typed changes. From each order it sees:
+//! - placed: what it was quoted (the estimate, the picking time by the priors, when it should be
+//!   packed), and one more arrival at its store (the surge rule's demand);
+//! - packed: the observed picking time against the priors' → the store's picking ratio;
+//! - picked up: a rider's leg starts at the store;
+//! - delivered: the leg from the store (or the rider's previous drop) to this door against the
+//!   priors' ride plus hand-over → the store's riding ratio; the whole order's time against its
+//!   estimate → the relative error whose 95th percentile is the promise's margin.
+//!
+//! The estimators are `darkstore_geoinv::calibrate` (bounded log-space means, a store shrunk
+//! toward the city while it has few observations; an online quantile). The dispatch tick reads
+//! [`Promises::calibrated`] into each store's load, so quotes, the optimizer's travel times and the
+//! surge rule all use what was learned.
+//!
+//! Live ETA: on each position of a rider with a task (and right after an assignment or a pickup),
+//! every order of the task gets `eta_at`: the rider to the store (or the optimizer's expected
+//! arrival when its position is unknown), no earlier than the orders are packed, the hand-over,
+//! then the drops in sequence, each ride and hand-over scaled by the store's riding ratio. It is
+//! told on the order's feed (`Change::Eta`) at assignment and pickup, and while the rider moves at
+//! most every [`ETA_EVERY_MS`] and only when it moved by a second or more.
+//!
+//! Runs on the task that made the change, under the rider's entry lock for positions: it never
+//! calls back into `Riders`.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, OnceLock, Weak};
+
+use darkstore_geoinv::Millis;
+use darkstore_geoinv::calibrate::{Bounds, LogEwma, Quantile};
+use darkstore_geoinv::order::OrderStatus;
+use darkstore_geoinv::quote::Calibrated;
+use darkstore_geoinv::travel::{TravelModel, distance_m};
+use dashmap::DashMap;
+
+use crate::changes::{Change, Changes, EtaReason, Observer};
+use crate::model::{Order, Rider};
+use crate::state::State;
+
+type FastMap<K, V> = std::collections::HashMap<K, V, ahash::RandomState>;
+/// By rider: (when, where).
+type Stamped = Mutex<FastMap<String, (Millis, (f64, f64))>>;
+
+/// The least time between two `eta` messages of an order while its rider moves.
+pub const ETA_EVERY_MS: Millis = 5_000;
+/// The share of promises to keep: the margin is this quantile of the estimate's relative error.
+const PROMISE_QUANTILE: f64 = 0.95;
+/// Step of the online quantile (relative error units).
+const MARGIN_STEP: f64 = 0.01;
+/// The margin before anything is observed, and its bounds.
+const MARGIN_PRIOR: f64 = 0.1;
+const MARGIN_BOUNDS: (f64, f64) = (-0.5, 3.0);
+
+#[derive(Debug, Default)]
+pub struct PromiseCounters {
+    pub eta_messages: AtomicU64,
+    pub pick_observed: AtomicU64,
+    pub ride_observed: AtomicU64,
+    pub delivered_on_time: AtomicU64,
+    pub delivered_late: AtomicU64,
+}
+
+/// An open order, as the promises need it.
+#[derive(Debug, Clone)]
+struct Open {
+    store_id: String,
+    /// When picking could start (placement, or the payment's confirmation).
+    start: Millis,
+    /// The picking time by the priors alone, and as estimated.
+    pick_prior_ms: Millis,
+    pick_ms: Millis,
+    /// The quote's wait for a rider.
+    rider_ms: Millis,
+    /// When it was packed, assigned and picked up (for the log of a broken promise).
+    packed_at: Option<Millis>,
+    assigned_at: Option<Millis>,
+    picked_at: Option<Millis>,
+    /// The estimate at placement (no margin), from `start`.
+    estimate_ms: Millis,
+    promised_by: Millis,
+    /// Packed, or when it should be.
+    ready_by: Millis,
+    /// The current estimate of arrival, and what was last told.
+    eta_at: Millis,
+    told: Option<(Millis, Millis)>,
+    /// Assigned to a rider (estimates are told only then).
+    assigned: bool,
+    /// A reason to tell the next estimate at once.
+    pending: Option<EtaReason>,
+}
+
+#[derive(Debug)]
+struct Learned {
+    city_pick: LogEwma,
+    city_ride: LogEwma,
+    /// Riders' moving speed from consecutive positions, as a ratio of time to the priors' (the
+    /// first thing learned: the city's riding ratio leans on it until legs are finished).
+    city_gps: LogEwma,
+    /// store id → (picking, riding)
+    stores: FastMap<String, (LogEwma, LogEwma)>,
+    margin: Quantile,
+}
+
+pub struct Promises {
+    travel: TravelModel,
+    handover_ms: Millis,
+    bounds: Bounds,
+    state: OnceLock<Weak<State>>,
+    learned: Mutex<Learned>,
+    open: DashMap<String, Open>,
+    /// rider → (when its current leg started, where)
+    legs: Stamped,
+    /// rider → its last position while on a task (rider's clock, where)
+    fixes: Stamped,
+    /// store id → orders placed since the last [`Promises::take_arrivals`]
+    arrivals: Mutex<FastMap<String, u32>>,
+    pub counters: PromiseCounters,
+}
+
+impl Promises {
+    pub fn new(travel: TravelModel, handover_ms: Millis) -> Promises {
+        Promises {
+            travel,
+            handover_ms: handover_ms.max(0),
+            bounds: Bounds::default(),
+            state: OnceLock::new(),
+            learned: Mutex::new(Learned {
+                city_pick: LogEwma::default(),
+                city_ride: LogEwma::default(),
+                city_gps: LogEwma::default(),
+                stores: FastMap::default(),
+                margin: Quantile::new(MARGIN_PRIOR),
+            }),
+            open: DashMap::new(),
+            legs: Mutex::new(FastMap::default()),
+            fixes: Mutex::new(FastMap::default()),
+            arrivals: Mutex::new(FastMap::default()),
+            counters: PromiseCounters::default(),
+        }
+    }
+
+    /// The state, for where stores are.
+    pub fn set_state(&self, state: Weak<State>) {
+        let _ = self.state.set(state);
+    }
+
+    fn store_at(&self, store_id: &str) -> Option<(f64, f64)> {
+        let state = self.state.get()?.upgrade()?;
+        state.store(store_id).map(|s| (s.lat, s.lng))
+    }
+
+    /// Riding time by the priors (no hand-over), ms.
+    fn ride_prior(&self, from: (f64, f64), to: (f64, f64)) -> Millis {
+        (self.travel.ride_minutes(distance_m(from.0, from.1, to.0, to.1)) * 60_000.0) as Millis
+    }
+
+    /// What has been learned for a store (`bundle` is the dispatcher's, left at 1 here).
+    pub fn calibrated(&self, store_id: &str) -> Calibrated {
+        let l = self.learned.lock().expect("learned lock");
+        let city_ride = l.city_ride_log();
+        let (pick, ride) = match l.stores.get(store_id) {
+            Some((p, r)) => (p.shrunk_toward(&l.city_pick, &self.bounds), r.shrunk_toward_log(city_ride, &self.bounds)),
+            None => (l.city_pick.factor(), city_ride.exp()),
+        };
+        Calibrated { pick, ride, margin: l.margin.value(), bundle: 1.0 }
+    }
+
+    /// The city's riding ratio (the optimizer's travel times are scaled by it).
+    pub fn city_ride(&self) -> f64 {
+        self.learned.lock().expect("learned lock").city_ride_log().exp()
+    }
+
+    /// (picking, riding) ratios of the city, the margin, and how many legs each rests on.
+    pub fn summary(&self) -> (f64, f64, f64, u32, u32, u32) {
+        let l = self.learned.lock().expect("learned lock");
+        (
+            l.city_pick.factor(),
+            l.city_ride_log().exp(),
+            l.margin.value(),
+            l.city_pick.count(),
+            l.city_ride.count(),
+            l.margin.count(),
+        )
+    }
+
+    /// Orders placed per store since the last call.
+    pub fn take_arrivals(&self) -> FastMap<String, u32> {
+        std::mem::take(&mut *self.arrivals.lock().expect("arrivals lock"))
+    }
+
+    /// When an open order should be packed (as quoted, or when it was).
+    pub fn ready_by(&self, order_id: &str) -> Option<Millis> {
+        self.open.get(order_id).map(|o| o.ready_by)
+    }
+
+    /// The current estimate of an open order's arrival.
+    pub fn eta_at(&self, order_id: &str) -> Option<Millis> {
+        self.open.get(order_id).map(|o| o.eta_at)
+    }
+
+    fn placed(&self, o: &Order) {
+        let Some(q) = o.quoted else { return };
+        self.open.insert(
+            o.id.clone(),
+            Open {
+                store_id: o.store_id.clone(),
+                start: o.created_at,
+                pick_prior_ms: q.pick_prior_ms,
+                pick_ms: q.pick_ms,
+                rider_ms: q.rider_ms,
+                packed_at: None,
+                assigned_at: None,
+                picked_at: None,
+                estimate_ms: q.estimate_ms,
+                promised_by: o.promised_by,
+                ready_by: o.created_at.saturating_add(q.pick_ms),
+                eta_at: o.created_at.saturating_add(q.estimate_ms),
+                told: None,
+                assigned: false,
+                pending: None,
+            },
+        );
+        *self.arrivals.lock().expect("arrivals lock").entry(o.store_id.clone()).or_default() += 1;
+    }
+
+    fn changed(&self, o: &Order, from: OrderStatus) {
+        let now = o.updated_at;
+        match o.status {
+            OrderStatus::Confirmed if from == OrderStatus::PendingPayment => {
+                if let Some(mut open) = self.open.get_mut(&o.id) {
+                    // Picking starts now; the quote moves with it.
+                    open.start = now;
+                    open.ready_by = now.saturating_add(open.pick_ms);
+                    open.eta_at = now.saturating_add(open.estimate_ms);
+                }
+            }
+            OrderStatus::Confirmed | OrderStatus::Packed if from == OrderStatus::Assigned => {
+                // Handed back: no rider, no live estimate until the next one.
+                if let Some(mut open) = self.open.get_mut(&o.id) {
+                    open.assigned = false;
+                    open.told = None;
+                    open.pending = None;
+                }
+            }
+            OrderStatus::Packed if from == OrderStatus::Confirmed => {
+                if let Some(mut open) = self.open.get_mut(&o.id) {
+                    open.ready_by = now;
+                    open.packed_at = Some(now);
+                    if open.pick_prior_ms > 0 {
+                        let ratio = (now - open.start) as f64 / open.pick_prior_ms as f64;
+                        let mut l = self.learned.lock().expect("learned lock");
+                        let b = self.bounds;
+                        l.city_pick.observe(ratio, &b);
+                        l.stores.entry(open.store_id.clone()).or_default().0.observe(ratio, &b);
+                        self.counters.pick_observed.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+            OrderStatus::Assigned => {
+                if let Some(mut open) = self.open.get_mut(&o.id) {
+                    open.assigned = true;
+                    open.assigned_at = Some(now);
+                    open.pending = Some(EtaReason::Assigned);
+                }
+            }
+            OrderStatus::PickedUp => {
+                if let Some(mut open) = self.open.get_mut(&o.id) {
+                    open.picked_at = Some(now);
+                    open.pending = Some(EtaReason::PickedUp);
+                }
+                if let (Some(rider), Some(store)) = (&o.rider_id, self.store_at(&o.store_id)) {
+                    self.legs.lock().expect("legs lock").insert(rider.clone(), (now, store));
+                }
+            }
+            OrderStatus::Delivered => self.delivered(o, now),
+            OrderStatus::Cancelled | OrderStatus::Expired => {
+                self.open.remove(&o.id);
+            }
+            _ => {}
+        }
+    }
+
+    fn delivered(&self, o: &Order, now: Millis) {
+        let Some((_, open)) = self.open.remove(&o.id) else { return };
+        let drop = (o.lat, o.lng);
+        let leg = o.rider_id.as_ref().and_then(|r| {
+            let mut legs = self.legs.lock().expect("legs lock");
+            let leg = legs.get(r).copied();
+            legs.insert(r.clone(), (now, drop));
+            leg
+        });
+        let b = self.bounds;
+        let mut l = self.learned.lock().expect("learned lock");
+        if let Some((t0, from)) = leg {
+            let prior = self.ride_prior(from, drop).saturating_add(self.handover_ms);
+            if prior > 0 && now >= t0 {
+                let ratio = (now - t0) as f64 / prior as f64;
+                l.city_ride.observe(ratio, &b);
+                l.stores.entry(open.store_id.clone()).or_default().1.observe(ratio, &b);
+                self.counters.ride_observed.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        if open.estimate_ms > 0 {
+            let e = (now - open.start) as f64 / open.estimate_ms as f64 - 1.0;
+            // Larger steps while the first orders come in, so the margin is found quickly.
+            let step = if l.margin.count() < 50 { 4.0 * MARGIN_STEP } else { MARGIN_STEP };
+            l.margin.observe(e, PROMISE_QUANTILE, step, MARGIN_BOUNDS.0, MARGIN_BOUNDS.1);
+        }
+        let since = |t: Option<Millis>| t.map(|t| t - open.start);
+        tracing::debug!(
+            order = %o.id,
+            store = %open.store_id,
+            late_ms = now - open.promised_by,
+            actual_ms = now - open.start,
+            estimate_ms = open.estimate_ms,
+            quoted_pick_ms = open.pick_ms,
+            quoted_rider_ms = open.rider_ms,
+            packed_ms = ?since(open.packed_at),
+            assigned_ms = ?since(open.assigned_at),
+            picked_ms = ?since(open.picked_at),
+            "delivered"
+        );
+        let counter =
+            if now <= open.promised_by { &self.counters.delivered_on_time } else { &self.counters.delivered_late };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A busy rider's moving speed, from its last two positions.
+    fn observe_speed(&self, rider: &Rider) {
+        let Some(pos) = rider.pos else { return };
+        let prev = self.fixes.lock().expect("fixes lock").insert(rider.id.clone(), (rider.ts, pos));
+        let Some((ts, from)) = prev else { return };
+        let (dt, metres) = (rider.ts - ts, distance_m(from.0, from.1, pos.0, pos.1));
+        // Moving (not waiting at a door), between fixes close enough to be one straight stretch.
+        if !(1..=30_000).contains(&dt) || !(5.0..=2_000.0).contains(&metres) {
+            return;
+        }
+        let prior = self.travel.ride_minutes(metres) * 60_000.0;
+        if prior > 0.0 {
+            let mut l = self.learned.lock().expect("learned lock");
+            l.city_gps.observe(dt as f64 / prior, &self.bounds);
+        }
+    }
+
+    /// Live ETAs of a rider's task, told where due.
+    fn rider(&self, rider: &Rider, hub: &Changes) {
+        let Some(task) = &rider.task else {
+            if rider.pos.is_some() {
+                self.fixes.lock().expect("fixes lock").remove(&rider.id);
+            }
+            return;
+        };
+        self.observe_speed(rider);
+        let Some(first) = task.orders.first() else { return };
+        let Some(now) = self.state.get().and_then(Weak::upgrade).map(|s| s.now()) else { return };
+        let store_id = self.open.get(&first.id).map(|o| o.store_id.clone()).unwrap_or_else(|| task.store_id.clone());
+        let f = self.calibrated(&store_id).ride;
+        let scaled = |ms: Millis| (ms as f64 * f) as Millis;
+        let handover = scaled(self.handover_ms);
+        let unpicked: Vec<&str> = task.order_ids().filter(|id| !task.picked.iter().any(|p| p == id)).collect();
+        let (mut t, mut pos) = (now, rider.pos.unwrap_or(task.pickup));
+        if !unpicked.is_empty() {
+            let arrive = match rider.pos {
+                Some(p) => now.saturating_add(scaled(self.ride_prior(p, task.pickup))),
+                None => task.pickup_eta.max(now),
+            };
+            let ready = unpicked.iter().filter_map(|id| self.ready_by(id)).max().unwrap_or(now);
+            t = arrive.max(ready).saturating_add(handover);
+            pos = task.pickup;
+        }
+        for o in &task.orders {
+            t = t.saturating_add(scaled(self.ride_prior(pos, (o.lat, o.lng)))).saturating_add(handover);
+            pos = (o.lat, o.lng);
+            let Some(mut open) = self.open.get_mut(&o.id) else { continue };
+            if !open.assigned {
+                continue;
+            }
+            open.eta_at = t;
+            let reason = match (open.pending.take(), open.told) {
+                (Some(r), _) => r,
+                (None, Some((at, told))) if now - at >= ETA_EVERY_MS && (t - told).abs() >= 1000 => EtaReason::Moving,
+                (None, None) => EtaReason::Moving,
+                (None, Some(_)) => continue,
+            };
+            open.told = Some((now, t));
+            let store_id = open.store_id.clone();
+            let promised_by = open.promised_by;
+            drop(open);
+            self.counters.eta_messages.fetch_add(1, Ordering::Relaxed);
+            hub.emit(&Change::Eta { order_id: &o.id, store_id: &store_id, eta_at: t, promised_by, reason });
+        }
+    }
+}
+
+impl Learned {
+    /// The city's riding ratio (log): finished legs, shrunk toward the riders' moving speed while
+    /// there are few of them.
+    fn city_ride_log(&self) -> f64 {
+        self.city_ride.shrunk_toward(&self.city_gps, &Bounds::default()).ln()
+    }
+}
+
+impl Observer for Promises {
+    fn observe(&self, change: &Change<'_>, hub: &Changes) {
+        match change {
+            Change::Order { order, before: None } => self.placed(order),
+            Change::Order { order, before: Some(b) } if b.status != order.status => self.changed(order, b.status),
+            Change::Rider { rider } => self.rider(rider, hub),
+            _ => {}
+        }
+    }
+}
