@@ -14,7 +14,7 @@ use std::sync::{OnceLock, Weak};
 use darkstore_geoinv::Millis;
 use darkstore_geoinv::area::StoreIdx;
 
-use crate::model::{LineView, Order, OrderBefore, Product, Rider, Task};
+use crate::model::{AreaState, LineView, Order, OrderBefore, Product, Rider, Task};
 
 /// A SKU that became available or unavailable at a store.
 #[derive(Debug, Clone)]
@@ -39,6 +39,8 @@ pub enum Change<'a> {
     /// A rider's task was given or changed: the rider must be told. A task with no orders left
     /// is withdrawn.
     Task { rider: &'a str, task: &'a Task },
+    /// A store area's surge level changed.
+    Area { store_id: &'a str, area: AreaState },
     /// An order's estimated arrival changed and is due to be told.
     Eta { order_id: &'a str, store_id: &'a str, eta_at: Millis, promised_by: Millis, reason: EtaReason },
 }

@@ -20,6 +20,7 @@ use darkstore_geoinv::surge::{Demand, Surge, SurgeRule};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
+use crate::changes::Change;
 use crate::ingest::Ingest;
 use crate::model::{Task, TaskOrder};
 use crate::promises::Promises;
@@ -50,13 +51,7 @@ struct Between {
     surge: FastMap<u32, Surge>,
 }
 
-/// A store's surge level and pressure, for the dashboard and `/metrics`.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct AreaState {
-    pub level: usize,
-    pub pressure: f64,
-    pub fee_minor: i64,
-}
+pub use crate::model::AreaState;
 
 pub struct Dispatcher {
     pub state: Arc<State>,
@@ -302,13 +297,15 @@ impl Dispatcher {
             let surge = b.surge.entry(store.idx.0).or_default();
             if let Some(level) = surge.step(demand.pressure(), now, &self.surge_rule) {
                 self.counters.surge_changes.fetch_add(1, Ordering::Relaxed);
+                let area = AreaState { level, pressure: surge.smoothed, fee_minor: self.surge_rule.fee(level) };
                 tracing::info!(
                     store = %store.id,
                     level,
-                    fee_minor = self.surge_rule.fee(level),
-                    pressure = surge.smoothed,
+                    fee_minor = area.fee_minor,
+                    pressure = area.pressure,
                     "delivery fee changed"
                 );
+                self.state.changes().emit(&Change::Area { store_id: &store.id, area });
             }
             load.delivery_fee_minor = self.surge_rule.fee(surge.level);
         }
@@ -317,6 +314,16 @@ impl Dispatcher {
     /// Orders per trip, as the optimizer has been bundling them (1 before any trip).
     pub fn bundle(&self) -> f64 {
         self.between.lock().expect("between lock").bundle.unwrap_or(1.0)
+    }
+
+    /// A store's surge state (None before the first tick).
+    pub fn area_of(&self, store: u32) -> Option<AreaState> {
+        let b = self.between.lock().expect("between lock");
+        b.surge.get(&store).map(|s| AreaState {
+            level: s.level,
+            pressure: s.smoothed,
+            fee_minor: self.surge_rule.fee(s.level),
+        })
     }
 
     /// Each store's surge state, by store index.

@@ -169,3 +169,12 @@ pub struct Rider {
     pub status: RiderStatus,
     pub task: Option<Task>,
 }
+
+/// A store area's surge level, its smoothed pressure (demand over supply) and the delivery fee it
+/// sets.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct AreaState {
+    pub level: usize,
+    pub pressure: f64,
+    pub fee_minor: i64,
+}

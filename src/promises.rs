@@ -52,6 +52,18 @@ const MARGIN_STEP: f64 = 0.01;
 const MARGIN_PRIOR: f64 = 0.1;
 const MARGIN_BOUNDS: (f64, f64) = (-0.5, 3.0);
 
+/// The city's ratios (observed ÷ modelled) and margin, and the observations behind each
+/// (picking, riding, door, speed).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Summary {
+    pub pick: f64,
+    pub ride: f64,
+    pub door: f64,
+    pub speed: f64,
+    pub margin: f64,
+    pub observed: [u32; 4],
+}
+
 #[derive(Debug, Default)]
 pub struct PromiseCounters {
     pub eta_messages: AtomicU64,
@@ -97,8 +109,10 @@ struct Learned {
     /// Riders' moving speed from consecutive positions, as a ratio of time to the priors' (the
     /// first thing learned: the city's riding ratio leans on it until legs are finished).
     city_gps: LogEwma,
-    /// store id → (picking, riding)
-    stores: FastMap<String, (LogEwma, LogEwma)>,
+    /// Pickup to door against the direct ride and hand-over (the quote's door leg).
+    city_door: LogEwma,
+    /// store id → (picking, riding, door)
+    stores: FastMap<String, (LogEwma, LogEwma, LogEwma)>,
     margin: Quantile,
 }
 
@@ -129,6 +143,7 @@ impl Promises {
                 city_pick: LogEwma::default(),
                 city_ride: LogEwma::default(),
                 city_gps: LogEwma::default(),
+                city_door: LogEwma::default(),
                 stores: FastMap::default(),
                 margin: Quantile::new(MARGIN_PRIOR),
             }),
@@ -159,11 +174,17 @@ impl Promises {
     pub fn calibrated(&self, store_id: &str) -> Calibrated {
         let l = self.learned.lock().expect("learned lock");
         let city_ride = l.city_ride_log();
-        let (pick, ride) = match l.stores.get(store_id) {
-            Some((p, r)) => (p.shrunk_toward(&l.city_pick, &self.bounds), r.shrunk_toward_log(city_ride, &self.bounds)),
-            None => (l.city_pick.factor(), city_ride.exp()),
+        // The door ratio leans on the riding ratio until pickups have been followed to doors.
+        let city_door = l.city_door.shrunk_toward_log(city_ride, &self.bounds).ln();
+        let (pick, ride, door) = match l.stores.get(store_id) {
+            Some((p, r, d)) => (
+                p.shrunk_toward(&l.city_pick, &self.bounds),
+                r.shrunk_toward_log(city_ride, &self.bounds),
+                d.shrunk_toward_log(city_door, &self.bounds),
+            ),
+            None => (l.city_pick.factor(), city_ride.exp(), city_door.exp()),
         };
-        Calibrated { pick, ride, margin: l.margin.value(), bundle: 1.0 }
+        Calibrated { pick, ride, door, margin: l.margin.value(), bundle: 1.0 }
     }
 
     /// The city's riding ratio (the optimizer's travel times are scaled by it).
@@ -171,17 +192,18 @@ impl Promises {
         self.learned.lock().expect("learned lock").city_ride_log().exp()
     }
 
-    /// (picking, riding) ratios of the city, the margin, and how many legs each rests on.
-    pub fn summary(&self) -> (f64, f64, f64, u32, u32, u32) {
+    /// What the city has learned, for `/metrics`.
+    pub fn summary(&self) -> Summary {
         let l = self.learned.lock().expect("learned lock");
-        (
-            l.city_pick.factor(),
-            l.city_ride_log().exp(),
-            l.margin.value(),
-            l.city_pick.count(),
-            l.city_ride.count(),
-            l.margin.count(),
-        )
+        let ride = l.city_ride_log();
+        Summary {
+            pick: l.city_pick.factor(),
+            ride: ride.exp(),
+            door: l.city_door.shrunk_toward_log(ride, &self.bounds),
+            speed: l.city_gps.factor(),
+            margin: l.margin.value(),
+            observed: [l.city_pick.count(), l.city_ride.count(), l.city_door.count(), l.city_gps.count()],
+        }
     }
 
     /// Orders placed per store since the last call.
@@ -224,8 +246,32 @@ impl Promises {
         *self.arrivals.lock().expect("arrivals lock").entry(o.store_id.clone()).or_default() += 1;
     }
 
+    /// Packed (staff may pack an order already assigned: its status stays, `packed_at` is set):
+    /// the picking time observed against the priors'.
+    fn packed(&self, o: &Order) {
+        let Some(at) = o.packed_at else { return };
+        let Some(mut open) = self.open.get_mut(&o.id) else { return };
+        if open.packed_at.is_some() {
+            return;
+        }
+        open.ready_by = at;
+        open.packed_at = Some(at);
+        if open.pick_prior_ms > 0 && at >= open.start {
+            let ratio = (at - open.start) as f64 / open.pick_prior_ms as f64;
+            let mut l = self.learned.lock().expect("learned lock");
+            let b = self.bounds;
+            l.city_pick.observe(ratio, &b);
+            l.stores.entry(open.store_id.clone()).or_default().0.observe(ratio, &b);
+            self.counters.pick_observed.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
     fn changed(&self, o: &Order, from: OrderStatus) {
         let now = o.updated_at;
+        self.packed(o);
+        if o.status == from {
+            return;
+        }
         match o.status {
             OrderStatus::Confirmed if from == OrderStatus::PendingPayment => {
                 if let Some(mut open) = self.open.get_mut(&o.id) {
@@ -241,20 +287,6 @@ impl Promises {
                     open.assigned = false;
                     open.told = None;
                     open.pending = None;
-                }
-            }
-            OrderStatus::Packed if from == OrderStatus::Confirmed => {
-                if let Some(mut open) = self.open.get_mut(&o.id) {
-                    open.ready_by = now;
-                    open.packed_at = Some(now);
-                    if open.pick_prior_ms > 0 {
-                        let ratio = (now - open.start) as f64 / open.pick_prior_ms as f64;
-                        let mut l = self.learned.lock().expect("learned lock");
-                        let b = self.bounds;
-                        l.city_pick.observe(ratio, &b);
-                        l.stores.entry(open.store_id.clone()).or_default().0.observe(ratio, &b);
-                        self.counters.pick_observed.fetch_add(1, Ordering::Relaxed);
-                    }
                 }
             }
             OrderStatus::Assigned => {
@@ -284,6 +316,16 @@ impl Promises {
     fn delivered(&self, o: &Order, now: Millis) {
         let Some((_, open)) = self.open.remove(&o.id) else { return };
         let drop = (o.lat, o.lng);
+        if let (Some(picked), Some(store)) = (open.picked_at, self.store_at(&open.store_id)) {
+            let prior = self.ride_prior(store, drop).saturating_add(self.handover_ms);
+            if prior > 0 && now >= picked {
+                let ratio = (now - picked) as f64 / prior as f64;
+                let b = self.bounds;
+                let mut l = self.learned.lock().expect("learned lock");
+                l.city_door.observe(ratio, &b);
+                l.stores.entry(open.store_id.clone()).or_default().2.observe(ratio, &b);
+            }
+        }
         let leg = o.rider_id.as_ref().and_then(|r| {
             let mut legs = self.legs.lock().expect("legs lock");
             let leg = legs.get(r).copied();
@@ -405,7 +447,7 @@ impl Observer for Promises {
     fn observe(&self, change: &Change<'_>, hub: &Changes) {
         match change {
             Change::Order { order, before: None } => self.placed(order),
-            Change::Order { order, before: Some(b) } if b.status != order.status => self.changed(order, b.status),
+            Change::Order { order, before: Some(b) } => self.changed(order, b.status),
             Change::Rider { rider } => self.rider(rider, hub),
             _ => {}
         }

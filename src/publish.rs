@@ -134,6 +134,9 @@ impl Observer for Publisher {
             Change::Stock { store_id, store, .. } => self.stock(store_id, *store, change),
             Change::Rider { rider } => self.rider(rider),
             Change::Task { rider, task } => self.task(rider, task),
+            Change::Area { store_id, area } => {
+                self.feeds.publish(&Feed::Store(store_id).name(), "area", &views::area_json(area));
+            }
             Change::Eta { order_id, store_id, eta_at, promised_by, reason } => {
                 let json = views::eta_json(order_id, *eta_at, *promised_by, reason.as_str());
                 self.feeds.publish(&Feed::Order(order_id).name(), "eta", &json);

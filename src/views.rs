@@ -45,6 +45,12 @@ pub fn order_json(o: &Order, promise_ms: Millis) -> Value {
     v
 }
 
+/// A store area's surge state.
+pub fn area_json(a: &crate::model::AreaState) -> Value {
+    let pressure = if a.pressure.is_finite() { (a.pressure * 100.0).round() / 100.0 } else { 99.0 };
+    json!({"level": a.level, "fee_minor": a.fee_minor, "pressure": pressure})
+}
+
 /// An order's estimated arrival, as its feed and its store's feed carry it.
 pub fn eta_json(order_id: &str, eta_at: Millis, promised_by: Millis, reason: &str) -> Value {
     json!({"order_id": order_id, "eta_at": rfc3339(eta_at), "promised_by": rfc3339(promised_by), "late": eta_at > promised_by, "reason": reason})

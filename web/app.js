@@ -10,6 +10,7 @@ const state = {
   orders: new Map(),
   stock: new Map(),
   riders: new Map(),
+  etas: new Map(),
   promiseMinutes: 10,
   seq: 0,
   ws: null,
@@ -72,10 +73,12 @@ async function openStore(storeId) {
   state.orders.clear();
   state.stock.clear();
   state.riders.clear();
+  state.etas.clear();
   $("#board").hidden = false;
   const area = await api(`/v1/stores/${encodeURIComponent(storeId)}/area`);
   drawArea(area);
   connect();
+  renderForecast();
 }
 
 // ----- the map -----
@@ -179,9 +182,16 @@ function apply(type, data) {
     if (g) g.innerHTML = "";
     for (const r of state.riders.values()) drawRider(r);
     renderQueue(); renderStock(); renderNumbers(); shadeCells();
+    state.etas = new Map(data.orders.filter((o) => o.eta_at).map((o) => [o.id, o.eta_at]));
+    renderArea(data.area);
   } else if (type === "order") {
     state.orders.set(data.id, data);
     renderQueue(); renderNumbers(); shadeCells();
+  } else if (type === "eta") {
+    state.etas.set(data.order_id, data.eta_at);
+    renderEta(data.order_id);
+  } else if (type === "area") {
+    renderArea(data);
   } else if (type === "stock") {
     state.stock.set(data.sku, data);
     renderStockRow(data);
@@ -205,10 +215,49 @@ function renderQueue() {
       <td><span class="status ${esc(o.status)}">${esc(o.status.replace("_", " "))}</span>${o.payment_status === "held" ? ` <span class="status pending_payment">awaiting payment</span>` : ""}</td>
       <td>${esc(o.rider_id || "–")}</td>
       <td class="num">${o.lines.reduce((n, l) => n + l.qty, 0)}</td>
-      <td class="timer" data-deadline="${esc(o.deadline)}"></td>
+      <td class="timer" data-deadline="${esc(o.promised_by)}"></td>
+      <td class="eta"></td>
       <td>${o.status === "confirmed" ? `<button class="pack" data-order="${esc(o.id)}">packed</button>` : ""}</td>
     </tr>`).join("");
+  for (const o of rows) renderEta(o.id);
   tick();
+}
+
+// The live ETA of an order in the queue: when the rider is expected at the door, red when past
+// the promise.
+function renderEta(id) {
+  const td = document.querySelector(`#queue tr[data-order="${CSS.escape(id)}"] .eta`);
+  const o = state.orders.get(id);
+  const eta = state.etas.get(id);
+  if (!td || !o) return;
+  if (!eta) { td.textContent = "–"; td.classList.remove("late"); return; }
+  td.textContent = new Date(eta).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit", second: "2-digit" });
+  td.classList.toggle("late", Date.parse(eta) > Date.parse(o.promised_by));
+}
+
+const AREA_STATES = ["normal", "busy", "very busy", "surging"];
+
+function renderArea(area) {
+  if (!area) return;
+  $("#n-fee").textContent = (area.fee_minor / 100).toFixed(2);
+  $("#area-state").textContent = `${AREA_STATES[area.level] || `level ${area.level}`} (demand ÷ supply ${area.pressure})`;
+  $("#area").className = `area level-${area.level}`;
+}
+
+async function renderForecast() {
+  if (!state.storeId || !state.token) return;
+  try {
+    const f = await api(`/v1/stores/${encodeURIComponent(state.storeId)}/forecast?hours=6`);
+    $("#forecast tbody").innerHTML = f.hours.map((h) => `
+      <tr class="${h.riders_needed > f.riders_on_shift ? "short" : ""}">
+        <td>${esc(new Date(h.start).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" }))}</td>
+        <td class="num">${esc(h.orders)}</td>
+        <td class="num">${esc(h.riders_needed)}</td>
+        <td class="num">${esc(f.riders_on_shift)}</td>
+      </tr>`).join("");
+  } catch (e) {
+    $("#forecast tbody").innerHTML = `<tr><td colspan="4">${esc(e.message)}</td></tr>`;
+  }
 }
 
 function tick() {
@@ -247,7 +296,7 @@ function renderNumbers() {
   const hourAgo = Date.now() - 3600 * 1000;
   const recent = [...state.orders.values()].filter((o) => Date.parse(o.created_at) >= hourAgo);
   const delivered = recent.filter((o) => o.delivered_at);
-  const onTime = delivered.filter((o) => Date.parse(o.delivered_at) <= Date.parse(o.deadline));
+  const onTime = delivered.filter((o) => Date.parse(o.delivered_at) <= Date.parse(o.promised_by));
   $("#n-orders-hour").textContent = recent.length;
   $("#n-on-time").textContent = delivered.length ? `${Math.round((100 * onTime.length) / delivered.length)}%` : "–";
   const onShift = [...state.riders.values()].filter((r) => r.on_shift);
@@ -297,6 +346,7 @@ $("#sign-out").addEventListener("click", () => {
 $("#stock-filter").addEventListener("input", renderStock);
 setInterval(tick, 1000);
 setInterval(renderNumbers, 30000);
+setInterval(renderForecast, 60000);
 
 // A token in the URL fragment (#token=…) signs in directly, as `darkstore demo` prints it.
 const fromHash = new URLSearchParams(location.hash.slice(1)).get("token");

@@ -101,12 +101,16 @@ pub fn metrics_response(app: &AppRef) -> Response {
     extra.push(("darkstore_dispatch_surge_changes_total".into(), "counter", load(&d.surge_changes)));
     // What the promises have learned, and how they are kept.
     let p = &app.promises.counters;
-    let (pick, ride, margin, n_pick, n_ride, _) = app.promises.summary();
-    extra.push(("darkstore_calibration_ratio{what=\"pick\"}".into(), "gauge", pick));
-    extra.push(("darkstore_calibration_ratio{what=\"ride\"}".into(), "gauge", ride));
-    extra.push(("darkstore_calibration_observations_total{what=\"pick\"}".into(), "counter", f64::from(n_pick)));
-    extra.push(("darkstore_calibration_observations_total{what=\"ride\"}".into(), "counter", f64::from(n_ride)));
-    extra.push(("darkstore_promise_margin_ratio".into(), "gauge", margin));
+    let learned = app.promises.summary();
+    let what = ["pick", "ride", "door", "speed"];
+    let ratios = [learned.pick, learned.ride, learned.door, learned.speed];
+    for (w, r) in what.iter().zip(ratios) {
+        extra.push((format!("darkstore_calibration_ratio{{what=\"{w}\"}}"), "gauge", r));
+    }
+    for (w, n) in what.iter().zip(learned.observed) {
+        extra.push((format!("darkstore_calibration_observations_total{{what=\"{w}\"}}"), "counter", f64::from(n)));
+    }
+    extra.push(("darkstore_promise_margin_ratio".into(), "gauge", learned.margin));
     extra.push((
         "darkstore_promises_delivered_total{outcome=\"on_time\"}".into(),
         "counter",

@@ -500,7 +500,7 @@ async fn snapshot(app: &AppRef, claims: &Option<Claims>, topic: &str) -> Value {
             let mut orders = Vec::new();
             for o in state.orders_of_store(store_id).await {
                 if !o.status.is_final() || o.updated_at >= since || o.created_at >= since {
-                    orders.push(views::order_json(&o, promise));
+                    orders.push(crate::http::orders::with_eta(app, &o, views::order_json(&o, promise)));
                 }
             }
             let stock: Vec<Value> = state
@@ -512,6 +512,7 @@ async fn snapshot(app: &AppRef, claims: &Option<Claims>, topic: &str) -> Value {
             json!({
                 "store": {"id": store.id, "name": store.name, "lat": store.lat, "lng": store.lng},
                 "promise_minutes": promise / 60_000,
+                "area": app.dispatcher.area_of(store.idx.0).map(|a| views::area_json(&a)),
                 "orders": orders,
                 "stock": stock,
                 "riders": riders,

@@ -104,6 +104,14 @@ test("the dashboard follows riders, orders and stock live", async () => {
   await page.waitForFunction((sel, t) => document.querySelector(sel)?.textContent !== t, `${row} .timer`, timer1, { timeout: 5000 });
   assert.match(await page.textContent(`${row} .timer`), /^-?\d+:\d\d$/);
   await page.waitForFunction(() => document.querySelector('#stock tr[data-sku="milk"] .available').textContent === "8");
+  // The area's delivery fee (no surge with one order) and the next hours' forecast are on screen.
+  assert.equal(await page.textContent("#n-fee"), "25.00");
+  await page.waitForSelector("#forecast tbody tr:nth-child(6)");
+
+  // Packed from the dashboard: the one rider takes it, and its live ETA shows beside the promise.
+  await page.click(`button.pack[data-order="${order.id}"]`);
+  await page.waitForFunction((sel) => /\d\d:\d\d/.test(document.querySelector(sel)?.textContent || ""), `${row} .eta`);
+  await page.waitForFunction((sel) => /assigned/.test(document.querySelector(sel)?.textContent || ""), `${row} .status`);
 
   // A restock from the dashboard changes the count on screen.
   page.once("dialog", (d) => d.accept("5"));

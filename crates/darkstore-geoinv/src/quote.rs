@@ -10,8 +10,10 @@
 //!   last of `n` riders, rider `k mod n` takes it after `k div n` more trip cycles;
 //! - `t_ride` and `t_handover`: the ride to the point and the hand-over at the door.
 //!
-//! Calibrated: the pick time is multiplied by the store's observed picking ratio, the ride and
-//! the hand-over by its observed riding ratio (see [`crate::calibrate`]); the riders' times are
+//! Calibrated: the pick time is multiplied by the store's observed picking ratio, the trip cycle
+//! by its observed riding ratio, and the ride and hand-over by its observed door ratio (pickup to
+//! door against the direct ride, so it includes the drops a bundle puts first; see
+//! [`crate::calibrate`]); the riders' times are
 //! calibrated by the caller. The promise adds a margin: `eta = estimate × (1 + margin)`, the
 //! margin an observed quantile of the estimate's relative error, never below the ride itself.
 //!
@@ -44,6 +46,9 @@ pub struct Calibrated {
     pub pick: f64,
     /// Observed ÷ modelled time from the store (or the last drop) to the door, hand-over included.
     pub ride: f64,
+    /// Observed ÷ modelled time from pickup to this order's door (the direct ride and hand-over):
+    /// the ride, the hand-over and the earlier drops of a bundle.
+    pub door: f64,
     /// The promise's margin over the estimate, relative (0.2: 20% more).
     pub margin: f64,
     /// Orders per trip, as the optimizer has been bundling them.
@@ -52,7 +57,7 @@ pub struct Calibrated {
 
 impl Default for Calibrated {
     fn default() -> Self {
-        Calibrated { pick: 1.0, ride: 1.0, margin: 0.0, bundle: 1.0 }
+        Calibrated { pick: 1.0, ride: 1.0, door: 1.0, margin: 0.0, bundle: 1.0 }
     }
 }
 
@@ -100,7 +105,7 @@ impl Quote {
 /// The quote for an order placed `now` at a store in state `load`, to a point `ride_ms` away.
 pub fn quote(load: &StoreLoad, ride_ms: Millis, p: &QuoteParams, now: Millis) -> Quote {
     let c = &load.calibrated;
-    let (pick_f, ride_f) = (positive(c.pick, 1.0), positive(c.ride, 1.0));
+    let (pick_f, ride_f, door_f) = (positive(c.pick, 1.0), positive(c.ride, 1.0), positive(c.door, 1.0));
     let scale = |ms: Millis, f: f64| (ms.max(0) as f64 * f).min(i64::MAX as f64 / 4.0) as Millis;
     let pickers = i64::from(p.pickers.max(1));
     let pick_prior_ms = (i64::from(load.to_pick) + 1).saturating_mul(p.pick_ms.max(0)) / pickers;
@@ -119,7 +124,7 @@ pub fn quote(load: &StoreLoad, ride_ms: Millis, p: &QuoteParams, now: Millis) ->
         let (slot, rounds) = (k % n, (k / n) as i64);
         (riders[slot] - now).max(0).saturating_add(rounds.saturating_mul(cycle_ms))
     };
-    let door = scale(ride_ms.max(0).saturating_add(p.handover_ms.max(0)), ride_f);
+    let door = scale(ride_ms.max(0).saturating_add(p.handover_ms.max(0)), door_f);
     let estimate_ms = pick_ms.max(rider_ms).saturating_add(door);
     let margin = if c.margin.is_finite() { c.margin.clamp(-0.9, 10.0) } else { 0.0 };
     let eta_ms = scale(estimate_ms, 1.0 + margin).max(door);
@@ -215,7 +220,13 @@ mod tests {
                     to_pick: 0,
                     awaiting_rider: 0,
                     riders_at_store: at(&[0]),
-                    calibrated: Calibrated { pick: f64::NAN, ride: -1.0, margin: f64::INFINITY, bundle: f64::NAN },
+                    calibrated: Calibrated {
+                        pick: f64::NAN,
+                        ride: -1.0,
+                        door: 0.0,
+                        margin: f64::INFINITY,
+                        bundle: f64::NAN,
+                    },
                     ..Default::default()
                 },
                 QuoteParams { pickers: 0, ..params() },
@@ -227,7 +238,7 @@ mod tests {
                     to_pick: 0,
                     awaiting_rider: 0,
                     riders_at_store: at(&[0]),
-                    calibrated: Calibrated { ride: 2.0, ..Calibrated::default() },
+                    calibrated: Calibrated { door: 2.0, ..Calibrated::default() },
                     ..Default::default()
                 },
                 params(),
