@@ -20,6 +20,7 @@ use darkstore::http::pages::{PageJson, Pages};
 use darkstore::state::{State, StateConfig};
 use darkstore_db::scratch::ScratchDb;
 use darkstore_db::{Committer, Db, LotSum, ProductRow, Snapshot, StoreRow};
+use darkstore_geoinv::quote::{Calibrated, StoreLoad};
 use darkstore_geoinv::stock::Want;
 use darkstore_geoinv::travel::{TravelModel, distance_m};
 use hdrhistogram::Histogram;
@@ -115,6 +116,35 @@ fn main() {
     let now = common::now_ms();
     let pages = Pages::default();
     println!("availability: {N_STORES} stores × {N_SKUS} SKUs, {N_LOOKUPS} lookups per case, one thread");
+
+    // Every store busy as in a peak: a picking queue, orders waiting for riders, 12 riders with
+    // their times, and what was learned (what the dispatch tick leaves for the quote).
+    let mut loads = std::collections::HashMap::with_hasher(ahash::RandomState::new());
+    for i in 0..N_STORES as u32 {
+        let mut riders: Vec<i64> = (0..12).map(|_| now + (rng.next() % 900_000) as i64).collect();
+        riders.sort_unstable();
+        loads.insert(
+            i,
+            StoreLoad {
+                to_pick: (rng.next() % 8) as u32,
+                awaiting_rider: (rng.next() % 16) as u32,
+                riders_at_store: riders,
+                calibrated: Calibrated { pick: 0.8, ride: 1.2, door: 1.4, margin: 0.3, bundle: 1.4 },
+                delivery_fee_minor: 2_500,
+            },
+        );
+    }
+    state.set_loads(loads);
+    // The serving store and its quote, as every availability request and placement computes it.
+    let mut h = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3).unwrap();
+    for &(lat, lng) in &points {
+        let t = Instant::now();
+        let q = state.serving(lat, lng).unwrap().expect("a serving store");
+        let elapsed = t.elapsed().as_nanos() as u64;
+        black_box(q);
+        h.record(elapsed.max(1)).unwrap();
+    }
+    report("serving store and its quote (busy stores)", &h);
 
     // What `GET /v1/availability` runs: the page kept per store, built again after each change.
     // With no stock changing during the run, every lookup after a store's first is served as kept.

@@ -47,13 +47,13 @@ pub const ETA_EVERY_MS: Millis = 5_000;
 /// The share of promises to keep: the margin is this quantile of the estimate's relative error.
 const PROMISE_QUANTILE: f64 = 0.95;
 /// Step of the online quantile (relative error units).
-const MARGIN_STEP: f64 = 0.01;
+const MARGIN_STEP: f64 = 0.02;
 /// The margin before anything is observed, and its bounds.
 const MARGIN_PRIOR: f64 = 0.1;
 const MARGIN_BOUNDS: (f64, f64) = (-0.5, 3.0);
 
 /// The city's ratios (observed ÷ modelled) and margin, and the observations behind each
-/// (picking, riding, door, speed).
+/// (picking, riding, door, speed, first mile).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Summary {
     pub pick: f64,
@@ -61,7 +61,8 @@ pub struct Summary {
     pub door: f64,
     pub speed: f64,
     pub margin: f64,
-    pub observed: [u32; 4],
+    pub first: f64,
+    pub observed: [u32; 5],
 }
 
 #[derive(Debug, Default)]
@@ -84,6 +85,8 @@ struct Open {
     pick_ms: Millis,
     /// The quote's wait for a rider.
     rider_ms: Millis,
+    /// The first mile as quoted before its own ratio.
+    first_base_ms: Millis,
     /// When it was packed, assigned and picked up (for the log of a broken promise).
     packed_at: Option<Millis>,
     assigned_at: Option<Millis>,
@@ -102,6 +105,14 @@ struct Open {
     pending: Option<EtaReason>,
 }
 
+#[derive(Debug, Default)]
+struct StoreLearned {
+    pick: LogEwma,
+    ride: LogEwma,
+    door: LogEwma,
+    first: LogEwma,
+}
+
 #[derive(Debug)]
 struct Learned {
     city_pick: LogEwma,
@@ -111,8 +122,10 @@ struct Learned {
     city_gps: LogEwma,
     /// Pickup to door against the direct ride and hand-over (the quote's door leg).
     city_door: LogEwma,
-    /// store id → (picking, riding, door)
-    stores: FastMap<String, (LogEwma, LogEwma, LogEwma)>,
+    /// Placement to pickup against the quote's first mile.
+    city_first: LogEwma,
+    /// store id → what was learned there
+    stores: FastMap<String, StoreLearned>,
     margin: Quantile,
 }
 
@@ -144,6 +157,7 @@ impl Promises {
                 city_ride: LogEwma::default(),
                 city_gps: LogEwma::default(),
                 city_door: LogEwma::default(),
+                city_first: LogEwma::default(),
                 stores: FastMap::default(),
                 margin: Quantile::new(MARGIN_PRIOR),
             }),
@@ -176,15 +190,17 @@ impl Promises {
         let city_ride = l.city_ride_log();
         // The door ratio leans on the riding ratio until pickups have been followed to doors.
         let city_door = l.city_door.shrunk_toward_log(city_ride, &self.bounds).ln();
-        let (pick, ride, door) = match l.stores.get(store_id) {
-            Some((p, r, d)) => (
-                p.shrunk_toward(&l.city_pick, &self.bounds),
-                r.shrunk_toward_log(city_ride, &self.bounds),
-                d.shrunk_toward_log(city_door, &self.bounds),
+        let b = &self.bounds;
+        let (pick, ride, door, first) = match l.stores.get(store_id) {
+            Some(s) => (
+                s.pick.shrunk_toward(&l.city_pick, b),
+                s.ride.shrunk_toward_log(city_ride, b),
+                s.door.shrunk_toward_log(city_door, b),
+                s.first.shrunk_toward(&l.city_first, b),
             ),
-            None => (l.city_pick.factor(), city_ride.exp(), city_door.exp()),
+            None => (l.city_pick.factor(), city_ride.exp(), city_door.exp(), l.city_first.factor()),
         };
-        Calibrated { pick, ride, door, margin: l.margin.value(), bundle: 1.0 }
+        Calibrated { pick, ride, door, first, margin: l.margin.value(), bundle: 1.0 }
     }
 
     /// The city's riding ratio (the optimizer's travel times are scaled by it).
@@ -202,7 +218,14 @@ impl Promises {
             door: l.city_door.shrunk_toward_log(ride, &self.bounds),
             speed: l.city_gps.factor(),
             margin: l.margin.value(),
-            observed: [l.city_pick.count(), l.city_ride.count(), l.city_door.count(), l.city_gps.count()],
+            first: l.city_first.factor(),
+            observed: [
+                l.city_pick.count(),
+                l.city_ride.count(),
+                l.city_door.count(),
+                l.city_gps.count(),
+                l.city_first.count(),
+            ],
         }
     }
 
@@ -231,6 +254,7 @@ impl Promises {
                 pick_prior_ms: q.pick_prior_ms,
                 pick_ms: q.pick_ms,
                 rider_ms: q.rider_ms,
+                first_base_ms: q.first_base_ms,
                 packed_at: None,
                 assigned_at: None,
                 picked_at: None,
@@ -261,7 +285,7 @@ impl Promises {
             let mut l = self.learned.lock().expect("learned lock");
             let b = self.bounds;
             l.city_pick.observe(ratio, &b);
-            l.stores.entry(open.store_id.clone()).or_default().0.observe(ratio, &b);
+            l.stores.entry(open.store_id.clone()).or_default().pick.observe(ratio, &b);
             self.counters.pick_observed.fetch_add(1, Ordering::Relaxed);
         }
     }
@@ -300,6 +324,13 @@ impl Promises {
                 if let Some(mut open) = self.open.get_mut(&o.id) {
                     open.picked_at = Some(now);
                     open.pending = Some(EtaReason::PickedUp);
+                    if open.first_base_ms > 0 && now >= open.start {
+                        let ratio = (now - open.start) as f64 / open.first_base_ms as f64;
+                        let b = self.bounds;
+                        let mut l = self.learned.lock().expect("learned lock");
+                        l.city_first.observe(ratio, &b);
+                        l.stores.entry(open.store_id.clone()).or_default().first.observe(ratio, &b);
+                    }
                 }
                 if let (Some(rider), Some(store)) = (&o.rider_id, self.store_at(&o.store_id)) {
                     self.legs.lock().expect("legs lock").insert(rider.clone(), (now, store));
@@ -323,7 +354,7 @@ impl Promises {
                 let b = self.bounds;
                 let mut l = self.learned.lock().expect("learned lock");
                 l.city_door.observe(ratio, &b);
-                l.stores.entry(open.store_id.clone()).or_default().2.observe(ratio, &b);
+                l.stores.entry(open.store_id.clone()).or_default().door.observe(ratio, &b);
             }
         }
         let leg = o.rider_id.as_ref().and_then(|r| {
@@ -339,7 +370,7 @@ impl Promises {
             if prior > 0 && now >= t0 {
                 let ratio = (now - t0) as f64 / prior as f64;
                 l.city_ride.observe(ratio, &b);
-                l.stores.entry(open.store_id.clone()).or_default().1.observe(ratio, &b);
+                l.stores.entry(open.store_id.clone()).or_default().ride.observe(ratio, &b);
                 self.counters.ride_observed.fetch_add(1, Ordering::Relaxed);
             }
         }

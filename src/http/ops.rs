@@ -102,8 +102,8 @@ pub fn metrics_response(app: &AppRef) -> Response {
     // What the promises have learned, and how they are kept.
     let p = &app.promises.counters;
     let learned = app.promises.summary();
-    let what = ["pick", "ride", "door", "speed"];
-    let ratios = [learned.pick, learned.ride, learned.door, learned.speed];
+    let what = ["pick", "ride", "door", "speed", "first"];
+    let ratios = [learned.pick, learned.ride, learned.door, learned.speed, learned.first];
     for (w, r) in what.iter().zip(ratios) {
         extra.push((format!("darkstore_calibration_ratio{{what=\"{w}\"}}"), "gauge", r));
     }

@@ -10,10 +10,13 @@
 //!   last of `n` riders, rider `k mod n` takes it after `k div n` more trip cycles;
 //! - `t_ride` and `t_handover`: the ride to the point and the hand-over at the door.
 //!
+//! The store's hand-over (collecting the order) counts in the first mile:
+//! `max(t_pick, t_rider) + t_handover` before the door leg.
+//!
 //! Calibrated: the pick time is multiplied by the store's observed picking ratio, the trip cycle
 //! by its observed riding ratio, and the ride and hand-over by its observed door ratio (pickup to
 //! door against the direct ride, so it includes the drops a bundle puts first; see
-//! [`crate::calibrate`]); the riders' times are
+//! [`crate::calibrate`]), the first mile by its observed first-mile ratio; the riders' times are
 //! calibrated by the caller. The promise adds a margin: `eta = estimate × (1 + margin)`, the
 //! margin an observed quantile of the estimate's relative error, never below the ride itself.
 //!
@@ -49,6 +52,10 @@ pub struct Calibrated {
     /// Observed ÷ modelled time from pickup to this order's door (the direct ride and hand-over):
     /// the ride, the hand-over and the earlier drops of a bundle.
     pub door: f64,
+    /// Observed ÷ estimated time from placement to pickup (the first mile: picking, the rider's
+    /// way to the store, the hand-over there), on top of the picking and riding ratios: what the
+    /// queue and rider model still misses.
+    pub first: f64,
     /// The promise's margin over the estimate, relative (0.2: 20% more).
     pub margin: f64,
     /// Orders per trip, as the optimizer has been bundling them.
@@ -57,7 +64,7 @@ pub struct Calibrated {
 
 impl Default for Calibrated {
     fn default() -> Self {
-        Calibrated { pick: 1.0, ride: 1.0, door: 1.0, margin: 0.0, bundle: 1.0 }
+        Calibrated { pick: 1.0, ride: 1.0, door: 1.0, first: 1.0, margin: 0.0, bundle: 1.0 }
     }
 }
 
@@ -91,6 +98,9 @@ pub struct Quote {
     pub eta_ms: Millis,
     /// The picking time by the priors alone (what calibration compares the observed one with).
     pub pick_prior_ms: Millis,
+    /// Placement to pickup before the first-mile ratio: `max(pick, rider) + hand-over at the
+    /// store` (what calibration compares the observed first mile with).
+    pub first_base_ms: Millis,
     /// No rider serves the store: `rider_ms` is a guess of one trip cycle.
     pub no_rider: bool,
 }
@@ -125,10 +135,11 @@ pub fn quote(load: &StoreLoad, ride_ms: Millis, p: &QuoteParams, now: Millis) ->
         (riders[slot] - now).max(0).saturating_add(rounds.saturating_mul(cycle_ms))
     };
     let door = scale(ride_ms.max(0).saturating_add(p.handover_ms.max(0)), door_f);
-    let estimate_ms = pick_ms.max(rider_ms).saturating_add(door);
+    let first_base_ms = pick_ms.max(rider_ms).saturating_add(scale(p.handover_ms, ride_f));
+    let estimate_ms = scale(first_base_ms, positive(c.first, 1.0)).saturating_add(door);
     let margin = if c.margin.is_finite() { c.margin.clamp(-0.9, 10.0) } else { 0.0 };
     let eta_ms = scale(estimate_ms, 1.0 + margin).max(door);
-    Quote { pick_ms, rider_ms, estimate_ms, eta_ms, pick_prior_ms, no_rider }
+    Quote { pick_ms, rider_ms, estimate_ms, eta_ms, pick_prior_ms, first_base_ms, no_rider }
 }
 
 #[cfg(test)]
@@ -224,6 +235,7 @@ mod tests {
                         pick: f64::NAN,
                         ride: -1.0,
                         door: 0.0,
+                        first: -2.0,
                         margin: f64::INFINITY,
                         bundle: f64::NAN,
                     },
@@ -242,7 +254,7 @@ mod tests {
                     ..Default::default()
                 },
                 params(),
-                13,
+                14,
             ),
             (
                 "picking observed three times slower",
@@ -257,7 +269,7 @@ mod tests {
                 18,
             ),
             (
-                "a margin of 20% on a 7.5-minute estimate",
+                "a margin of 20% on an 8-minute estimate",
                 StoreLoad {
                     to_pick: 0,
                     awaiting_rider: 0,
@@ -266,7 +278,19 @@ mod tests {
                     ..Default::default()
                 },
                 params(),
-                9,
+                10,
+            ),
+            (
+                "the first mile observed half as long again",
+                StoreLoad {
+                    to_pick: 0,
+                    awaiting_rider: 0,
+                    riders_at_store: at(&[0]),
+                    calibrated: Calibrated { first: 1.5, ..Calibrated::default() },
+                    ..Default::default()
+                },
+                params(),
+                10,
             ),
             (
                 "a negative margin never promises less than the ride",
