@@ -129,7 +129,7 @@ fn main() {
                 to_pick: (rng.next() % 8) as u32,
                 awaiting_rider: (rng.next() % 16) as u32,
                 riders_at_store: riders,
-                calibrated: Calibrated { pick: 0.8, ride: 1.2, door: 1.4, margin: 0.3, bundle: 1.4 },
+                calibrated: Calibrated { pick: 0.8, ride: 1.2, door: 1.4, first: 1.3, margin: 0.3, bundle: 1.4 },
                 delivery_fee_minor: 2_500,
             },
         );
