@@ -37,7 +37,8 @@ async fn seed_city(server: &Server) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_small_city_runs_with_nothing_lost_or_oversold() {
     let scratch = ScratchDb::sqlite("ds_sim");
-    let server = Server::start(&scratch.url, &["--dispatch-tick-ms", "300"]);
+    // The server believes riders ride at 10 m/s; the city's ride at 5 (× the speed-up of 40).
+    let server = Server::start(&scratch.url, &["--dispatch-tick-ms", "300", "--rider-speed-mps", "10"]);
     seed_city(&server).await;
     let mut cfg = darkstore_sim::city::RunConfig::new(&server.base, server.mqtt.as_deref().unwrap(), SECRET);
     cfg.riders = 6;
@@ -60,9 +61,15 @@ async fn a_small_city_runs_with_nothing_lost_or_oversold() {
     assert!((0.0..=100.0).contains(&report.on_time_pct));
     assert!(report.promise_error_p50_s <= report.promise_error_p90_s);
     let json = serde_json::to_value(&report).unwrap();
-    for field in ["on_time_pct", "promise_error_p50_s", "promise_error_p90_s"] {
+    for field in ["on_time_pct", "promise_error_p50_s", "promise_error_p90_s", "eta_error_at_pickup_p90_s"] {
         assert!(json[field].is_number(), "{field} in the JSON report");
     }
+    assert!(json["fee_levels"].as_object().is_some_and(|f| !f.is_empty()), "{json}");
+    // The server learned how fast riders really move from their positions: time taken ÷ time
+    // modelled = (1 ÷ (5 m/s × 40)) ÷ (1.4 detour ÷ 10 m/s) ≈ 0.0357, half the speed it was told
+    // and forty times faster than real time.
+    let learned = common::metric(&server, "darkstore_calibration_ratio{what=\"speed\"}").await;
+    assert!((0.030..=0.043).contains(&learned), "learned speed ratio {learned}");
     drop(server);
     scratch.drop_database().await;
 }
