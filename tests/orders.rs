@@ -337,3 +337,63 @@ async fn sigterm_shuts_down_cleanly() {
     assert!(status.success(), "{status:?}");
     scratch.drop_database().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn order_lists_newest_first_by_who_asks() {
+    let scratch = ScratchDb::sqlite("ds_order_lists");
+    let server = Server::start(&scratch.url, &[]);
+    server.seed("s1", "milk", 100).await;
+    let alice = token(Role::Customer, "alice", None);
+    let bob = token(Role::Customer, "bob", None);
+    let mut alices = Vec::new();
+    for i in 0..5 {
+        let (s, o) = server.order(&alice, &format!("a{i}"), order_body("milk", 1)).await;
+        assert_eq!(s, 201, "{o}");
+        alices.push(o["id"].as_str().unwrap().to_owned());
+        // Placement times a few milliseconds apart: the list is by placement time.
+        tokio::time::sleep(Duration::from_millis(3)).await;
+    }
+    let (_, b) = server.order(&bob, "b0", order_body("milk", 1)).await;
+    server.call("POST", &format!("/v1/orders/{}/cancel", alices[1]), Some(&alice), None).await;
+    let ids = |v: &serde_json::Value| -> Vec<String> {
+        v["orders"].as_array().unwrap().iter().map(|o| o["id"].as_str().unwrap().to_owned()).collect()
+    };
+    // A customer sees its own, newest first, two at a time.
+    let (s, p1) = server.call("GET", "/v1/orders?limit=2", Some(&alice), None).await;
+    assert_eq!(s, 200, "{p1}");
+    assert_eq!(ids(&p1), [alices[4].clone(), alices[3].clone()]);
+    assert!(p1["orders"][0]["delivery_code"].is_string(), "its own code");
+    let next = p1["next"].as_str().unwrap();
+    let (_, p2) = server.call("GET", &format!("/v1/orders?limit=2&after={next}"), Some(&alice), None).await;
+    assert_eq!(ids(&p2), [alices[2].clone(), alices[1].clone()]);
+    let next = p2["next"].as_str().unwrap();
+    let (_, p3) = server.call("GET", &format!("/v1/orders?limit=2&after={next}"), Some(&alice), None).await;
+    assert_eq!(ids(&p3), [alices[0].clone()]);
+    assert!(p3["next"].is_null());
+    let (_, cancelled) = server.call("GET", "/v1/orders?status=cancelled", Some(&alice), None).await;
+    assert_eq!(ids(&cancelled), [alices[1].clone()]);
+    // Staff see their store's (everyone's), without the customers' codes; admin any.
+    let staff = token(Role::Staff, "sam", Some("s1"));
+    let (_, all) = server.call("GET", "/v1/orders?limit=100", Some(&staff), None).await;
+    assert_eq!(all["orders"].as_array().unwrap().len(), 6);
+    assert!(all["orders"][0]["delivery_code"].is_null());
+    assert_eq!(ids(&all)[0], b["id"].as_str().unwrap());
+    let (_, all) = server.call("GET", "/v1/orders?store_id=s1", Some(&admin()), None).await;
+    assert_eq!(all["orders"].as_array().unwrap().len(), 6);
+    let (s, _) = server.call("GET", "/v1/orders?store_id=s2", Some(&staff), None).await;
+    assert_eq!(s, 403);
+    let rider = token(Role::Rider, "r1", None);
+    let (s, _) = server.call("GET", "/v1/orders", Some(&rider), None).await;
+    assert_eq!(s, 403);
+    for bad in ["limit=0", "limit=101", "status=lost", "after=nope", "after=12_bad%20id"] {
+        let (s, _) = server.call("GET", &format!("/v1/orders?{bad}"), Some(&alice), None).await;
+        assert_eq!(s, 422, "{bad}");
+    }
+    // Finished orders that left memory still come from the database.
+    drop(server);
+    let server = Server::start(&scratch.url, &[]);
+    let (_, after) = server.call("GET", "/v1/orders?limit=100", Some(&alice), None).await;
+    assert_eq!(after["orders"].as_array().unwrap().len(), 5);
+    drop(server);
+    scratch.drop_database().await;
+}

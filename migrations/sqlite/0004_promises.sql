@@ -3,3 +3,8 @@
 -- quoted (part of total_minor).
 ALTER TABLE orders ADD COLUMN promised_by BIGINT;
 ALTER TABLE orders ADD COLUMN delivery_fee_minor BIGINT NOT NULL DEFAULT 0;
+-- Order lists (a customer's, a store's, newest first), the demand forecast and top picks read
+-- orders by placement time.
+CREATE INDEX orders_by_customer ON orders (customer_id, created_at, id);
+CREATE INDEX orders_by_store ON orders (store_id, created_at, id);
+CREATE INDEX orders_by_created ON orders (created_at);

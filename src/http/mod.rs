@@ -91,7 +91,7 @@ pub fn router(app: AppRef) -> Router {
         .route("/v1/ws", get(ws::upgrade))
         .route("/v1/stores", get(catalog::list_stores))
         .route("/v1/stores/{store_id}/area", get(catalog::store_area))
-        .route("/v1/orders", post(orders::place))
+        .route("/v1/orders", post(orders::place).get(orders::list))
         .route("/v1/orders/{id}", get(orders::get))
         .route("/v1/orders/{id}/cancel", post(orders::cancel))
         .route("/v1/orders/{id}/packed", post(orders::packed))

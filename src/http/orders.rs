@@ -153,6 +153,70 @@ async fn visible_order(app: &AppRef, caller: &Caller, id: &str) -> Result<Order,
     Ok(order)
 }
 
+#[derive(Debug, Deserialize)]
+pub struct ListQuery {
+    status: Option<String>,
+    store_id: Option<String>,
+    after: Option<String>,
+    limit: Option<String>,
+}
+
+/// A page's cursor: the last order's placement time and id.
+fn cursor(o: &Order) -> String {
+    format!("{}_{}", o.created_at, o.id)
+}
+
+/// `GET /v1/orders`: newest first, a page at a time. A customer sees its own orders, staff its
+/// store's, admin any (riders: 403).
+pub async fn list(
+    State(app): State<AppRef>,
+    caller: Caller,
+    axum::extract::Query(q): axum::extract::Query<ListQuery>,
+) -> Result<Json<Value>, ApiError> {
+    caller.require(&[Role::Customer, Role::Staff, Role::Admin])?;
+    let limit = match q.limit.as_deref() {
+        None => 20,
+        Some(s) => match s.parse::<i64>() {
+            Ok(n) if (1..=100).contains(&n) => n,
+            _ => return Err(ApiError::invalid("limit must be an integer in [1, 100]")),
+        },
+    };
+    if let Some(s) = q.status.as_deref()
+        && OrderStatus::parse(s).is_none()
+    {
+        return Err(ApiError::invalid(format!("unknown status {s:?}")));
+    }
+    let before = match q.after.as_deref() {
+        None => None,
+        Some(c) => {
+            let parsed = c.split_once('_').and_then(|(at, id)| Some((at.parse::<i64>().ok()?, id)));
+            match parsed {
+                Some((at, id)) if darkstore_geoinv::ids::valid_id(id) => Some((at, id)),
+                _ => return Err(ApiError::invalid("after must be the next of a previous page")),
+            }
+        }
+    };
+    let (customer_id, store_id) = match caller.0.role {
+        Role::Customer => (Some(caller.0.sub.as_str()), q.store_id.as_deref()),
+        Role::Staff => {
+            let own = caller.0.store.as_deref();
+            if q.store_id.is_some() && q.store_id.as_deref() != own {
+                return Err(ApiError::forbidden("this staff token is for another store"));
+            }
+            (None, own)
+        }
+        _ => (None, q.store_id.as_deref()),
+    };
+    if let Some(s) = store_id {
+        check_id("store_id", s)?;
+    }
+    let filter = darkstore_db::OrderFilter { customer_id, store_id, status: q.status.as_deref(), before };
+    let orders = app.state.list_orders(&filter, limit).await.map_err(ApiError::unavailable)?;
+    let next = (orders.len() as i64 == limit).then(|| orders.last().map(cursor)).flatten();
+    let orders: Vec<Value> = orders.iter().map(|o| order_json_for(&app, &caller, o)).collect();
+    Ok(Json(json!({"orders": orders, "next": next})))
+}
+
 pub async fn get(State(app): State<AppRef>, caller: Caller, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
     let order = visible_order(&app, &caller, &id).await?;
     Ok(Json(order_json_for(&app, &caller, &order)))

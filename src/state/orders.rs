@@ -219,6 +219,20 @@ impl State {
         Ok(Some(Arc::new(tokio::sync::Mutex::new(order))))
     }
 
+    /// Orders newest first as the database holds them (an order in memory as it is there), at
+    /// most `limit`, filtered as `filter` says.
+    pub async fn list_orders(&self, filter: &darkstore_db::OrderFilter<'_>, limit: i64) -> Result<Vec<Order>, String> {
+        let rows = self.db.list_orders(filter, limit).await.map_err(|e| e.to_string())?;
+        let mut out = Vec::with_capacity(rows.len());
+        for row in rows {
+            match self.order(&row.id) {
+                Some(o) => out.push(o.lock().await.clone()),
+                None => out.push(super::restore::order_from_row(row, None, Vec::new())?),
+            }
+        }
+        Ok(out)
+    }
+
     /// Lets go of finished orders whose last change is older than the retention window (they stay
     /// in the database, and [`State::find_order`] reads them back), and of idempotency keys older
     /// than theirs (a retried placement within it still answers with its order; past it, the

@@ -24,7 +24,7 @@ use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::{AnyPool, Executor};
 
 pub use committer::{CommitStats, Committer};
-pub use load::{LotSum, OrderHold, OrderLineRow, OrderRow, ProductRow, RiderRow, Snapshot, StoreRow};
+pub use load::{LotSum, OrderFilter, OrderHold, OrderLineRow, OrderRow, ProductRow, RiderRow, Snapshot, StoreRow};
 pub use write::{LedgerRow, NewOrder, OrderStatusChange, Write};
 
 /// How long a caller waits for a connection before its work fails as unavailable.

@@ -99,6 +99,16 @@ pub struct Snapshot {
     pub packed_at: std::collections::HashMap<String, i64>,
 }
 
+/// Which orders [`Db::list_orders`] returns.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct OrderFilter<'a> {
+    pub customer_id: Option<&'a str>,
+    pub store_id: Option<&'a str>,
+    pub status: Option<&'a str>,
+    /// Only orders strictly before this `(created_at, id)`.
+    pub before: Option<(i64, &'a str)>,
+}
+
 /// The columns `order_row` reads, in its order.
 const ORDER_COLUMNS: &str = "id, customer_id, idempotency_key, request_hash, store_id, lat, lng, status, rider_id, \
      eta_minutes, created_at, updated_at, hold_expires_at, payment_status, total_minor, refund_minor, delivery_code, promised_by, delivery_fee_minor";
@@ -239,6 +249,59 @@ impl Db {
             lines.push(OrderLineRow { sku: l.try_get(0)?, qty: l.try_get(1)?, price_minor: l.try_get(2)? });
         }
         Ok(Some(order_row(&r, lines)?))
+    }
+
+    /// Orders newest first (by placement time, then id), at most `limit`, filtered by customer,
+    /// store and status when given, strictly before the cursor `(created_at, id)` when given.
+    pub async fn list_orders(&self, filter: &OrderFilter<'_>, limit: i64) -> Result<Vec<OrderRow>, DbError> {
+        let mut sql = format!("SELECT {ORDER_COLUMNS} FROM orders WHERE 1 = 1");
+        let mut n = 0;
+        let mut next = || {
+            n += 1;
+            format!("${n}")
+        };
+        if filter.customer_id.is_some() {
+            sql.push_str(&format!(" AND customer_id = {}", next()));
+        }
+        if filter.store_id.is_some() {
+            sql.push_str(&format!(" AND store_id = {}", next()));
+        }
+        if filter.status.is_some() {
+            sql.push_str(&format!(" AND status = {}", next()));
+        }
+        if filter.before.is_some() {
+            let (a, b, c) = (next(), next(), next());
+            sql.push_str(&format!(" AND (created_at < {a} OR (created_at = {b} AND id < {c}))"));
+        }
+        sql.push_str(&format!(" ORDER BY created_at DESC, id DESC LIMIT {}", next()));
+        let mut q = sqlx::query(&sql);
+        if let Some(c) = filter.customer_id {
+            q = q.bind(c);
+        }
+        if let Some(s) = filter.store_id {
+            q = q.bind(s);
+        }
+        if let Some(s) = filter.status {
+            q = q.bind(s);
+        }
+        if let Some((at, id)) = filter.before {
+            q = q.bind(at).bind(at).bind(id);
+        }
+        let rows = q.bind(limit).fetch_all(&self.pool).await?;
+        let mut out = Vec::with_capacity(rows.len());
+        for r in &rows {
+            let id: String = r.try_get(0)?;
+            let mut lines = Vec::new();
+            for l in sqlx::query("SELECT sku, qty, price_minor FROM order_lines WHERE order_id = $1 ORDER BY line_no")
+                .bind(&id)
+                .fetch_all(&self.pool)
+                .await?
+            {
+                lines.push(OrderLineRow { sku: l.try_get(0)?, qty: l.try_get(1)?, price_minor: l.try_get(2)? });
+            }
+            out.push(order_row(r, lines)?);
+        }
+        Ok(out)
     }
 
     /// Order lines of orders placed at or after `since` (ms), with their store and placement time:
