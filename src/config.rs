@@ -73,6 +73,12 @@ pub struct ServeConfig {
     #[arg(long, env = "DARKSTORE_SURGE_MAX", default_value_t = 2.0)]
     pub surge_max: f64,
 
+    /// Browser origins allowed to call the API (CORS), e.g. `https://shop.example.com`;
+    /// repeatable, or comma-separated in the environment. None by default: browsers on other
+    /// origins are refused.
+    #[arg(long = "cors-origin", env = "DARKSTORE_CORS_ORIGINS", value_delimiter = ',')]
+    pub cors_origins: Vec<String>,
+
     /// Days of orders that rank an area's top picks.
     #[arg(long, env = "DARKSTORE_TOP_PICKS_DAYS", default_value_t = 7)]
     pub top_picks_days: u32,

@@ -96,6 +96,7 @@ pub async fn start(config: &ServeConfig, listener: TcpListener, clock: Arc<dyn C
     if config.max_body_bytes < 1024 {
         return Err("--max-body-bytes must be at least 1024".into());
     }
+    let cors_origins = cors_origins(&config.cors_origins)?;
     let db = Db::connect(&config.database_url).await?;
     let jwt_secret = match &config.jwt_secret {
         Some(s) if s.len() >= 16 => s.clone(),
@@ -221,6 +222,7 @@ pub async fn start(config: &ServeConfig, listener: TcpListener, clock: Arc<dyn C
         webhook_secret: config.payment_webhook_secret.clone().map(String::into_bytes),
         limiter: RateLimiter::new(config.rate_limit_per_sec, config.rate_limit_burst),
         max_body_bytes: config.max_body_bytes,
+        cors_origins,
         riders,
         ingest: ingest.clone(),
         dispatcher: dispatcher.clone(),
@@ -289,6 +291,29 @@ pub async fn start(config: &ServeConfig, listener: TcpListener, clock: Arc<dyn C
         background,
         stop,
     })
+}
+
+/// `--cors-origin` values: each `scheme://host[:port]`, no path, no wildcard.
+fn cors_origins(origins: &[String]) -> Result<Vec<axum::http::HeaderValue>, BoxError> {
+    let mut out = Vec::new();
+    for o in origins.iter().map(|o| o.trim()).filter(|o| !o.is_empty()) {
+        let o = o.trim_end_matches('/');
+        let well_formed = (o.starts_with("https://") || o.starts_with("http://"))
+            && !o
+                .split_once("://")
+                .is_some_and(|(_, rest)| rest.is_empty() || rest.contains('/') || rest.contains('*'));
+        if !well_formed {
+            return Err(format!(
+                "--cors-origin {o:?}: give an origin like https://shop.example.com (no path, no wildcard)"
+            )
+            .into());
+        }
+        out.push(
+            axum::http::HeaderValue::from_str(o)
+                .map_err(|_| format!("--cors-origin {o:?} is not a valid header value"))?,
+        );
+    }
+    Ok(out)
 }
 
 /// Runs `tick` every `period` until `stop` turns true.

@@ -356,3 +356,60 @@ async fn delivered_needs_the_customers_code_or_the_rider_at_the_door() {
     drop(server);
     scratch.drop_database().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cors_lets_configured_origins_in_and_no_others() {
+    let scratch = ScratchDb::sqlite("ds_cors");
+    let server = Server::start(&scratch.url, &["--cors-origin", "https://shop.example.com,https://staff.example.com"]);
+    server.seed("s1", "milk", 10).await;
+    let preflight = |origin: &'static str| {
+        server
+            .client
+            .request(reqwest::Method::OPTIONS, server.url("/v1/orders"))
+            .header("origin", origin)
+            .header("access-control-request-method", "POST")
+            .header("access-control-request-headers", "authorization, content-type, idempotency-key")
+            .send()
+    };
+    let ok = preflight("https://shop.example.com").await.unwrap();
+    assert!(ok.status().is_success(), "{}", ok.status());
+    let h = ok.headers();
+    assert_eq!(h["access-control-allow-origin"], "https://shop.example.com");
+    let methods = h["access-control-allow-methods"].to_str().unwrap().to_ascii_uppercase();
+    assert!(methods.contains("POST"), "{methods}");
+    let headers = h["access-control-allow-headers"].to_str().unwrap().to_ascii_lowercase();
+    assert!(headers.contains("idempotency-key") && headers.contains("authorization"), "{headers}");
+    let other = preflight("https://evil.example.net").await.unwrap();
+    assert!(other.headers().get("access-control-allow-origin").is_none(), "an origin not listed gets no grant");
+    // The real request from an allowed origin carries the grant, and exposes what clients read.
+    let r = server
+        .client
+        .get(server.url(&format!("/v1/availability?lat={STORE_LAT}&lng={STORE_LNG}")))
+        .header("origin", "https://staff.example.com")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["access-control-allow-origin"], "https://staff.example.com");
+    drop(server);
+    // None configured: no grants at all; a malformed origin is a start-up error.
+    let server = Server::start(&scratch.url, &[]);
+    let r = server
+        .client
+        .request(reqwest::Method::OPTIONS, server.url("/v1/orders"))
+        .header("origin", "https://shop.example.com")
+        .header("access-control-request-method", "POST")
+        .send()
+        .await
+        .unwrap();
+    assert!(r.headers().get("access-control-allow-origin").is_none());
+    drop(server);
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_darkstore"))
+        .args(["serve", "--http", "127.0.0.1:0", "--mqtt-listen", "127.0.0.1:0", "--database-url", &scratch.url])
+        .args(["--jwt-secret", common::SECRET, "--cors-origin", "https://*.example.com"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--cors-origin"), "{}", String::from_utf8_lossy(&out.stderr));
+    scratch.drop_database().await;
+}

@@ -46,6 +46,8 @@ pub struct App {
     pub webhook_secret: Option<Vec<u8>>,
     pub limiter: RateLimiter,
     pub max_body_bytes: usize,
+    /// Origins allowed by CORS.
+    pub cors_origins: Vec<axum::http::HeaderValue>,
     pub riders: Arc<crate::riders::Riders>,
     pub ingest: Arc<crate::ingest::Ingest>,
     pub dispatcher: Arc<crate::dispatch::Dispatcher>,
@@ -102,7 +104,34 @@ pub fn router(app: AppRef) -> Router {
         })
         .layer(middleware::from_fn_with_state(app.clone(), edge))
         .layer(axum::extract::DefaultBodyLimit::max(app.max_body_bytes))
+        .layer(cors(&app.cors_origins))
         .with_state(app)
+}
+
+/// CORS for the configured origins (none: the layer answers no preflight and adds no header, so
+/// browsers on other origins are refused). Preflights are answered before identity and rate
+/// limits; the real request then goes through them as any other.
+fn cors(origins: &[axum::http::HeaderValue]) -> tower_http::cors::CorsLayer {
+    use axum::http::{HeaderName, Method, header};
+    use tower_http::cors::{AllowOrigin, CorsLayer};
+    if origins.is_empty() {
+        return CorsLayer::new();
+    }
+    CorsLayer::new()
+        .allow_origin(AllowOrigin::list(origins.iter().cloned()))
+        .allow_methods([Method::GET, Method::POST, Method::PUT, Method::PATCH, Method::DELETE])
+        .allow_headers([
+            header::AUTHORIZATION,
+            header::CONTENT_TYPE,
+            HeaderName::from_static("idempotency-key"),
+            HeaderName::from_static("x-request-id"),
+        ])
+        .expose_headers([
+            HeaderName::from_static("idempotent-replayed"),
+            header::RETRY_AFTER,
+            HeaderName::from_static("x-request-id"),
+        ])
+        .max_age(std::time::Duration::from_secs(600))
 }
 
 /// The router of the separate metrics address (`--metrics-listen`): `/metrics` without a token,
