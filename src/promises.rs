@@ -28,7 +28,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, OnceLock, Weak};
 
 use darkstore_geoinv::Millis;
-use darkstore_geoinv::calibrate::{Bounds, LogEwma, Quantile};
+use darkstore_geoinv::calibrate::{Bounds, LogEwma, RecentQuantile};
 use darkstore_geoinv::order::OrderStatus;
 use darkstore_geoinv::quote::Calibrated;
 use darkstore_geoinv::travel::{TravelModel, distance_m};
@@ -44,12 +44,13 @@ type Stamped = Mutex<FastMap<String, (Millis, (f64, f64))>>;
 
 /// The least time between two `eta` messages of an order while its rider moves.
 pub const ETA_EVERY_MS: Millis = 5_000;
-/// The share of promises to keep: the margin is this quantile of the estimate's relative error.
+/// The share of promises to keep: the margin is this quantile of the estimate's relative error
+/// over the last [`MARGIN_WINDOW`] deliveries (at least [`MARGIN_MIN`] of them).
 const PROMISE_QUANTILE: f64 = 0.95;
-/// Step of the online quantile (relative error units).
-const MARGIN_STEP: f64 = 0.02;
-/// The margin before anything is observed, and its bounds.
-const MARGIN_PRIOR: f64 = 0.1;
+const MARGIN_WINDOW: usize = 100;
+const MARGIN_MIN: usize = 10;
+/// The margin before enough is observed, and its bounds.
+const MARGIN_PRIOR: f64 = 0.2;
 const MARGIN_BOUNDS: (f64, f64) = (-0.5, 3.0);
 
 /// The city's ratios (observed ÷ modelled) and margin, and the observations behind each
@@ -126,7 +127,9 @@ struct Learned {
     city_first: LogEwma,
     /// store id → what was learned there
     stores: FastMap<String, StoreLearned>,
-    margin: Quantile,
+    margin: RecentQuantile,
+    /// The margin as of the last delivery (kept, not sorted again on every read).
+    margin_now: f64,
 }
 
 pub struct Promises {
@@ -159,7 +162,8 @@ impl Promises {
                 city_door: LogEwma::default(),
                 city_first: LogEwma::default(),
                 stores: FastMap::default(),
-                margin: Quantile::new(MARGIN_PRIOR),
+                margin: RecentQuantile::new(MARGIN_WINDOW),
+                margin_now: MARGIN_PRIOR,
             }),
             open: DashMap::new(),
             legs: Mutex::new(FastMap::default()),
@@ -200,7 +204,7 @@ impl Promises {
             ),
             None => (l.city_pick.factor(), city_ride.exp(), city_door.exp(), l.city_first.factor()),
         };
-        Calibrated { pick, ride, door, first, margin: l.margin.value(), bundle: 1.0 }
+        Calibrated { pick, ride, door, first, margin: l.margin(), bundle: 1.0 }
     }
 
     /// The city's riding ratio (the optimizer's travel times are scaled by it).
@@ -217,7 +221,7 @@ impl Promises {
             ride: ride.exp(),
             door: l.city_door.shrunk_toward_log(ride, &self.bounds),
             speed: l.city_gps.factor(),
-            margin: l.margin.value(),
+            margin: l.margin(),
             first: l.city_first.factor(),
             observed: [
                 l.city_pick.count(),
@@ -376,9 +380,9 @@ impl Promises {
         }
         if open.estimate_ms > 0 {
             let e = (now - open.start) as f64 / open.estimate_ms as f64 - 1.0;
-            // Larger steps while the first orders come in, so the margin is found quickly.
-            let step = if l.margin.count() < 50 { 4.0 * MARGIN_STEP } else { MARGIN_STEP };
-            l.margin.observe(e, PROMISE_QUANTILE, step, MARGIN_BOUNDS.0, MARGIN_BOUNDS.1);
+            l.margin.observe(e);
+            let q = l.margin.value(PROMISE_QUANTILE, MARGIN_MIN).unwrap_or(MARGIN_PRIOR);
+            l.margin_now = q.clamp(MARGIN_BOUNDS.0, MARGIN_BOUNDS.1);
         }
         let since = |t: Option<Millis>| t.map(|t| t - open.start);
         tracing::debug!(
@@ -467,6 +471,10 @@ impl Promises {
 }
 
 impl Learned {
+    fn margin(&self) -> f64 {
+        self.margin_now
+    }
+
     /// The city's riding ratio (log): finished legs, shrunk toward the riders' moving speed while
     /// there are few of them.
     fn city_ride_log(&self) -> f64 {

@@ -15,8 +15,11 @@
 //! A store's estimate is shrunk toward the city's while it has few observations
 //! ([`LogEwma::shrunk_toward`]: `(n·θ_store + n₀·θ_city) ÷ (n + n₀)` in log space).
 //!
-//! [`Quantile`] tracks a quantile of the quote's relative error online with the pinball-loss
-//! update `q ← q + step·(τ − 1[e < q])`; the promise adds it as a margin.
+//! [`RecentQuantile`] is the quantile of the last `n` observations (exact, over a ring buffer): the
+//! promise's margin is the 95th percentile of the estimate's recent relative errors, so it follows
+//! the city as its estimates improve instead of remembering the first orders of a day.
+//! [`Quantile`] is the online alternative with O(1) memory (the pinball-loss update
+//! `q ← q + step·(τ − 1[e < q])`), which converges in hundreds of observations rather than tens.
 
 /// Limits of the estimators.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -122,6 +125,52 @@ impl Quantile {
     }
 }
 
+/// The quantile of the last `capacity` observations.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RecentQuantile {
+    ring: Vec<f64>,
+    next: usize,
+    capacity: usize,
+    n: u64,
+}
+
+impl RecentQuantile {
+    pub fn new(capacity: usize) -> RecentQuantile {
+        let capacity = capacity.max(1);
+        RecentQuantile { ring: Vec::with_capacity(capacity), next: 0, capacity, n: 0 }
+    }
+
+    /// Adds one observation; one that is not finite is ignored.
+    pub fn observe(&mut self, x: f64) {
+        if !x.is_finite() {
+            return;
+        }
+        if self.ring.len() < self.capacity {
+            self.ring.push(x);
+        } else {
+            self.ring[self.next] = x;
+        }
+        self.next = (self.next + 1) % self.capacity;
+        self.n = self.n.saturating_add(1);
+    }
+
+    /// The `tau` quantile (nearest rank) of what is kept, or None before `min` observations.
+    pub fn value(&self, tau: f64, min: usize) -> Option<f64> {
+        if self.ring.is_empty() || self.ring.len() < min {
+            return None;
+        }
+        let mut v = self.ring.clone();
+        v.sort_unstable_by(f64::total_cmp);
+        let rank = (tau.clamp(0.0, 1.0) * v.len() as f64).ceil() as usize;
+        Some(v[rank.clamp(1, v.len()) - 1])
+    }
+
+    /// Observations ever made.
+    pub fn count(&self) -> u64 {
+        self.n
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -188,6 +237,24 @@ mod tests {
         }
         let f = busy.shrunk_toward(&city, &b);
         assert!(f < 1.01, "well observed: its own ({f})");
+    }
+
+    #[test]
+    fn recent_quantile_follows_the_last_observations() {
+        let mut q = RecentQuantile::new(100);
+        assert_eq!(q.value(0.95, 10), None);
+        for i in 0..100 {
+            q.observe(f64::from(i));
+        }
+        q.observe(f64::NAN);
+        assert_eq!(q.value(0.95, 10), Some(94.0));
+        assert_eq!(q.value(0.5, 10), Some(49.0));
+        // A hundred new observations replace the old ones entirely.
+        for _ in 0..100 {
+            q.observe(1.0);
+        }
+        assert_eq!(q.value(0.95, 10), Some(1.0));
+        assert_eq!(q.count(), 200);
     }
 
     #[test]
