@@ -38,7 +38,15 @@ fn snapshot(rng: &mut Rng) -> (Snapshot, Vec<(f64, f64)>) {
         let lat = lat0 + (rng.unit() - 0.5) * 0.36;
         let lng = lng0 + (rng.unit() - 0.5) * 0.37;
         sites.push((lat, lng));
-        snap.stores.push(StoreRow { id: format!("store-{i:03}"), name: format!("Store {i}"), lat, lng });
+        snap.stores.push(StoreRow {
+            id: format!("store-{i:03}"),
+            name: format!("Store {i}"),
+            lat,
+            lng,
+            timezone: None,
+            hours: None,
+            paused: None,
+        });
     }
     for s in 0..N_SKUS {
         snap.products.push(ProductRow {

@@ -59,7 +59,16 @@ async fn load_darkstore(url: &str, c: &City) {
     let mut writes: Vec<Write> = c
         .stores
         .iter()
-        .map(|(id, lat, lng)| Write::Store { id: id.clone(), name: id.clone(), lat: *lat, lng: *lng, ts: 0 })
+        .map(|(id, lat, lng)| Write::Store {
+            id: id.clone(),
+            name: id.clone(),
+            lat: *lat,
+            lng: *lng,
+            timezone: None,
+            hours: None,
+            paused: None,
+            ts: 0,
+        })
         .collect();
     for k in 0..N_SKUS {
         writes.push(Write::Product {

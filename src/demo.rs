@@ -230,7 +230,7 @@ pub async fn load_city(state: &Arc<State>, riders: &Arc<Riders>) -> Result<(), B
     }
     let started = std::time::Instant::now();
     for (id, name, lat, lng) in STORES {
-        state.put_store(id, name, lat, lng).await.map_err(|e| format!("demo store {id}: {e:?}"))?;
+        state.put_store(id, name, lat, lng, Default::default()).await.map_err(|e| format!("demo store {id}: {e:?}"))?;
     }
     let products = catalog();
     let mut tasks = JoinSet::new();

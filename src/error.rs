@@ -105,6 +105,19 @@ impl From<crate::state::PlaceError> for ApiError {
                 "the store that serves this location is too busy to keep its promise right now",
             )
             .with("reason", json!("busy")),
+            E::Closed { opens_at } => ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "not_serviceable",
+                "the store that serves this location is closed now",
+            )
+            .with("reason", json!("closed"))
+            .with("opens_at", json!(opens_at.map(crate::views::rfc3339))),
+            E::Paused => ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "not_serviceable",
+                "the store that serves this location has paused orders",
+            )
+            .with("reason", json!("paused")),
             E::KeyReused => ApiError::conflict("this Idempotency-Key was already used with a different body"),
             E::KeyExpired => ApiError::conflict(
                 "this Idempotency-Key was used for an order placed longer ago than keys are kept; use a new key",

@@ -178,3 +178,16 @@ pub struct AreaState {
     pub pressure: f64,
     pub fee_minor: i64,
 }
+
+/// Whether a store takes orders now.
+#[derive(Debug, Clone, PartialEq)]
+pub enum OpenState {
+    Open,
+    /// Outside its hours; opens then (None: no opening hour in the coming week).
+    Closed {
+        opens_at: Option<Millis>,
+    },
+    Paused {
+        reason: String,
+    },
+}

@@ -45,6 +45,17 @@ pub fn order_json(o: &Order, promise_ms: Millis) -> Value {
     v
 }
 
+/// `open`, and `opens_at` or `paused`, of a store.
+pub fn open_fields(v: &mut Value, state: &crate::model::OpenState) {
+    use crate::model::OpenState;
+    v["open"] = json!(matches!(state, OpenState::Open));
+    match state {
+        OpenState::Open => {}
+        OpenState::Closed { opens_at } => v["opens_at"] = json!(opens_at.map(rfc3339)),
+        OpenState::Paused { reason } => v["paused_reason"] = json!(reason),
+    }
+}
+
 /// A store area's surge state.
 pub fn area_json(a: &crate::model::AreaState) -> Value {
     let pressure = if a.pressure.is_finite() { (a.pressure * 100.0).round() / 100.0 } else { 99.0 };

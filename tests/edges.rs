@@ -370,3 +370,98 @@ async fn rate_limits_answer_429() {
     assert_eq!((s, body["error"].as_str()), (429, Some("rate_limited")));
     scratch.drop_database().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn closed_and_paused_stores_hand_their_points_to_an_open_one() {
+    let scratch = ScratchDb::sqlite("ds_hours");
+    let server = Server::start(&scratch.url, &[]);
+    server.seed("s1", "milk", 50).await;
+    // A second store 1.3 km south with the same item.
+    let admin = admin();
+    let s2 = json!({"name": "South", "lat": STORE_LAT - 0.012, "lng": STORE_LNG});
+    assert_eq!(server.call("PUT", "/v1/stores/s2", Some(&admin), Some(s2.clone())).await.0, 201);
+    let restock = json!({"sku": "milk", "delta": 50, "reason": "restock"});
+    assert_eq!(server.call("POST", "/v1/stores/s2/stock", Some(&admin), Some(restock)).await.0, 200);
+    // Between the two (both reach it), and just north of s1 (only s1 reaches it).
+    let between = (STORE_LAT - 0.005, STORE_LNG);
+    let north = (STORE_LAT + 0.012, STORE_LNG);
+    let avail = |p: (f64, f64)| {
+        let server = &server;
+        async move { server.call("GET", &format!("/v1/availability?lat={}&lng={}", p.0, p.1), None, None).await.1 }
+    };
+    assert_eq!(avail(between).await["store_id"], "s1");
+    assert_eq!(avail(between).await["open"], true);
+
+    // Staff of s1 pause it: the point between goes to s2; the one only s1 reaches is refused.
+    let staff = token(Role::Staff, "sam", Some("s1"));
+    let pause = json!({"paused": {"reason": "inventory count"}});
+    let (s, v) = server.call("PATCH", "/v1/stores/s1", Some(&staff), Some(pause.clone())).await;
+    assert_eq!(
+        (s, v["paused"]["reason"].as_str(), v["open"].as_bool()),
+        (200, Some("inventory count"), Some(false)),
+        "{v}"
+    );
+    let v = avail(between).await;
+    assert_eq!((v["store_id"].as_str(), v["accepting"].as_bool()), (Some("s2"), Some(true)), "{v}");
+    let v = avail(north).await;
+    assert_eq!(
+        (v["store_id"].as_str(), v["open"].as_bool(), v["accepting"].as_bool(), v["reason"].as_str()),
+        (Some("s1"), Some(false), Some(false), Some("paused")),
+        "{v}"
+    );
+    let alice = token(Role::Customer, "alice", None);
+    let body = |p: (f64, f64)| json!({"lat": p.0, "lng": p.1, "lines": [{"sku": "milk", "qty": 1}]});
+    let (s, e) = server.order(&alice, "north-paused", body(north)).await;
+    assert_eq!((s, e["error"].as_str(), e["reason"].as_str()), (422, Some("not_serviceable"), Some("paused")), "{e}");
+    let (s, o) = server.order(&alice, "between-paused", body(between)).await;
+    assert_eq!((s, o["store_id"].as_str()), (201, Some("s2")), "{o}");
+    // Others may not pause it.
+    let other = token(Role::Staff, "olga", Some("s2"));
+    assert_eq!(server.call("PATCH", "/v1/stores/s1", Some(&other), Some(pause.clone())).await.0, 403);
+    assert_eq!(server.call("PATCH", "/v1/stores/s1", Some(&alice), Some(pause)).await.0, 403);
+    let (s, _) = server.call("PATCH", "/v1/stores/s1", Some(&staff), Some(json!({"paused": null}))).await;
+    assert_eq!(s, 200);
+    assert_eq!(avail(between).await["store_id"], "s1");
+
+    // Hours in UTC that leave out today: closed until midnight.
+    let now_s = common::now_ms() / 1000;
+    let (today, next_midnight) = ((now_s / 86_400 + 3) % 7, (now_s / 86_400 + 1) * 86_400);
+    let days = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"];
+    let hours: serde_json::Map<String, serde_json::Value> = days
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i as i64 != today)
+        .map(|(_, d)| (d.to_string(), json!([["00:00", "24:00"]])))
+        .collect();
+    // Not across midnight: the test's "today" must be the server's.
+    if next_midnight - now_s < 10 {
+        tokio::time::sleep(std::time::Duration::from_secs(12)).await;
+    }
+    let s1 = json!({"name": "Indiranagar", "lat": STORE_LAT, "lng": STORE_LNG, "timezone": "UTC", "hours": hours});
+    let (s, v) = server.call("PUT", "/v1/stores/s1", Some(&admin), Some(s1)).await;
+    assert_eq!((s, v["open"].as_bool()), (200, Some(false)), "{v}");
+    let v = avail(north).await;
+    assert_eq!((v["reason"].as_str(), v["accepting"].as_bool()), (Some("closed"), Some(false)), "{v}");
+    let opens = humantime::parse_rfc3339(v["opens_at"].as_str().unwrap()).unwrap();
+    let opens = opens.duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
+    assert_eq!(opens, (common::now_ms() / 1000 / 86_400 + 1) * 86_400, "{v}");
+    let (s, e) = server.order(&alice, "north-closed", body(north)).await;
+    assert_eq!((s, e["reason"].as_str()), (422, Some("closed")), "{e}");
+    assert_eq!(avail(between).await["store_id"], "s2");
+    // Bad hours and zones are refused.
+    for (tz, hours) in [
+        ("Mars/Olympus", json!({"mon": [["07:00", "23:00"]]})),
+        ("UTC", json!({"monday": [["07:00", "23:00"]]})),
+        ("UTC", json!({"mon": [["7am", "23:00"]]})),
+    ] {
+        let bad = json!({"name": "x", "lat": STORE_LAT, "lng": STORE_LNG, "timezone": tz, "hours": hours});
+        assert_eq!(server.call("PUT", "/v1/stores/s1", Some(&admin), Some(bad)).await.0, 422, "{tz}");
+    }
+    // Hours survive a restart.
+    drop(server);
+    let server = Server::start(&scratch.url, &[]);
+    let (_, v) = server.call("GET", "/v1/stores/s1", None, None).await;
+    assert_eq!((v["open"].as_bool(), v["timezone"].as_str()), (Some(false), Some("UTC")), "{v}");
+    drop(server);
+    scratch.drop_database().await;
+}

@@ -8,3 +8,8 @@ ALTER TABLE orders ADD COLUMN delivery_fee_minor BIGINT NOT NULL DEFAULT 0;
 CREATE INDEX orders_by_customer ON orders (customer_id, created_at, id);
 CREATE INDEX orders_by_store ON orders (store_id, created_at, id);
 CREATE INDEX orders_by_created ON orders (created_at);
+-- Store hours in the store's time zone (hours: the API's JSON object of weekday intervals; NULL:
+-- always open), and a pause with its reason (NULL: not paused).
+ALTER TABLE stores ADD COLUMN timezone TEXT;
+ALTER TABLE stores ADD COLUMN hours TEXT;
+ALTER TABLE stores ADD COLUMN paused_reason TEXT;

@@ -10,6 +10,8 @@ use super::{AppRef, Caller, JsonBody, check_id, check_point, detached};
 use crate::auth::Role;
 use crate::error::ApiError;
 use crate::model::Product;
+use crate::state::catalog::StoreSettings;
+use darkstore_geoinv::hours::Days;
 
 /// Longest name or category accepted.
 const MAX_TEXT: usize = 200;
@@ -41,33 +43,104 @@ pub struct StoreBody {
     name: String,
     lat: f64,
     lng: f64,
+    /// An IANA time zone name.
+    #[serde(default)]
+    timezone: Option<String>,
+    /// `mon` … `sun` → `[["HH:MM", "HH:MM"], …]`; absent or null: always open.
+    #[serde(default)]
+    hours: Option<std::collections::BTreeMap<String, Vec<(String, String)>>>,
+    /// `{"reason"}` or null.
+    #[serde(default)]
+    paused: Option<PausedBody>,
+}
+
+#[derive(Deserialize)]
+pub struct PausedBody {
+    reason: String,
+}
+
+#[derive(Deserialize)]
+pub struct PatchStoreBody {
+    /// `{"reason"}` pauses the store, null lifts the pause.
+    paused: Option<PausedBody>,
+}
+
+fn reason(p: Option<PausedBody>) -> Result<Option<String>, ApiError> {
+    match p {
+        None => Ok(None),
+        Some(p) => {
+            check_text("paused.reason", &p.reason, MAX_TEXT)?;
+            Ok(Some(p.reason))
+        }
+    }
+}
+
+/// The settings of a store as the API takes them, checked.
+fn settings(body: &mut StoreBody) -> Result<StoreSettings, ApiError> {
+    let days: Option<Days> = body.hours.take().map(|h| h.into_iter().collect());
+    let settings = StoreSettings { timezone: body.timezone.take(), hours: days, paused: reason(body.paused.take())? };
+    if let Some(tz) = &settings.timezone {
+        check_text("timezone", tz, 64)?;
+        if settings.hours.is_none() && !darkstore_geoinv::hours::valid_timezone(tz) {
+            return Err(ApiError::invalid(format!("unknown time zone {tz:?}")));
+        }
+    }
+    settings.schedule().map_err(|e| ApiError::invalid(format!("hours: {e}")))?;
+    Ok(settings)
 }
 
 pub async fn put_store(
     State(app): State<AppRef>,
     caller: Caller,
     Path(store_id): Path<String>,
-    JsonBody(body): JsonBody<StoreBody>,
+    JsonBody(mut body): JsonBody<StoreBody>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     caller.require(&[Role::Admin])?;
     check_id("store_id", &store_id)?;
     check_text("name", &body.name, MAX_TEXT)?;
     check_point(body.lat, body.lng)?;
+    let settings = settings(&mut body)?;
     let state = app.state.clone();
     let id = store_id.clone();
-    let created = detached(async move { state.put_store(&id, &body.name, body.lat, body.lng).await }).await??;
+    let created =
+        detached(async move { state.put_store(&id, &body.name, body.lat, body.lng, settings).await }).await??;
     let store = app.state.store(&store_id).ok_or_else(|| ApiError::unavailable("store vanished"))?;
     Ok((created_or_ok(created), Json(store_json(&app, &store))))
 }
 
+/// Pauses a store or lifts its pause (staff of the store, admin).
+pub async fn patch_store(
+    State(app): State<AppRef>,
+    caller: Caller,
+    Path(store_id): Path<String>,
+    JsonBody(body): JsonBody<PatchStoreBody>,
+) -> Result<Json<Value>, ApiError> {
+    caller.require_store(&store_id)?;
+    app.state.store(&store_id).ok_or_else(|| ApiError::not_found("no such store"))?;
+    let paused = reason(body.paused)?;
+    let (state, id) = (app.state.clone(), store_id.clone());
+    let store = detached(async move { state.set_paused(&id, paused).await }).await??;
+    tracing::info!(store = %store_id, paused = ?store.settings.paused, "store pause changed");
+    Ok(Json(store_json(&app, &store)))
+}
+
 fn store_json(app: &AppRef, store: &crate::state::Store) -> Value {
-    json!({
+    let hours = store.settings.hours.as_ref().map(|days| {
+        let map: serde_json::Map<String, Value> = days.iter().map(|(d, iv)| (d.clone(), json!(iv))).collect();
+        Value::Object(map)
+    });
+    let mut v = json!({
         "id": store.id,
         "name": store.name,
         "lat": store.lat,
         "lng": store.lng,
         "service_cells": app.state.store_cells(store.idx),
-    })
+        "timezone": store.settings.timezone,
+        "hours": hours,
+        "paused": store.settings.paused.as_ref().map(|r| json!({"reason": r})),
+    });
+    crate::views::open_fields(&mut v, &app.state.open_state(store));
+    v
 }
 
 pub async fn get_store(State(app): State<AppRef>, Path(store_id): Path<String>) -> Result<Json<Value>, ApiError> {

@@ -80,7 +80,7 @@ pub fn router(app: AppRef) -> Router {
         .route("/readyz", get(ops::readyz))
         .route("/metrics", get(ops::metrics))
         .route("/openapi.json", get(ops::openapi))
-        .route("/v1/stores/{store_id}", put(catalog::put_store).get(catalog::get_store))
+        .route("/v1/stores/{store_id}", put(catalog::put_store).get(catalog::get_store).patch(catalog::patch_store))
         .route("/v1/catalog/{sku}", put(catalog::put_product).get(catalog::get_product))
         .route("/v1/riders/{rider_id}", put(catalog::put_rider).get(riders::get))
         .route("/v1/riders/{rider_id}/location", post(riders::location))

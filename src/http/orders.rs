@@ -135,7 +135,9 @@ async fn place_inner(
         Err(e) => {
             let outcome = match &e {
                 PlaceError::InvalidPoint | PlaceError::UnknownSku(_) => OrderOutcome::Invalid,
-                PlaceError::NotServiceable | PlaceError::Busy => OrderOutcome::NotServiceable,
+                PlaceError::NotServiceable | PlaceError::Busy | PlaceError::Closed { .. } | PlaceError::Paused => {
+                    OrderOutcome::NotServiceable
+                }
                 PlaceError::Insufficient(_) => OrderOutcome::InsufficientStock,
                 PlaceError::KeyReused | PlaceError::KeyExpired => OrderOutcome::Conflict,
                 PlaceError::Unavailable(_) => OrderOutcome::Unavailable,

@@ -8,6 +8,7 @@ use serde_json::{Value, json};
 
 use super::{AppRef, Caller, JsonBody, check_point, detached};
 use crate::error::ApiError;
+use crate::model::OpenState;
 use crate::state::StockError;
 
 /// Largest stock delta accepted in one adjustment.
@@ -125,30 +126,42 @@ pub async fn availability(
         .state
         .serving(lat, lng)
         .map_err(|_| ApiError::invalid("lat must be in [-90, 90] and lng in [-180, 180]"))?;
-    let (store_id, quote, fee, page) = match serving {
+    let (store_id, quote, fee, open, page) = match serving {
         Some((store, quote)) => {
             let eta = quote.eta_minutes();
             let page = app.pages.page(&app.state, &store, eta, q.category.as_deref(), q.after.as_deref(), limit);
-            (Some(store.id.clone()), Some(quote), Some(app.state.delivery_fee(&store)), page)
+            let open = app.state.open_state(&store);
+            (Some(store.id.clone()), Some(quote), Some(app.state.delivery_fee(&store)), Some(open), page)
         }
-        None => (None, None, None, crate::http::pages::PageJson { items: "".into(), n_items: 0, next: None }),
+        None => (None, None, None, None, crate::http::pages::PageJson { items: "".into(), n_items: 0, next: None }),
     };
     let eta_minutes = quote.map(|q| q.eta_minutes());
     let within_promise = quote.is_some_and(|q| app.state.within_promise(&q));
-    let accepting = quote.is_some_and(|q| app.state.accepting(&q));
+    let is_open = open.as_ref().is_some_and(|o| *o == OpenState::Open);
+    let accepting = is_open && quote.is_some_and(|q| app.state.accepting(&q));
+    // Why a serving store takes no orders: closed, paused, or too busy.
+    let reason = match (&open, store_id.is_some() && !accepting) {
+        (Some(OpenState::Closed { opens_at }), true) => {
+            format!("\"reason\":\"closed\",\"opens_at\":{},", json!(opens_at.map(crate::views::rfc3339)))
+        }
+        (Some(OpenState::Paused { .. }), true) => "\"reason\":\"paused\",".to_owned(),
+        (_, true) => "\"reason\":\"busy\",".to_owned(),
+        (_, false) => String::new(),
+    };
     // Built as text around the page's items, which are serialized once per change of the store's
     // stock (see `pages`): this is the hottest read of the server.
     let cell = darkstore_geoinv::area::cell_of(lat, lng).map(|c| c.to_string()).ok();
-    let mut body = String::with_capacity(160 + page.items.len());
+    let mut body = String::with_capacity(192 + page.items.len());
     body.push_str(&format!(
-        "{{\"serviceable\":{},\"store_id\":{},\"eta_minutes\":{},\"delivery_fee_minor\":{},\"within_promise\":{},\"accepting\":{},{}\"h3_cell\":{},\"next\":{},\"items\":[",
+        "{{\"serviceable\":{},\"store_id\":{},\"eta_minutes\":{},\"delivery_fee_minor\":{},\"within_promise\":{},\"accepting\":{},\"open\":{},{}\"h3_cell\":{},\"next\":{},\"items\":[",
         store_id.is_some(),
         json!(store_id),
         json!(eta_minutes),
         json!(fee),
         within_promise,
         accepting,
-        if store_id.is_some() && !accepting { "\"reason\":\"busy\"," } else { "" },
+        if store_id.is_some() { json!(is_open) } else { Value::Null },
+        reason,
         json!(cell),
         json!(page.next),
     ));

@@ -44,8 +44,24 @@ pub struct Availability {
 impl State {
     /// The store that serves (lat, lng) (the one that reaches it soonest by the map, within the
     /// promise), with its quote for an order placed now (from its queue and its riders).
+    /// A store that is closed or paused serves only when no open store reaches the point (then
+    /// [`State::open_state`] says why it takes no orders).
     pub fn serving(&self, lat: f64, lng: f64) -> Result<Option<(Arc<Store>, Quote)>, InvalidPoint> {
-        let serving = self.area.read().expect("area lock").best_store(lat, lng)?;
+        let serving = {
+            let area = self.area.read().expect("area lock");
+            let stores = self.stores.read().expect("stores lock");
+            let open = |idx: darkstore_geoinv::area::StoreIdx| {
+                stores.get(idx.0 as usize).is_some_and(|s| self.open_state(s) == super::catalog::OpenState::Open)
+            };
+            // Stores with neither hours nor a pause (the usual case) cost nothing here.
+            match self.any_restricted.load(std::sync::atomic::Ordering::Relaxed) {
+                false => area.best_store(lat, lng)?,
+                true => match area.best_store_where(lat, lng, open)? {
+                    Some(s) => Some(s),
+                    None => area.best_store(lat, lng)?,
+                },
+            }
+        };
         Ok(serving.and_then(|s| self.store_at(s.store)).map(|store| {
             let q = self.quote(&store, lat, lng);
             (store, q)

@@ -6,6 +6,7 @@ use std::sync::{Arc, Mutex};
 
 use darkstore_db::Write;
 use darkstore_geoinv::area::{InvalidPoint, StoreIdx};
+use darkstore_geoinv::hours::{Days, Hours};
 use darkstore_geoinv::stock::StoreStock;
 
 use super::{PlaceError, State};
@@ -18,13 +19,67 @@ pub struct Store {
     pub name: String,
     pub lat: f64,
     pub lng: f64,
+    /// Opening hours and pause, as set.
+    pub settings: StoreSettings,
+    /// The opening hours, read (None: always open).
+    pub schedule: Option<Hours>,
     pub stock: Mutex<StoreStock>,
     /// Per SKU, whether it was last announced as available (for availability changes).
     pub(super) shown: Mutex<HashMap<Arc<str>, bool>>,
 }
 
+/// A store's opening hours (in its time zone) and pause.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct StoreSettings {
+    /// An IANA time zone name (UTC when hours are given without one).
+    pub timezone: Option<String>,
+    /// Opening intervals by weekday; None: always open.
+    pub hours: Option<Days>,
+    /// Paused, with this reason.
+    pub paused: Option<String>,
+}
+
+impl StoreSettings {
+    /// The hours, read and checked (None: always open).
+    pub fn schedule(&self) -> Result<Option<Hours>, String> {
+        match &self.hours {
+            None => Ok(None),
+            Some(days) => Hours::new(self.timezone.as_deref().unwrap_or("UTC"), days).map(Some),
+        }
+    }
+}
+
+pub use crate::model::OpenState;
+
 impl State {
-    pub(super) fn put_store_in_memory(&self, id: &str, name: &str, lat: f64, lng: f64) -> Result<bool, InvalidPoint> {
+    /// Whether `store` takes orders now: paused first, then its hours.
+    pub fn open_state(&self, store: &Store) -> OpenState {
+        if let Some(reason) = &store.settings.paused {
+            return OpenState::Paused { reason: reason.clone() };
+        }
+        match &store.schedule {
+            Some(h) => {
+                let now = self.now();
+                if h.is_open(now) { OpenState::Open } else { OpenState::Closed { opens_at: h.opens_at(now) } }
+            }
+            None => OpenState::Open,
+        }
+    }
+
+    pub(super) fn put_store_in_memory(
+        &self,
+        id: &str,
+        name: &str,
+        lat: f64,
+        lng: f64,
+        settings: StoreSettings,
+    ) -> Result<bool, InvalidPoint> {
+        // Hours that no longer read (a time zone gone from the system's database) leave the
+        // store always open, said loudly, rather than closed for good.
+        let schedule = settings.schedule().unwrap_or_else(|e| {
+            tracing::warn!(store = %id, error = %e, "store hours unreadable; treated as always open");
+            None
+        });
         let mut area = self.area.write().expect("area lock");
         let idx = area.upsert_store(id, lat, lng)?;
         let mut stores = self.stores.write().expect("stores lock");
@@ -43,6 +98,8 @@ impl State {
             name: name.to_owned(),
             lat,
             lng,
+            settings,
+            schedule,
             stock: Mutex::new(stock),
             shown: Mutex::new(shown),
         });
@@ -51,6 +108,8 @@ impl State {
         } else {
             stores[idx.0 as usize] = store;
         }
+        let restricted = stores.iter().any(|s| s.schedule.is_some() || s.settings.paused.is_some());
+        self.any_restricted.store(restricted, Ordering::Relaxed);
         Ok(created)
     }
 
@@ -85,14 +144,37 @@ impl State {
         self.store_at(serving.store)
     }
 
-    /// Creates or updates a store; true when created.
-    pub async fn put_store(&self, id: &str, name: &str, lat: f64, lng: f64) -> Result<bool, PlaceError> {
+    /// Creates or updates a store; true when created. The settings are checked by the caller
+    /// ([`StoreSettings::schedule`]).
+    pub async fn put_store(
+        &self,
+        id: &str,
+        name: &str,
+        lat: f64,
+        lng: f64,
+        settings: StoreSettings,
+    ) -> Result<bool, PlaceError> {
         let ts = self.now();
-        self.committer
-            .commit(vec![Write::Store { id: id.into(), name: name.into(), lat, lng, ts }])
-            .await
-            .map_err(|e| PlaceError::Unavailable(e.to_string()))?;
-        self.put_store_in_memory(id, name, lat, lng).map_err(|_| PlaceError::InvalidPoint)
+        let write = Write::Store {
+            id: id.into(),
+            name: name.into(),
+            lat,
+            lng,
+            timezone: settings.timezone.clone(),
+            hours: settings.hours.as_ref().map(darkstore_geoinv::hours::to_spec),
+            paused: settings.paused.clone(),
+            ts,
+        };
+        self.committer.commit(vec![write]).await.map_err(|e| PlaceError::Unavailable(e.to_string()))?;
+        self.put_store_in_memory(id, name, lat, lng, settings).map_err(|_| PlaceError::InvalidPoint)
+    }
+
+    /// Pauses a store (with a reason) or lifts its pause; the store as it is now.
+    pub async fn set_paused(&self, id: &str, paused: Option<String>) -> Result<Arc<Store>, PlaceError> {
+        let store = self.store(id).ok_or(PlaceError::NotServiceable)?;
+        let settings = StoreSettings { paused, ..store.settings.clone() };
+        self.put_store(id, &store.name, store.lat, store.lng, settings).await?;
+        self.store(id).ok_or(PlaceError::NotServiceable)
     }
 
     pub fn product(&self, sku: &str) -> Option<Arc<Product>> {

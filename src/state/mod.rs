@@ -71,6 +71,12 @@ pub enum PlaceError {
     KeyExpired,
     /// The store's quote is past `--max-eta-minutes`.
     Busy,
+    /// The serving store is outside its opening hours (and no open store reaches the point).
+    Closed {
+        opens_at: Option<Millis>,
+    },
+    /// The serving store is paused (and no open store reaches the point).
+    Paused,
     Unavailable(String),
 }
 
@@ -135,6 +141,8 @@ pub struct State {
     next_lot: AtomicI64,
     /// Orders waiting for a rider (confirmed or packed), for the dispatcher.
     dispatchable: Mutex<BTreeSet<String>>,
+    /// Whether any store has opening hours or a pause (else serving skips asking).
+    any_restricted: std::sync::atomic::AtomicBool,
     /// Each store's load, by store index, as the last dispatch tick saw it.
     loads: RwLock<FastMap<u32, Arc<darkstore_geoinv::quote::StoreLoad>>>,
 }
@@ -190,6 +198,7 @@ impl State {
             next_lot: AtomicI64::new(1),
             dispatchable: Mutex::new(BTreeSet::new()),
             loads: RwLock::new(FastMap::default()),
+            any_restricted: std::sync::atomic::AtomicBool::new(false),
         }
     }
 

@@ -95,6 +95,11 @@ impl State {
         let Some((store, quoted)) = self.serving(req.lat, req.lng).map_err(|_| PlaceError::InvalidPoint)? else {
             return Err(PlaceError::NotServiceable);
         };
+        match self.open_state(&store) {
+            crate::model::OpenState::Open => {}
+            crate::model::OpenState::Closed { opens_at } => return Err(PlaceError::Closed { opens_at }),
+            crate::model::OpenState::Paused { .. } => return Err(PlaceError::Paused),
+        }
         if !self.accepting(&quoted) {
             return Err(PlaceError::Busy);
         }

@@ -62,7 +62,12 @@ impl State {
         let state = State::new(config, db, committer, clock, changes);
         state.next_lot.store(snap.max_lot_id + 1, Ordering::Relaxed);
         for s in snap.stores {
-            if let Err(InvalidPoint) = state.put_store_in_memory(&s.id, &s.name, s.lat, s.lng) {
+            let hours = s.hours.as_deref().map(darkstore_geoinv::hours::from_spec).transpose().unwrap_or_else(|e| {
+                tracing::warn!(store = %s.id, error = %e, "stored store hours unreadable; treated as always open");
+                None
+            });
+            let settings = super::catalog::StoreSettings { timezone: s.timezone, hours, paused: s.paused };
+            if let Err(InvalidPoint) = state.put_store_in_memory(&s.id, &s.name, s.lat, s.lng, settings) {
                 tracing::warn!(store = %s.id, "stored store has invalid coordinates; skipped");
             }
         }

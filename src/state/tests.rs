@@ -44,7 +44,7 @@ async fn world(name: &str) -> World {
 async fn world_on(scratch: ScratchDb) -> World {
     let clock = Arc::new(ManualClock::new(T0));
     let state = Arc::new(state_on(&scratch.url, clock.clone()).await);
-    state.put_store("s1", "Indiranagar", 12.9719, 77.6412).await.unwrap();
+    state.put_store("s1", "Indiranagar", 12.9719, 77.6412, Default::default()).await.unwrap();
     state.put_product(Product::new("milk", "Milk".into(), "dairy".into(), 4500, 5)).await.unwrap();
     state.adjust_stock("s1", "milk", 100, "restock", None).await.unwrap();
     World { state, clock, scratch }

@@ -10,6 +10,10 @@ pub struct StoreRow {
     pub name: String,
     pub lat: f64,
     pub lng: f64,
+    pub timezone: Option<String>,
+    /// Opening hours as the API took them (JSON text).
+    pub hours: Option<String>,
+    pub paused: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -142,12 +146,16 @@ impl Db {
     /// Reads the whole state back.
     pub async fn load(&self) -> Result<Snapshot, DbError> {
         let mut snap = Snapshot::default();
-        for r in sqlx::query("SELECT id, name, lat, lng FROM stores ORDER BY id").fetch_all(&self.pool).await? {
+        let stores = sqlx::query("SELECT id, name, lat, lng, timezone, hours, paused_reason FROM stores ORDER BY id");
+        for r in stores.fetch_all(&self.pool).await? {
             snap.stores.push(StoreRow {
                 id: r.try_get(0)?,
                 name: r.try_get(1)?,
                 lat: r.try_get(2)?,
                 lng: r.try_get(3)?,
+                timezone: r.try_get(4)?,
+                hours: r.try_get(5)?,
+                paused: r.try_get(6)?,
             });
         }
         for r in sqlx::query("SELECT sku, name, category, price_minor, low_stock_threshold FROM products ORDER BY sku")

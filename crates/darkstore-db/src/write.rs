@@ -60,9 +60,33 @@ pub struct OrderStatusChange {
 /// Everything the server persists.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Write {
-    Store { id: String, name: String, lat: f64, lng: f64, ts: i64 },
-    Product { sku: String, name: String, category: String, price_minor: i64, low_stock_threshold: i64, ts: i64 },
-    Rider { id: String, name: String, store_id: Option<String>, ts: i64 },
+    Store {
+        id: String,
+        name: String,
+        lat: f64,
+        lng: f64,
+        /// An IANA time zone name.
+        timezone: Option<String>,
+        /// Opening hours as the API takes them (JSON text); None: always open.
+        hours: Option<String>,
+        /// Paused, with this reason.
+        paused: Option<String>,
+        ts: i64,
+    },
+    Product {
+        sku: String,
+        name: String,
+        category: String,
+        price_minor: i64,
+        low_stock_threshold: i64,
+        ts: i64,
+    },
+    Rider {
+        id: String,
+        name: String,
+        store_id: Option<String>,
+        ts: i64,
+    },
     Ledger(LedgerRow),
     Order(NewOrder),
     Status(OrderStatusChange),
@@ -158,13 +182,22 @@ impl Db {
         }
 
         for chunk in stores.chunks(ROWS_PER_STATEMENT) {
-            let mut q = MultiInsert::new("INSERT INTO stores (id, name, lat, lng, updated_at)");
+            let mut q =
+                MultiInsert::new("INSERT INTO stores (id, name, lat, lng, timezone, hours, paused_reason, updated_at)");
             for w in chunk {
-                if let Write::Store { id, name, lat, lng, ts } = w {
-                    q.row().bind(id.clone()).bind(name.clone()).bind(*lat).bind(*lng).bind(*ts);
+                if let Write::Store { id, name, lat, lng, timezone, hours, paused, ts } = w {
+                    q.row()
+                        .bind(id.clone())
+                        .bind(name.clone())
+                        .bind(*lat)
+                        .bind(*lng)
+                        .bind(timezone.clone())
+                        .bind(hours.clone())
+                        .bind(paused.clone())
+                        .bind(*ts);
                 }
             }
-            q.execute(conn, " ON CONFLICT (id) DO UPDATE SET name = excluded.name, lat = excluded.lat, lng = excluded.lng, updated_at = excluded.updated_at").await?;
+            q.execute(conn, " ON CONFLICT (id) DO UPDATE SET name = excluded.name, lat = excluded.lat, lng = excluded.lng, timezone = excluded.timezone, hours = excluded.hours, paused_reason = excluded.paused_reason, updated_at = excluded.updated_at").await?;
         }
         for chunk in products.chunks(ROWS_PER_STATEMENT) {
             let mut q = MultiInsert::new(

@@ -59,8 +59,26 @@ async fn story(url: &str) {
     let (committer, task) = Committer::spawn(db.clone(), 256, 1024);
     committer
         .commit(vec![
-            Write::Store { id: "s1".into(), name: "Old".into(), lat: 1.0, lng: 2.0, ts: 1 },
-            Write::Store { id: "s1".into(), name: "Indiranagar".into(), lat: 12.97, lng: 77.64, ts: 2 },
+            Write::Store {
+                id: "s1".into(),
+                name: "Old".into(),
+                lat: 1.0,
+                lng: 2.0,
+                timezone: None,
+                hours: None,
+                paused: Some("inventory count".into()),
+                ts: 1,
+            },
+            Write::Store {
+                id: "s1".into(),
+                name: "Indiranagar".into(),
+                lat: 12.97,
+                lng: 77.64,
+                timezone: Some("Asia/Kolkata".into()),
+                hours: Some(r#"{"mon":[["07:00","23:00"]]}"#.into()),
+                paused: None,
+                ts: 2,
+            },
             Write::Product {
                 sku: "milk".into(),
                 name: "Milk".into(),
@@ -147,6 +165,9 @@ async fn story(url: &str) {
     let snap = db.load().await.unwrap();
     assert_eq!(snap.stores.len(), 1);
     assert_eq!(snap.stores[0].name, "Indiranagar");
+    assert_eq!(snap.stores[0].timezone.as_deref(), Some("Asia/Kolkata"));
+    assert_eq!(snap.stores[0].hours.as_deref(), Some(r#"{"mon":[["07:00","23:00"]]}"#));
+    assert_eq!(snap.stores[0].paused, None, "the later write wins, pause lifted");
     assert_eq!(snap.products.len(), 2);
     assert_eq!(snap.riders[0].store_id.as_deref(), Some("s1"));
     assert_eq!(snap.orders.len(), 51);

@@ -193,9 +193,23 @@ impl ServiceAreaMap {
 
     /// The fastest store that reaches (lat, lng) within the promise, if any.
     pub fn best_store(&self, lat: f64, lng: f64) -> Result<Option<Serving>, InvalidPoint> {
+        self.best_store_where(lat, lng, |_| true)
+    }
+
+    /// The fastest store that reaches (lat, lng) within the promise among those `allowed` accepts
+    /// (e.g. the ones open now), if any.
+    pub fn best_store_where(
+        &self,
+        lat: f64,
+        lng: f64,
+        allowed: impl Fn(StoreIdx) -> bool,
+    ) -> Result<Option<Serving>, InvalidPoint> {
         let cell = cell_of(lat, lng)?;
         let mut best: Option<Serving> = None;
         for &idx in self.candidates(cell) {
+            if !allowed(idx) {
+                continue;
+            }
             let site = &self.stores[idx.0 as usize];
             let d = distance_m(site.lat, site.lng, lat, lng);
             let eta = self.model.eta_minutes(d);

@@ -16,10 +16,12 @@
 //! - [`calibrate`]: bounded estimators that correct the priors from what is observed.
 //! - [`surge`]: the delivery fee by supply and demand, with hysteresis.
 //! - [`forecast`]: expected orders per hour per store, and the riders they need.
+//! - [`hours`]: a store's opening hours in its own time zone.
 
 pub mod area;
 pub mod calibrate;
 pub mod forecast;
+pub mod hours;
 pub mod ids;
 pub mod order;
 pub mod quote;
