@@ -37,6 +37,7 @@ pub fn order_json(o: &Order, promise_ms: Millis) -> Value {
         "delivery_fee_minor": o.delivery_fee_minor,
         "deadline": rfc3339(o.created_at + promise_ms),
         "delivered_at": (o.status == OrderStatus::Delivered).then(|| rfc3339(o.updated_at)),
+        "packed_at": o.packed_at.map(rfc3339),
         "payment_hold_expires_at": o.hold_expires_at.filter(|_| o.status == OrderStatus::PendingPayment).map(rfc3339),
     });
     if let Some(refund) = o.refund_minor {

@@ -79,6 +79,20 @@ async function openStore(storeId) {
   drawArea(area);
   connect();
   renderForecast();
+  renderStoreState(await api(`/v1/stores/${encodeURIComponent(storeId)}`));
+}
+
+// Open, closed (until when) or paused (why), and the button that pauses or resumes orders.
+function renderStoreState(store) {
+  state.paused = Boolean(store.paused);
+  const el = $("#store-open");
+  if (store.paused) el.textContent = `paused: ${store.paused.reason}`;
+  else if (store.open === false) el.textContent = store.opens_at ? `closed until ${new Date(store.opens_at).toLocaleString()}` : "closed";
+  else el.textContent = "open";
+  el.className = `open-state ${store.open ? "on" : "off"}`;
+  const b = $("#pause");
+  b.hidden = false;
+  b.textContent = state.paused ? "resume orders" : "pause orders";
 }
 
 // ----- the map -----
@@ -217,7 +231,7 @@ function renderQueue() {
       <td class="num">${o.lines.reduce((n, l) => n + l.qty, 0)}</td>
       <td class="timer" data-deadline="${esc(o.promised_by)}"></td>
       <td class="eta"></td>
-      <td>${o.status === "confirmed" ? `<button class="pack" data-order="${esc(o.id)}">packed</button>` : ""}</td>
+      <td>${o.status === "confirmed" || (o.status === "assigned" && !o.packed_at) ? `<button class="pack" data-order="${esc(o.id)}">packed</button>` : ""}</td>
     </tr>`).join("");
   for (const o of rows) renderEta(o.id);
   tick();
@@ -321,6 +335,19 @@ document.addEventListener("click", async (ev) => {
       });
     } catch (e) {
       alert(`Restock failed: ${e.message}`);
+    }
+  } else if (t.matches("#pause")) {
+    let paused = null;
+    if (!state.paused) {
+      const reason = prompt("Pause new orders: why?", "short-staffed");
+      if (!reason) return;
+      paused = { reason };
+    }
+    try {
+      const store = await api(`/v1/stores/${encodeURIComponent(state.storeId)}`, { method: "PATCH", body: JSON.stringify({ paused }) });
+      renderStoreState(store);
+    } catch (e) {
+      alert(`Could not change the pause: ${e.message}`);
     }
   } else if (t.matches("button.pack")) {
     try {

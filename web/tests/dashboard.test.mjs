@@ -108,10 +108,12 @@ test("the dashboard follows riders, orders and stock live", async () => {
   assert.equal(await page.textContent("#n-fee"), "25.00");
   await page.waitForSelector("#forecast tbody tr:nth-child(6)");
 
-  // Packed from the dashboard: the one rider takes it, and its live ETA shows beside the promise.
-  await page.click(`button.pack[data-order="${order.id}"]`);
-  await page.waitForFunction((sel) => /\d\d:\d\d/.test(document.querySelector(sel)?.textContent || ""), `${row} .eta`);
+  // The one rider takes it while it is picked, and its live ETA shows beside the promise; staff
+  // mark it packed from the dashboard.
   await page.waitForFunction((sel) => /assigned/.test(document.querySelector(sel)?.textContent || ""), `${row} .status`);
+  await page.waitForFunction((sel) => /\d\d:\d\d/.test(document.querySelector(sel)?.textContent || ""), `${row} .eta`);
+  await page.click(`button.pack[data-order="${order.id}"]`);
+  await page.waitForSelector(`button.pack[data-order="${order.id}"]`, { state: "detached" });
 
   // A restock from the dashboard changes the count on screen.
   page.once("dialog", (d) => d.accept("5"));
@@ -124,6 +126,16 @@ test("the dashboard follows riders, orders and stock live", async () => {
   await page.waitForSelector(row, { state: "detached" });
   await page.waitForFunction(() => document.querySelector("#n-cancelled").textContent === "1");
   await page.waitForFunction(() => document.querySelector('#stock tr[data-sku="milk"] .available').textContent === "15");
+
+  // Staff pause the store from the dashboard: customers are told it is paused; then resume.
+  await page.waitForFunction(() => document.querySelector("#store-open").textContent === "open");
+  page.once("dialog", (d) => d.accept("inventory count"));
+  await page.click("#pause");
+  await page.waitForFunction(() => /paused: inventory count/.test(document.querySelector("#store-open").textContent));
+  const paused = await call(server.http, "GET", `/v1/availability?lat=${STORE.lat}&lng=${STORE.lng}`, customer);
+  assert.equal(paused.reason, "paused");
+  await page.click("#pause");
+  await page.waitForFunction(() => document.querySelector("#store-open").textContent === "open");
 
   mkdirSync(join(root, "artifacts"), { recursive: true });
   await page.screenshot({ path: join(root, "artifacts/dashboard.png"), fullPage: true });
