@@ -465,3 +465,52 @@ async fn closed_and_paused_stores_hand_their_points_to_an_open_one() {
     drop(server);
     scratch.drop_database().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn search_finds_available_items_by_prefix_and_typo() {
+    let scratch = ScratchDb::sqlite("ds_search");
+    let server = Server::start(&scratch.url, &[]);
+    server.seed("s1", "milk", 5).await;
+    let admin = admin();
+    for (sku, name, qty) in [
+        ("banana", "Banana Robusta", 10),
+        ("banana-chips", "Banana Chips, Salted", 10),
+        ("tomato", "Tomato Hybrid", 10),
+        ("ketchup", "Tomato Ketchup", 0),
+    ] {
+        let p = json!({"name": name, "category": "food", "price_minor": 100});
+        server.call("PUT", &format!("/v1/catalog/{sku}"), Some(&admin), Some(p)).await;
+        if qty > 0 {
+            let r = json!({"sku": sku, "delta": qty, "reason": "restock"});
+            server.call("POST", "/v1/stores/s1/stock", Some(&admin), Some(r)).await;
+        }
+    }
+    let search = |q: &'static str| {
+        let server = &server;
+        async move {
+            let path = format!("/v1/availability?lat={STORE_LAT}&lng={STORE_LNG}&q={q}");
+            let (s, v) = server.call("GET", &path, None, None).await;
+            assert_eq!(s, 200, "{v}");
+            v["items"].as_array().unwrap().iter().map(|i| i["sku"].as_str().unwrap().to_owned()).collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(search("BAN").await, ["banana", "banana-chips"]);
+    assert_eq!(search("bananna%20chips").await, ["banana-chips"]);
+    // Ketchup is out of stock: only the tomato.
+    assert_eq!(search("tomtao").await, ["tomato"]);
+    assert_eq!(search("milk").await, ["milk"]);
+    assert!(search("xyz").await.is_empty());
+    // A product renamed is found by its new name.
+    let p = json!({"name": "Cavendish Banana", "category": "food", "price_minor": 100});
+    server.call("PUT", "/v1/catalog/banana", Some(&admin), Some(p)).await;
+    assert_eq!(search("cavend").await, ["banana"]);
+    let long = "x".repeat(101);
+    let (s, _) =
+        server.call("GET", &format!("/v1/availability?lat={STORE_LAT}&lng={STORE_LNG}&q={long}"), None, None).await;
+    assert_eq!(s, 422);
+    let (s, _) =
+        server.call("GET", &format!("/v1/availability?lat={STORE_LAT}&lng={STORE_LNG}&q=%20"), None, None).await;
+    assert_eq!(s, 422);
+    drop(server);
+    scratch.drop_database().await;
+}

@@ -101,6 +101,7 @@ pub struct AvailabilityQuery {
     category: Option<String>,
     limit: Option<String>,
     after: Option<String>,
+    q: Option<String>,
 }
 
 fn coordinate(name: &str, v: &Option<String>) -> Result<f64, ApiError> {
@@ -126,10 +127,33 @@ pub async fn availability(
         .state
         .serving(lat, lng)
         .map_err(|_| ApiError::invalid("lat must be in [-90, 90] and lng in [-180, 180]"))?;
+    let search = match q.q.as_deref().map(str::trim) {
+        None => None,
+        Some(s) if (1..=100).contains(&s.chars().count()) => Some(s.to_owned()),
+        Some(_) => return Err(ApiError::invalid("q must be 1 to 100 characters")),
+    };
     let (store_id, quote, fee, open, page) = match serving {
         Some((store, quote)) => {
             let eta = quote.eta_minutes();
-            let page = app.pages.page(&app.state, &store, eta, q.category.as_deref(), q.after.as_deref(), limit);
+            let page = match &search {
+                // A name search: ranked by relevance, one page (next is null).
+                Some(text) => {
+                    let mut items = String::new();
+                    let found = app.state.search(&store, text, limit);
+                    for (i, item) in found
+                        .iter()
+                        .filter(|i| q.category.as_deref().is_none_or(|c| c == i.product.category))
+                        .enumerate()
+                    {
+                        if i > 0 {
+                            items.push(',');
+                        }
+                        crate::views::write_item(&mut items, &item.product, item.available);
+                    }
+                    crate::http::pages::PageJson { n_items: found.len(), items: items.into(), next: None }
+                }
+                None => app.pages.page(&app.state, &store, eta, q.category.as_deref(), q.after.as_deref(), limit),
+            };
             let open = app.state.open_state(&store);
             (Some(store.id.clone()), Some(quote), Some(app.state.delivery_fee(&store)), Some(open), page)
         }

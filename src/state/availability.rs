@@ -128,6 +128,30 @@ impl State {
         }
     }
 
+    /// What `store` can sell now whose name matches `query` (word prefixes, small typos), best
+    /// first, at most `limit` (see `darkstore_geoinv::search`). The index is built again when the
+    /// catalog changed.
+    pub fn search(&self, store: &Store, query: &str, limit: usize) -> Vec<AvailableItem> {
+        let version = self.catalog_version.load(Ordering::Relaxed);
+        let cached =
+            self.search.read().expect("search lock").as_ref().filter(|(v, _)| *v == version).map(|(_, i)| i.clone());
+        let index = match cached {
+            Some(i) => i,
+            None => {
+                let catalog = self.catalog.read().expect("catalog lock");
+                let version = self.catalog_version.load(Ordering::Relaxed);
+                let index = Arc::new(darkstore_geoinv::search::SearchIndex::build(
+                    catalog.values().map(|p| (&p.sku, p.name.as_str())),
+                ));
+                drop(catalog);
+                *self.search.write().expect("search lock") = Some((version, index.clone()));
+                index
+            }
+        };
+        let ranked = index.query(query);
+        self.available_of(store, ranked.iter().map(|(sku, _)| &**sku), limit)
+    }
+
     /// Of `skus`, in their order, the ones `store` can sell now, at most `limit`.
     pub fn available_of<'a>(
         &self,

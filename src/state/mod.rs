@@ -141,6 +141,8 @@ pub struct State {
     next_lot: AtomicI64,
     /// Orders waiting for a rider (confirmed or packed), for the dispatcher.
     dispatchable: Mutex<BTreeSet<String>>,
+    /// The product search index, for the catalog version it was built from.
+    search: RwLock<Option<(u64, Arc<darkstore_geoinv::search::SearchIndex>)>>,
     /// Whether any store has opening hours or a pause (else serving skips asking).
     any_restricted: std::sync::atomic::AtomicBool,
     /// Each store's load, by store index, as the last dispatch tick saw it.
@@ -199,6 +201,7 @@ impl State {
             dispatchable: Mutex::new(BTreeSet::new()),
             loads: RwLock::new(FastMap::default()),
             any_restricted: std::sync::atomic::AtomicBool::new(false),
+            search: RwLock::new(None),
         }
     }
 

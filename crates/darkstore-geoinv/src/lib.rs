@@ -17,6 +17,7 @@
 //! - [`surge`]: the delivery fee by supply and demand, with hysteresis.
 //! - [`forecast`]: expected orders per hour per store, and the riders they need.
 //! - [`hours`]: a store's opening hours in its own time zone.
+//! - [`search`]: product search by name (word prefixes, small typos).
 
 pub mod area;
 pub mod calibrate;
@@ -25,6 +26,7 @@ pub mod hours;
 pub mod ids;
 pub mod order;
 pub mod quote;
+pub mod search;
 pub mod stock;
 pub mod surge;
 pub mod travel;
