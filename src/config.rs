@@ -79,6 +79,11 @@ pub struct ServeConfig {
     #[arg(long = "cors-origin", env = "DARKSTORE_CORS_ORIGINS", value_delimiter = ',')]
     pub cors_origins: Vec<String>,
 
+    /// `darkstore demo` only: run the demo's own simulated traffic (24 riders, an order every five
+    /// seconds). `false` leaves the city to an outside load generator.
+    #[arg(long, env = "DARKSTORE_DEMO_TRAFFIC", default_value_t = true, action = clap::ArgAction::Set)]
+    pub demo_traffic: bool,
+
     /// Days of orders that rank an area's top picks.
     #[arg(long, env = "DARKSTORE_TOP_PICKS_DAYS", default_value_t = 7)]
     pub top_picks_days: u32,

@@ -5,8 +5,8 @@
 //! The tick also refreshes every store's load for the quote: its queues, when each of its riders
 //! can be there, what has been learned of it (`promises.rs`), and its surge fee
 //! (`darkstore_geoinv::surge`). The optimizer's travel and service times are scaled by the city's
-//! observed riding ratio; an order is ready when packed or when its quote said it would be, and
-//! its deadline is what it was promised.
+//! observed riding ratio; an order is ready when packed or when its quote said it would be. Its
+//! deadline stays the service goal (`--promise-minutes` after placement), not its padded promise.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -149,7 +149,9 @@ impl Dispatcher {
                     .packed_at
                     .or_else(|| self.promises.ready_by(&o.id))
                     .unwrap_or(o.created_at + self.picking_ms),
-                deadline: o.promised_by,
+                // The service goal, not the (padded) promise: a promise quoted long must not make
+                // the optimizer lazier, or promises would feed on themselves.
+                deadline: o.created_at + self.promise_ms,
             });
             meta.push(Candidate {
                 order: TaskOrder { id: o.id.clone(), lat: o.lat, lng: o.lng },

@@ -112,7 +112,9 @@ async fn serve(mut config: ServeConfig, with_demo: bool) -> Result<(), BoxError>
         demo::load_city(&server.app.state, &server.app.riders).await?;
         let secret = String::from_utf8_lossy(&server.app.jwt_secret).into_owned();
         demo::print_welcome(&server, &secret);
-        demo::start_traffic(&server, &secret);
+        if config.demo_traffic {
+            demo::start_traffic(&server, &secret);
+        }
     }
     println!("{}", server.ready_line());
     server.run_until(shutdown_signal()).await
