@@ -155,7 +155,19 @@ pub(crate) enum Identity {
 }
 
 /// Every request: identify, rate-limit, time, count and log.
-async fn edge(axum::extract::State(app): axum::extract::State<AppRef>, mut req: Request, next: Next) -> Response {
+async fn edge(axum::extract::State(app): axum::extract::State<AppRef>, req: Request, next: Next) -> Response {
+    use tracing::Instrument;
+    // Every log line of the request carries its id, which the answer returns as a header.
+    let id = request_id(&req);
+    let span = tracing::info_span!("request", request_id = %id);
+    let mut response = edge_inner(app, req, next).instrument(span).await;
+    if let Ok(v) = axum::http::HeaderValue::from_str(&id) {
+        response.headers_mut().insert("x-request-id", v);
+    }
+    response
+}
+
+async fn edge_inner(app: AppRef, mut req: Request, next: Next) -> Response {
     let started = Instant::now();
     let route =
         req.extensions().get::<MatchedPath>().map(|p| p.as_str().to_owned()).unwrap_or_else(|| "unmatched".to_owned());
@@ -347,5 +359,22 @@ pub fn check_point(lat: f64, lng: f64) -> Result<(), ApiError> {
 /// Runs a state change on its own task, so a client that hangs up cannot cancel it half-way
 /// (its reservation would then be committed with nobody to remember it).
 pub async fn detached<T: Send + 'static>(fut: impl Future<Output = T> + Send + 'static) -> Result<T, ApiError> {
-    tokio::spawn(fut).await.map_err(ApiError::unavailable)
+    use tracing::Instrument;
+    // The request's span (and its request id) goes with the work.
+    tokio::spawn(fut.instrument(tracing::Span::current())).await.map_err(ApiError::unavailable)
+}
+
+/// The request's id: the client's `X-Request-Id` when it is a short token, else a new one.
+fn request_id(req: &Request) -> String {
+    let given = req.headers().get("x-request-id").and_then(|v| v.to_str().ok()).filter(|s| {
+        (1..=64).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b))
+    });
+    match given {
+        Some(id) => id.to_owned(),
+        None => {
+            let mut bytes = [0u8; 8];
+            let _ = getrandom::fill(&mut bytes);
+            bytes.iter().map(|b| format!("{b:02x}")).collect()
+        }
+    }
 }

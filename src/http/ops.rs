@@ -64,6 +64,7 @@ pub fn metrics_response(app: &AppRef) -> Response {
     extra.push(("darkstore_rider_events_ignored_total".into(), "counter", load(&fleet.events_ignored)));
     extra.push(("darkstore_rider_orders_left_task_total".into(), "counter", load(&fleet.left_tasks)));
     extra.push(("darkstore_riders_available".into(), "gauge", app.riders.n_indexed() as f64));
+    extra.push(("darkstore_riders_silent".into(), "gauge", app.riders.n_silent(state.now()) as f64));
     if let Some(m) = &app.mqtt {
         let up = if m.connected.load(Ordering::Relaxed) { 1.0 } else { 0.0 };
         extra.push(("darkstore_mqtt_connected".into(), "gauge", up));

@@ -373,6 +373,11 @@ impl Riders {
 
     /// Riders silent for longer than the silence limit: they leave the index, and the orders they
     /// had not picked up must go back for reassignment, as (rider, orders).
+    /// Riders on shift who have been silent past the limit (for `/metrics`).
+    pub fn n_silent(&self, now: Millis) -> usize {
+        self.slots.iter().filter(|s| s.rider.on_shift && now - s.rider.seen_at > self.silence_ms).count()
+    }
+
     pub fn sweep_silent(&self, now: Millis) -> Vec<(String, Vec<String>)> {
         let mut out = Vec::new();
         for mut slot in self.slots.iter_mut() {
