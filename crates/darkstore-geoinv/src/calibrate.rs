@@ -17,9 +17,9 @@
 //!
 //! [`RecentQuantile`] is the quantile of the last `n` observations (exact, over a ring buffer): the
 //! promise's margin is the 95th percentile of the estimate's recent relative errors, so it follows
-//! the city as its estimates improve instead of remembering the first orders of a day.
-//! [`Quantile`] is the online alternative with O(1) memory (the pinball-loss update
-//! `q ← q + step·(τ − 1[e < q])`), which converges in hundreds of observations rather than tens.
+//! the city as its estimates improve instead of remembering the first orders of a day. (The
+//! online pinball-loss update `q ← q + step·(τ − 1[e < q])` was tried first: with O(1) memory it
+//! needed hundreds of deliveries to converge, and a city's first hour was late.)
 
 /// Limits of the estimators.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -90,38 +90,6 @@ impl LogEwma {
             return parent_log.exp();
         }
         ((n * self.mean + n0 * parent_log) / (n + n0)).exp()
-    }
-}
-
-/// An online quantile of a stream (the pinball-loss update with a fixed step), kept within
-/// `[lo, hi]`.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Quantile {
-    q: f64,
-    n: u32,
-}
-
-impl Quantile {
-    pub fn new(prior: f64) -> Quantile {
-        Quantile { q: prior, n: 0 }
-    }
-
-    /// Adds one observation `e`, moving the estimate toward the `tau` quantile.
-    pub fn observe(&mut self, e: f64, tau: f64, step: f64, lo: f64, hi: f64) {
-        if !e.is_finite() {
-            return;
-        }
-        let below = if e < self.q { 1.0 } else { 0.0 };
-        self.q = (self.q + step * (tau - below)).clamp(lo, hi);
-        self.n = self.n.saturating_add(1);
-    }
-
-    pub fn value(&self) -> f64 {
-        self.q
-    }
-
-    pub fn count(&self) -> u32 {
-        self.n
     }
 }
 
@@ -257,20 +225,4 @@ mod tests {
         assert_eq!(q.count(), 200);
     }
 
-    #[test]
-    fn quantile_finds_the_ninetieth_percentile() {
-        let mut q = Quantile::new(0.0);
-        // A repeating stream 0.00, 0.01, …, 0.99: its 90th percentile is about 0.9.
-        for i in 0..20_000 {
-            q.observe(f64::from(i % 100) / 100.0, 0.9, 0.002, -1.0, 2.0);
-        }
-        assert!((q.value() - 0.9).abs() < 0.03, "{}", q.value());
-        q.observe(f64::NAN, 0.9, 0.5, -1.0, 2.0);
-        assert!((q.value() - 0.9).abs() < 0.03, "NaN ignored");
-        let mut bounded = Quantile::new(0.0);
-        for _ in 0..1000 {
-            bounded.observe(100.0, 0.9, 0.1, -0.5, 1.0);
-        }
-        assert_eq!(bounded.value(), 1.0);
-    }
 }
