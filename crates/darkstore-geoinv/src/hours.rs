@@ -93,8 +93,11 @@ impl Hours {
                 }
             }
         }
-        for w in &mut week {
+        for (d, w) in week.iter_mut().enumerate() {
             w.sort_unstable();
+            if w.windows(2).any(|p| p[1].0 < p[0].1) {
+                return Err(format!("{}: intervals overlap", DAYS[d]));
+            }
         }
         Ok(Hours { tz, week })
     }
@@ -204,6 +207,8 @@ mod tests {
             ("UTC", week(&[("mon", &[("25:00", "23:00")])])),
             ("UTC", week(&[("mon", &[("24:00", "23:00")])])),
             ("UTC", week(&[("mon", &[("007:00", "23:00")])])),
+            ("UTC", week(&[("mon", &[("07:00", "12:00"), ("11:00", "13:00")])])),
+            ("UTC", week(&[("mon", &[("22:00", "03:00")]), ("tue", &[("02:00", "09:00")])])),
         ] {
             assert!(Hours::new(tz, &days).is_err(), "{tz} {days:?}");
         }
