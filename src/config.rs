@@ -84,6 +84,10 @@ pub struct ServeConfig {
     #[arg(long, env = "DARKSTORE_DEMO_TRAFFIC", default_value_t = true, action = clap::ArgAction::Set)]
     pub demo_traffic: bool,
 
+    /// CA certificates (PEM) to trust for an `mqtts://` broker, beside the Mozilla roots.
+    #[arg(long, env = "DARKSTORE_MQTT_CA_FILE")]
+    pub mqtt_ca_file: Option<std::path::PathBuf>,
+
     /// Days of orders that rank an area's top picks.
     #[arg(long, env = "DARKSTORE_TOP_PICKS_DAYS", default_value_t = 7)]
     pub top_picks_days: u32,

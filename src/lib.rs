@@ -197,7 +197,8 @@ pub async fn start(config: &ServeConfig, listener: TcpListener, clock: Arc<dyn C
             (url, Some((broker::SERVER_USERNAME.to_owned(), internal)), Some(embedded))
         }
     };
-    let (mqtt, incoming) = mqtt::connect(&mqtt_url, server_client_id, credentials, config.mqtt_queue)?;
+    let (mqtt, incoming) =
+        mqtt::connect(&mqtt_url, server_client_id, credentials, config.mqtt_queue, config.mqtt_ca_file.as_deref())?;
     for _ in 0..50 {
         if mqtt.connected.load(std::sync::atomic::Ordering::Relaxed) {
             break;

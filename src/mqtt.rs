@@ -39,12 +39,20 @@ pub struct Mqtt {
 /// A username and password.
 type Credentials = (String, String);
 
-/// Parses `mqtt://[user:pass@]host:port`.
-fn parse_url(url: &str) -> Result<(String, u16, Option<Credentials>), BoxError> {
-    let rest = url
-        .strip_prefix("mqtt://")
-        .or_else(|| url.strip_prefix("tcp://"))
-        .ok_or_else(|| format!("--mqtt-url {url:?} must start with mqtt://"))?;
+/// Where the broker is: host, port, credentials, and whether over TLS.
+type Target = (String, u16, Option<Credentials>, bool);
+
+/// Parses `mqtt://[user:pass@]host[:port]` (port 1883) or `mqtts://…` (TLS, port 8883).
+fn parse_url(url: &str) -> Result<Target, BoxError> {
+    let (rest, tls) = if let Some(r) = url.strip_prefix("mqtts://").or_else(|| url.strip_prefix("ssl://")) {
+        (r, true)
+    } else {
+        let r = url
+            .strip_prefix("mqtt://")
+            .or_else(|| url.strip_prefix("tcp://"))
+            .ok_or_else(|| format!("--mqtt-url {url:?} must start with mqtt:// or mqtts://"))?;
+        (r, false)
+    };
     let (creds, hostport) = match rest.rsplit_once('@') {
         Some((c, h)) => {
             let (u, p) = c.split_once(':').unwrap_or((c, ""));
@@ -55,18 +63,49 @@ fn parse_url(url: &str) -> Result<(String, u16, Option<Credentials>), BoxError> 
     let hostport = hostport.trim_end_matches('/');
     let (host, port) = match hostport.rsplit_once(':') {
         Some((h, p)) => (h.to_owned(), p.parse::<u16>().map_err(|_| format!("--mqtt-url {url:?}: bad port"))?),
-        None => (hostport.to_owned(), 1883),
+        None => (hostport.to_owned(), if tls { 8883 } else { 1883 }),
     };
     if host.is_empty() {
         return Err(format!("--mqtt-url {url:?}: no host").into());
     }
-    Ok((host, port, creds))
+    Ok((host, port, creds, tls))
 }
 
 /// The URL without its credentials, for logs and the ready line.
 pub fn redacted(url: &str) -> String {
-    let rest = url.trim_start_matches("mqtt://").trim_start_matches("tcp://");
-    format!("mqtt://{}", rest.rsplit('@').next().unwrap_or(rest))
+    let (scheme, rest) = match url.split_once("://") {
+        Some(("mqtts" | "ssl", r)) => ("mqtts", r),
+        Some((_, r)) => ("mqtt", r),
+        None => ("mqtt", url),
+    };
+    format!("{scheme}://{}", rest.rsplit('@').next().unwrap_or(rest))
+}
+
+/// TLS to the broker with rustls (ring): the Mozilla roots, plus the CA certificates in
+/// `ca_file` (PEM) when given, e.g. a private CA or a self-signed broker certificate.
+fn tls_config(ca_file: Option<&std::path::Path>) -> Result<rustls::ClientConfig, BoxError> {
+    use rustls_pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    if let Some(path) = ca_file {
+        let mut n = 0;
+        for cert in rustls_pki_types::CertificateDer::pem_file_iter(path)
+            .map_err(|e| format!("--mqtt-ca-file {}: {e}", path.display()))?
+        {
+            let cert = cert.map_err(|e| format!("--mqtt-ca-file {}: {e}", path.display()))?;
+            roots.add(cert).map_err(|e| format!("--mqtt-ca-file {}: {e}", path.display()))?;
+            n += 1;
+        }
+        if n == 0 {
+            return Err(format!("--mqtt-ca-file {}: no certificate in it", path.display()).into());
+        }
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    Ok(rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("TLS: {e}"))?
+        .with_root_certificates(roots)
+        .with_no_client_auth())
 }
 
 /// A client id for the server: random per start, so no one can guess it and knock the server off
@@ -84,9 +123,16 @@ pub fn connect(
     client_id: String,
     credentials: Option<Credentials>,
     queue: usize,
+    ca_file: Option<&std::path::Path>,
 ) -> Result<(Mqtt, mpsc::Receiver<Incoming>), BoxError> {
-    let (host, port, url_creds) = parse_url(url)?;
+    let (host, port, url_creds, tls) = parse_url(url)?;
+    if ca_file.is_some() && !tls {
+        return Err("--mqtt-ca-file is for a broker over TLS: give an mqtts:// --mqtt-url".into());
+    }
     let mut options = MqttOptions::new(client_id, host, port);
+    if tls {
+        options.set_transport(rumqttc::Transport::tls_with_config(tls_config(ca_file)?.into()));
+    }
     options.set_keep_alive(Duration::from_secs(10));
     options.set_clean_session(true);
     options.set_max_packet_size(MAX_PAYLOAD + 1024, MAX_PAYLOAD + 1024);
@@ -132,6 +178,11 @@ pub fn connect(
                 Err(e) => {
                     if connected.swap(false, Ordering::Relaxed) {
                         tracing::warn!(error = %e, "lost the MQTT broker; reconnecting");
+                    } else if tls && reconnects.load(Ordering::Relaxed) % 30 == 0 && e.to_string().contains("ertificate") {
+                        tracing::error!(
+                            error = %e,
+                            "the MQTT broker's TLS certificate is not trusted: give its CA with --mqtt-ca-file"
+                        );
                     }
                     reconnects.fetch_add(1, Ordering::Relaxed);
                     tokio::time::sleep(backoff).await;
@@ -161,9 +212,14 @@ mod tests {
 
     #[test]
     fn urls() {
-        assert_eq!(parse_url("mqtt://127.0.0.1:1883").unwrap(), ("127.0.0.1".into(), 1883, None));
-        assert_eq!(parse_url("mqtt://broker").unwrap(), ("broker".into(), 1883, None));
-        assert_eq!(parse_url("mqtt://u:p@host:1884/").unwrap(), ("host".into(), 1884, Some(("u".into(), "p".into()))));
+        assert_eq!(parse_url("mqtt://127.0.0.1:1883").unwrap(), ("127.0.0.1".into(), 1883, None, false));
+        assert_eq!(parse_url("mqtt://broker").unwrap(), ("broker".into(), 1883, None, false));
+        assert_eq!(
+            parse_url("mqtt://u:p@host:1884/").unwrap(),
+            ("host".into(), 1884, Some(("u".into(), "p".into())), false)
+        );
+        assert_eq!(parse_url("mqtts://broker").unwrap(), ("broker".into(), 8883, None, true));
+        assert_eq!(super::redacted("mqtts://u:p@broker:8884"), "mqtts://broker:8884");
         assert!(parse_url("http://host").is_err());
         assert!(parse_url("mqtt://host:x").is_err());
         assert!(parse_url("mqtt://:1883").is_err());

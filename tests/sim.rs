@@ -137,3 +137,34 @@ async fn a_dead_broker_or_server_gives_a_partial_report_not_a_hang() {
     assert!(report.accounted < report.placed, "the dead server could not account for them");
     scratch.drop_database().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_simulator_seeds_a_fresh_server() {
+    let scratch = ScratchDb::sqlite("ds_sim_seed");
+    let server = Server::start(&scratch.url, &["--dispatch-tick-ms", "300"]);
+    let mut cfg = darkstore_sim::city::RunConfig::new(&server.base, server.mqtt.as_deref().unwrap(), SECRET);
+    cfg.riders = 4;
+    cfg.order_rate = 3.0;
+    cfg.duration = Duration::from_secs(3);
+    cfg.drain = Duration::from_secs(30);
+    cfg.speedup = 40.0;
+    cfg.seed_stores = 3;
+    cfg.seed_skus = 12;
+    let report = darkstore_sim::city::run(cfg).await.expect("the simulator seeds and runs");
+    assert!(report.placed > 0 && report.errors == 0, "{}", report.human());
+    let (_, stores) = server.call("GET", "/v1/stores", Some(&admin()), None).await;
+    assert_eq!(stores["stores"].as_array().unwrap().len(), 3, "{stores}");
+    let line = server.stock_line("sim-store-000", "sim-sku-00011").await;
+    assert!(line["on_hand"].as_i64().unwrap() > 0, "{line}");
+    drop(server);
+    // Without seeding, a server with no stores is an error before anything runs.
+    let empty = ScratchDb::sqlite("ds_sim_empty");
+    let server = Server::start(&empty.url, &[]);
+    let mut cfg = darkstore_sim::city::RunConfig::new(&server.base, server.mqtt.as_deref().unwrap(), SECRET);
+    cfg.seed_stores = 0;
+    let err = darkstore_sim::city::run(cfg).await.err().expect("no stores, no city");
+    assert!(err.contains("no stores"), "{err}");
+    drop(server);
+    scratch.drop_database().await;
+    empty.drop_database().await;
+}

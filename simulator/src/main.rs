@@ -101,6 +101,12 @@ enum Command {
         /// Staff picking at once in each store.
         #[arg(long, default_value_t = 2)]
         pickers: usize,
+        /// A server with no stores gets this many (0: never seed).
+        #[arg(long, default_value_t = 8)]
+        stores: usize,
+        /// SKUs of a seeded city (each stocked with 200 units in every store).
+        #[arg(long, default_value_t = 200)]
+        skus: usize,
     },
 }
 
@@ -143,10 +149,14 @@ fn main() -> ExitCode {
             scarce,
             demand,
             pickers,
+            stores,
+            skus,
         } => {
             let mut cfg = darkstore_sim::city::RunConfig::new(&server, &mqtt, &jwt_secret);
             cfg.riders = if scarce { riders.div_ceil(2) } else { riders };
             cfg.pickers = pickers;
+            cfg.seed_stores = stores.min(400);
+            cfg.seed_skus = skus.clamp(1, 5_000);
             cfg.demand = match demand {
                 DemandArg::Flat => darkstore_sim::city::Demand::Flat,
                 DemandArg::Peaks => darkstore_sim::city::Demand::Peaks,

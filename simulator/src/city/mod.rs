@@ -66,6 +66,11 @@ pub struct RunConfig {
     pub pickers: usize,
     /// How arrivals spread over the run.
     pub demand: Demand,
+    /// A server with no stores gets a city of this many stores (0: none is seeded, and a server
+    /// without stores is an error) …
+    pub seed_stores: usize,
+    /// … with this many SKUs, each stocked with 200 units in every store.
+    pub seed_skus: usize,
 }
 
 /// How customer arrivals spread over the run.
@@ -137,6 +142,8 @@ impl RunConfig {
             seed: 0x5eed,
             pickers: 2,
             demand: Demand::Flat,
+            seed_stores: 8,
+            seed_skus: 200,
         }
     }
 }
@@ -262,8 +269,13 @@ pub async fn run(cfg: RunConfig) -> Result<Report, String> {
             })
             .unwrap_or_default()
     };
+    let stores = if stores.is_empty() && ctx.cfg.seed_stores > 0 {
+        seed_city(&ctx, &admin).await?
+    } else {
+        stores
+    };
     if stores.is_empty() {
-        return Err("the server has no stores: seed a city first (darkstore demo loads one)".into());
+        return Err("the server has no stores: seed a city first (--stores N, or darkstore demo loads one)".into());
     }
     let started = Instant::now();
     let mut tasks = Vec::new();
@@ -447,6 +459,77 @@ pub async fn run(cfg: RunConfig) -> Result<Report, String> {
         duration_s: started.elapsed().as_secs_f64(),
         speedup: ctx.cfg.speedup,
     })
+}
+
+/// A request through the admin API, waiting out the server's rate limit (seeding is a burst).
+async fn admin_call(ctx: &Ctx, method: reqwest::Method, path: &str, token: &str, body: Value) -> Result<(), String> {
+    for _ in 0..60 {
+        let r = ctx
+            .http
+            .request(method.clone(), format!("{}{path}", ctx.cfg.server))
+            .bearer_auth(token)
+            .json(&body)
+            .send()
+            .await
+            .map_err(|e| format!("{method} {path}: {e}"))?;
+        if r.status().is_success() {
+            return Ok(());
+        }
+        if r.status().as_u16() != 429 {
+            return Err(format!("{method} {path}: {} {}", r.status(), r.text().await.unwrap_or_default()));
+        }
+        let wait = r.headers().get("retry-after").and_then(|v| v.to_str().ok()?.parse().ok()).unwrap_or(1);
+        tokio::time::sleep(Duration::from_secs(wait)).await;
+    }
+    Err(format!("{method} {path}: still rate limited"))
+}
+
+/// Seeds a city through the admin API: `seed_stores` stores 3 km apart on a grid around central
+/// Bengaluru, `seed_skus` products in six categories, 200 units of each in every store.
+async fn seed_city(ctx: &Arc<Ctx>, admin: &str) -> Result<Vec<Store>, String> {
+    const CENTRE: (f64, f64) = (12.9716, 77.5946);
+    const CATEGORIES: [&str; 6] = ["fruit_veg", "dairy", "bakery", "staples", "snacks", "household"];
+    let (n, m) = (ctx.cfg.seed_stores, ctx.cfg.seed_skus);
+    let side = (n as f64).sqrt().ceil() as usize;
+    let mut stores = Vec::with_capacity(n);
+    for i in 0..n {
+        let (row, col) = ((i / side) as f64, (i % side) as f64);
+        let half = (side as f64 - 1.0) / 2.0;
+        let (dlat, dlng) = offset(CENTRE.0, (row - half) * 3_000.0, (col - half) * 3_000.0);
+        let store = Store { id: format!("sim-store-{i:03}"), lat: CENTRE.0 + dlat, lng: CENTRE.1 + dlng };
+        let body = json!({"name": format!("Sim store {i}"), "lat": store.lat, "lng": store.lng});
+        admin_call(ctx, reqwest::Method::PUT, &format!("/v1/stores/{}", store.id), admin, body).await?;
+        stores.push(store);
+    }
+    for k in 0..m {
+        let body = json!({
+            "name": format!("Sim item {k}"),
+            "category": CATEGORIES[k % CATEGORIES.len()],
+            "price_minor": 1_000 + (k as i64 * 37) % 40_000,
+        });
+        admin_call(ctx, reqwest::Method::PUT, &format!("/v1/catalog/sim-sku-{k:05}"), admin, body).await?;
+    }
+    // Stock, a few requests at a time.
+    let mut jobs = Vec::new();
+    for store in &stores {
+        for k in 0..m {
+            jobs.push((store.id.clone(), format!("sim-sku-{k:05}")));
+        }
+    }
+    for chunk in jobs.chunks(16) {
+        let mut set = tokio::task::JoinSet::new();
+        for (store, sku) in chunk.iter().cloned() {
+            let (ctx, admin) = (ctx.clone(), admin.to_owned());
+            set.spawn(async move {
+                let body = json!({"sku": sku, "delta": 200, "reason": "restock"});
+                admin_call(&ctx, reqwest::Method::POST, &format!("/v1/stores/{store}/stock"), &admin, body).await
+            });
+        }
+        while let Some(r) = set.join_next().await {
+            r.map_err(|e| e.to_string())??;
+        }
+    }
+    Ok(stores)
 }
 
 /// A GET for the final audit, waiting out the server's rate limit (the audit is a burst).
