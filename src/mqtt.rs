@@ -178,7 +178,10 @@ pub fn connect(
                 Err(e) => {
                     if connected.swap(false, Ordering::Relaxed) {
                         tracing::warn!(error = %e, "lost the MQTT broker; reconnecting");
-                    } else if tls && reconnects.load(Ordering::Relaxed) % 30 == 0 && e.to_string().contains("ertificate") {
+                    } else if tls
+                        && reconnects.load(Ordering::Relaxed) % 30 == 0
+                        && e.to_string().contains("ertificate")
+                    {
                         tracing::error!(
                             error = %e,
                             "the MQTT broker's TLS certificate is not trusted: give its CA with --mqtt-ca-file"

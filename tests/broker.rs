@@ -263,3 +263,102 @@ async fn a_rider_that_reconnects_under_its_client_id_keeps_its_rights() {
     drop(server);
     scratch.drop_database().await;
 }
+
+/// A self-signed certificate for `localhost` made with the openssl command: (cert, key).
+fn self_signed(dir: &std::path::Path, name: &str) -> (std::path::PathBuf, std::path::PathBuf) {
+    let (cert, key) = (dir.join(format!("{name}.pem")), dir.join(format!("{name}.key")));
+    let ok = std::process::Command::new("openssl")
+        .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=localhost"])
+        .args(["-addext", "subjectAltName=DNS:localhost", "-keyout"])
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .expect("openssl is installed");
+    assert!(ok.success());
+    (cert, key)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_server_reaches_a_broker_over_tls() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = std::env::temp_dir().join(format!("ds_mosq_tls_{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (cert, key) = self_signed(&dir, "broker");
+    let (other_ca, _) = self_signed(&dir, "other");
+    // Mosquitto may drop to its own user: let it read what it needs.
+    for p in [&dir, &cert, &key] {
+        let mode = if p.is_dir() { 0o755 } else { 0o644 };
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap();
+    }
+    let free = || std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let (tls_port, plain_port) = (free(), free());
+    let conf = format!(
+        "per_listener_settings false\nallow_anonymous true\npersistence false\n\
+         listener {tls_port} 127.0.0.1\ncertfile {}\nkeyfile {}\n\
+         listener {plain_port} 127.0.0.1\n",
+        cert.display(),
+        key.display()
+    );
+    std::fs::write(dir.join("mosquitto.conf"), conf).unwrap();
+    let mut mosquitto = std::process::Command::new("mosquitto")
+        .args(["-c", dir.join("mosquitto.conf").to_str().unwrap()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("mosquitto is installed");
+    common::wait_for_port(tls_port);
+    common::wait_for_port(plain_port);
+
+    // Trusting the broker's certificate: connected, and riders' messages arrive over TLS.
+    let scratch = ScratchDb::sqlite("ds_broker_tls");
+    let url = format!("mqtts://localhost:{tls_port}");
+    let server = Server::start(&scratch.url, &["--mqtt-url", &url, "--mqtt-ca-file", cert.to_str().unwrap()]);
+    eventually("the server connected over TLS", 10, || async {
+        (server.client.get(server.url("/readyz")).send().await.ok()?.status() == 200).then_some(())
+    })
+    .await;
+    server.seed("s1", "milk", 1).await;
+    server.call("PUT", "/v1/riders/r1", Some(&admin()), Some(json!({"name": "R", "store_id": "s1"}))).await;
+    let (rider, _inbox, ok) =
+        common::mqtt_client(&format!("mqtt://127.0.0.1:{plain_port}"), "r1:tls-test", "r1", None).await;
+    assert!(ok, "the plain listener accepts the rider");
+    let at = json!({"lat": STORE_LAT, "lng": STORE_LNG, "ts": now_ms()});
+    rider.publish("riders/r1/location", QoS::AtLeastOnce, false, at.to_string()).await.unwrap();
+    eventually("the position came through the TLS connection", 10, || async {
+        let (_, v) = server.call("GET", "/v1/riders/r1", Some(&admin()), None).await;
+        v["lat"].is_number().then_some(())
+    })
+    .await;
+    drop(server);
+
+    // A CA that did not sign it: never connected, /readyz says so.
+    let server = Server::start(&scratch.url, &["--mqtt-url", &url, "--mqtt-ca-file", other_ca.to_str().unwrap()]);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let r = server.client.get(server.url("/readyz")).send().await.unwrap();
+    assert_eq!(r.status(), 503, "an untrusted broker is not ready");
+    drop(server);
+    // A CA file for a plain broker, or one that does not exist, stops the start with the setting named.
+    for (url, ca) in [
+        (format!("mqtt://127.0.0.1:{plain_port}"), cert.to_str().unwrap().to_owned()),
+        (url.clone(), dir.join("missing.pem").to_str().unwrap().to_owned()),
+    ] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_darkstore"))
+            .args(["serve", "--http", "127.0.0.1:0", "--database-url", &scratch.url, "--jwt-secret", common::SECRET])
+            .args(["--mqtt-url", &url, "--mqtt-ca-file", &ca])
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("--mqtt-ca-file"),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let _ = mosquitto.kill();
+    let _ = mosquitto.wait();
+    scratch.drop_database().await;
+    let _ = std::fs::remove_dir_all(dir);
+}

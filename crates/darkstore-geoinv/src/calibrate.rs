@@ -224,5 +224,4 @@ mod tests {
         assert_eq!(q.value(0.95, 10), Some(1.0));
         assert_eq!(q.count(), 200);
     }
-
 }

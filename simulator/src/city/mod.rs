@@ -269,11 +269,7 @@ pub async fn run(cfg: RunConfig) -> Result<Report, String> {
             })
             .unwrap_or_default()
     };
-    let stores = if stores.is_empty() && ctx.cfg.seed_stores > 0 {
-        seed_city(&ctx, &admin).await?
-    } else {
-        stores
-    };
+    let stores = if stores.is_empty() && ctx.cfg.seed_stores > 0 { seed_city(&ctx, &admin).await? } else { stores };
     if stores.is_empty() {
         return Err("the server has no stores: seed a city first (--stores N, or darkstore demo loads one)".into());
     }
