@@ -264,21 +264,68 @@ async fn a_rider_that_reconnects_under_its_client_id_keeps_its_rights() {
     scratch.drop_database().await;
 }
 
-/// A self-signed certificate for `localhost` made with the openssl command: (cert, key).
-fn self_signed(dir: &std::path::Path, name: &str) -> (std::path::PathBuf, std::path::PathBuf) {
-    let (cert, key) = (dir.join(format!("{name}.pem")), dir.join(format!("{name}.key")));
+/// Runs the openssl command.
+fn openssl(args: &[&str]) {
     let ok = std::process::Command::new("openssl")
-        .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=localhost"])
-        .args(["-addext", "subjectAltName=DNS:localhost", "-keyout"])
-        .arg(&key)
-        .arg("-out")
-        .arg(&cert)
+        .args(args)
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .status()
         .expect("openssl is installed");
-    assert!(ok.success());
-    (cert, key)
+    assert!(ok.success(), "openssl {args:?}");
+}
+
+/// A CA and a certificate for `localhost` it signed, made with the openssl command:
+/// (CA certificate, certificate, key).
+fn ca_and_cert(dir: &std::path::Path, name: &str) -> (std::path::PathBuf, std::path::PathBuf, std::path::PathBuf) {
+    let p = |f: &str| dir.join(format!("{name}-{f}"));
+    let s = |f: &str| p(f).to_str().unwrap().to_owned();
+    openssl(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "2",
+        "-subj",
+        &format!("/CN={name} test CA"),
+        "-keyout",
+        &s("ca.key"),
+        "-out",
+        &s("ca.pem"),
+    ]);
+    openssl(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-subj",
+        "/CN=localhost",
+        "-keyout",
+        &s("key.pem"),
+        "-out",
+        &s("csr.pem"),
+    ]);
+    std::fs::write(p("ext.cnf"), "subjectAltName=DNS:localhost\nbasicConstraints=CA:FALSE\n").unwrap();
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        &s("csr.pem"),
+        "-CA",
+        &s("ca.pem"),
+        "-CAkey",
+        &s("ca.key"),
+        "-CAcreateserial",
+        "-days",
+        "2",
+        "-extfile",
+        &s("ext.cnf"),
+        "-out",
+        &s("cert.pem"),
+    ]);
+    (p("ca.pem"), p("cert.pem"), p("key.pem"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -286,8 +333,8 @@ async fn the_server_reaches_a_broker_over_tls() {
     use std::os::unix::fs::PermissionsExt;
     let dir = std::env::temp_dir().join(format!("ds_mosq_tls_{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let (cert, key) = self_signed(&dir, "broker");
-    let (other_ca, _) = self_signed(&dir, "other");
+    let (ca, cert, key) = ca_and_cert(&dir, "broker");
+    let (other_ca, _, _) = ca_and_cert(&dir, "other");
     // Mosquitto may drop to its own user: let it read what it needs.
     for p in [&dir, &cert, &key] {
         let mode = if p.is_dir() { 0o755 } else { 0o644 };
@@ -315,7 +362,7 @@ async fn the_server_reaches_a_broker_over_tls() {
     // Trusting the broker's certificate: connected, and riders' messages arrive over TLS.
     let scratch = ScratchDb::sqlite("ds_broker_tls");
     let url = format!("mqtts://localhost:{tls_port}");
-    let server = Server::start(&scratch.url, &["--mqtt-url", &url, "--mqtt-ca-file", cert.to_str().unwrap()]);
+    let server = Server::start(&scratch.url, &["--mqtt-url", &url, "--mqtt-ca-file", ca.to_str().unwrap()]);
     eventually("the server connected over TLS", 10, || async {
         (server.client.get(server.url("/readyz")).send().await.ok()?.status() == 200).then_some(())
     })
@@ -342,7 +389,7 @@ async fn the_server_reaches_a_broker_over_tls() {
     drop(server);
     // A CA file for a plain broker, or one that does not exist, stops the start with the setting named.
     for (url, ca) in [
-        (format!("mqtt://127.0.0.1:{plain_port}"), cert.to_str().unwrap().to_owned()),
+        (format!("mqtt://127.0.0.1:{plain_port}"), ca.to_str().unwrap().to_owned()),
         (url.clone(), dir.join("missing.pem").to_str().unwrap().to_owned()),
     ] {
         let out = std::process::Command::new(env!("CARGO_BIN_EXE_darkstore"))
