@@ -514,8 +514,8 @@ async fn seed_city(ctx: &Arc<Ctx>, admin: &str) -> Result<Vec<Store>, String> {
     }
     for chunk in jobs.chunks(16) {
         let mut set = tokio::task::JoinSet::new();
-        for (store, sku) in chunk.iter().cloned() {
-            let (ctx, admin) = (ctx.clone(), admin.to_owned());
+        for (store, sku) in chunk {
+            let (ctx, admin, store, sku) = (ctx.clone(), admin.to_owned(), store.clone(), sku.clone());
             set.spawn(async move {
                 let body = json!({"sku": sku, "delta": 200, "reason": "restock"});
                 admin_call(&ctx, reqwest::Method::POST, &format!("/v1/stores/{store}/stock"), &admin, body).await
