@@ -162,7 +162,7 @@ async fn the_simulator_seeds_a_fresh_server() {
     let server = Server::start(&empty.url, &[]);
     let mut cfg = darkstore_sim::city::RunConfig::new(&server.base, server.mqtt.as_deref().unwrap(), SECRET);
     cfg.seed_stores = 0;
-    let err = darkstore_sim::city::run(cfg).await.err().expect("no stores, no city");
+    let Err(err) = darkstore_sim::city::run(cfg).await else { panic!("no stores, no city") };
     assert!(err.contains("no stores"), "{err}");
     drop(server);
     scratch.drop_database().await;
