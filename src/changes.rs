@@ -1,10 +1,11 @@
 //! Typed changes, and the hub that hands them to whoever reacts.
 //!
 //! The state and the riders say *what* changed, in domain terms; they never know who listens or
-//! how it is shown. Three observers are attached at start-up: the riders (an order that leaves a
-//! rider's task before pickup is taken off the task, and the task is sent again), the promises
-//! (`promises.rs`: calibration and live ETAs, which it emits as `Eta` changes) and the
-//! publisher (`publish.rs`, the one module that knows WebSocket topics, MQTT topics and their
+//! how it is shown. Observers attached at start-up, in order: the riders (an order that leaves a
+//! rider's task before pickup is taken off the task, and the task is sent again), the geofences
+//! (`geofence.rs`: arrivals at stores and doors, emitted as `Arrival`), the promises
+//! (`promises.rs`: calibration and live ETAs, which it emits as `Eta` changes), the top picks and
+//! the publisher (`publish.rs`, the one module that knows WebSocket topics, MQTT topics and their
 //! JSON). Observers run synchronously, in the order attached, on the task that made the change,
 //! after the change is durable: by the time a request is answered, every reaction to it has run.
 //! Observers may emit further changes through the hub they are handed.
@@ -39,10 +40,43 @@ pub enum Change<'a> {
     /// A rider's task was given or changed: the rider must be told. A task with no orders left
     /// is withdrawn.
     Task { rider: &'a str, task: &'a Task },
+    /// A rider entered or left the fence of its store or of a door.
+    Arrival(Arrival<'a>),
     /// A store area's surge level changed.
     Area { store_id: &'a str, area: AreaState },
     /// An order's estimated arrival changed and is due to be told.
     Eta { order_id: &'a str, store_id: &'a str, eta_at: Millis, promised_by: Millis, reason: EtaReason },
+}
+
+/// Where a fence is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Place {
+    Store,
+    Door,
+}
+
+impl Place {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Place::Store => "store",
+            Place::Door => "door",
+        }
+    }
+}
+
+/// A rider entering or leaving a fence: its store's (for the orders it is to pick up there) or an
+/// order's door.
+#[derive(Debug, Clone, Copy)]
+pub struct Arrival<'a> {
+    pub rider: &'a str,
+    /// The rider's task.
+    pub rider_task: Option<&'a str>,
+    pub store_id: &'a str,
+    pub orders: &'a [String],
+    pub place: Place,
+    pub entered: bool,
+    /// When (the rider's clock on the fix).
+    pub at: Millis,
 }
 
 /// Why an estimate is told.

@@ -88,6 +88,10 @@ pub struct ServeConfig {
     #[arg(long, env = "DARKSTORE_MQTT_CA_FILE")]
     pub mqtt_ca_file: Option<std::path::PathBuf>,
 
+    /// Radius of the geofences around stores and doors, metres (left beyond 1.5 × this).
+    #[arg(long, env = "DARKSTORE_GEOFENCE_M", default_value_t = 60.0)]
+    pub geofence_m: f64,
+
     /// Days of orders that rank an area's top picks.
     #[arg(long, env = "DARKSTORE_TOP_PICKS_DAYS", default_value_t = 7)]
     pub top_picks_days: u32,

@@ -27,6 +27,7 @@ pub mod demo;
 pub mod dispatch;
 pub mod error;
 pub mod feeds;
+pub mod geofence;
 pub mod http;
 pub mod ingest;
 pub mod metrics;
@@ -167,8 +168,10 @@ pub async fn start(config: &ServeConfig, listener: TcpListener, clock: Arc<dyn C
     }
     // Riders first: an order leaving a task changes the task before the order's feed hears of it;
     // then the promises, whose ETAs the publisher tells.
+    let geofences = Arc::new(geofence::Geofences::new(config.geofence_m));
     changes.attach(vec![
         Arc::downgrade(&riders) as Weak<dyn Observer>,
+        Arc::downgrade(&geofences) as Weak<dyn Observer>,
         Arc::downgrade(&promises) as Weak<dyn Observer>,
         Arc::downgrade(&picks) as Weak<dyn Observer>,
         Arc::downgrade(&publisher) as Weak<dyn Observer>,
@@ -229,6 +232,7 @@ pub async fn start(config: &ServeConfig, listener: TcpListener, clock: Arc<dyn C
         dispatcher: dispatcher.clone(),
         publisher,
         promises,
+        geofences,
         picks,
         feeds,
         pages: http::pages::Pages::default(),

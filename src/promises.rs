@@ -16,7 +16,8 @@
 //!
 //! Live ETA: on each position of a rider with a task (and right after an assignment or a pickup),
 //! every order of the task gets `eta_at`: the rider to the store (or the optimizer's expected
-//! arrival when its position is unknown), no earlier than the orders are packed, the hand-over,
+//! arrival when its position is unknown; once inside the store's geofence, the time it entered),
+//! no earlier than the orders are packed, the hand-over,
 //! then the drops in sequence, each ride and hand-over scaled by the store's riding ratio. It is
 //! told on the order's feed (`Change::Eta`) at assignment and pickup, and while the rider moves at
 //! most every [`ETA_EVERY_MS`] and only when it moved by a second or more.
@@ -143,6 +144,8 @@ pub struct Promises {
     legs: Stamped,
     /// rider → its last position while on a task (rider's clock, where)
     fixes: Stamped,
+    /// rider → (task, when it entered the store's fence), while it is there
+    at_store: Mutex<FastMap<String, (String, Millis)>>,
     /// store id → orders placed since the last [`Promises::take_arrivals`]
     arrivals: Mutex<FastMap<String, u32>>,
     pub counters: PromiseCounters,
@@ -168,6 +171,7 @@ impl Promises {
             open: DashMap::new(),
             legs: Mutex::new(FastMap::default()),
             fixes: Mutex::new(FastMap::default()),
+            at_store: Mutex::new(FastMap::default()),
             arrivals: Mutex::new(FastMap::default()),
             counters: PromiseCounters::default(),
         }
@@ -438,9 +442,18 @@ impl Promises {
         let unpicked: Vec<&str> = task.order_ids().filter(|id| !task.picked.iter().any(|p| p == id)).collect();
         let (mut t, mut pos) = (now, rider.pos.unwrap_or(task.pickup));
         if !unpicked.is_empty() {
-            let arrive = match rider.pos {
-                Some(p) => now.saturating_add(scaled(self.ride_prior(p, task.pickup))),
-                None => task.pickup_eta.max(now),
+            // At the store (by its fence): the hand-over counts from the arrival.
+            let arrived = self
+                .at_store
+                .lock()
+                .expect("at-store lock")
+                .get(&rider.id)
+                .filter(|(t, _)| *t == task.id)
+                .map(|(_, at)| *at);
+            let arrive = match (arrived, rider.pos) {
+                (Some(at), _) => at.min(now),
+                (None, Some(p)) => now.saturating_add(scaled(self.ride_prior(p, task.pickup))),
+                (None, None) => task.pickup_eta.max(now),
             };
             let ready = unpicked.iter().filter_map(|id| self.ready_by(id)).max().unwrap_or(now);
             t = arrive.max(ready).saturating_add(handover);
@@ -488,6 +501,17 @@ impl Observer for Promises {
             Change::Order { order, before: None } => self.placed(order),
             Change::Order { order, before: Some(b) } => self.changed(order, b.status),
             Change::Rider { rider } => self.rider(rider, hub),
+            Change::Arrival(a) if a.place == crate::changes::Place::Store => {
+                let mut at_store = self.at_store.lock().expect("at-store lock");
+                match (a.entered, a.rider_task) {
+                    (true, Some(task)) => {
+                        at_store.insert(a.rider.to_owned(), (task.to_owned(), a.at));
+                    }
+                    _ => {
+                        at_store.remove(a.rider);
+                    }
+                }
+            }
             _ => {}
         }
     }

@@ -134,6 +134,15 @@ impl Observer for Publisher {
             Change::Stock { store_id, store, .. } => self.stock(store_id, *store, change),
             Change::Rider { rider } => self.rider(rider),
             Change::Task { rider, task } => self.task(rider, task),
+            Change::Arrival(a) => {
+                // An order's feed names that order only, never the rider's others.
+                for o in a.orders {
+                    let json = views::arrival_json(a.rider, a.place.as_str(), a.entered, a.at, std::slice::from_ref(o));
+                    self.feeds.publish(&Feed::Order(o).name(), "arrival", &json);
+                }
+                let json = views::arrival_json(a.rider, a.place.as_str(), a.entered, a.at, a.orders);
+                self.feeds.publish(&Feed::Store(a.store_id).name(), "arrival", &json);
+            }
             Change::Area { store_id, area } => {
                 self.feeds.publish(&Feed::Store(store_id).name(), "area", &views::area_json(area));
             }

@@ -57,6 +57,11 @@ pub fn open_fields(v: &mut Value, state: &crate::model::OpenState) {
     }
 }
 
+/// A rider entering or leaving the fence of its store or of a door.
+pub fn arrival_json(rider: &str, place: &str, entered: bool, at: Millis, orders: &[String]) -> Value {
+    json!({"rider_id": rider, "place": place, "event": if entered { "entered" } else { "left" }, "at": rfc3339(at), "orders": orders})
+}
+
 /// A store area's surge state.
 pub fn area_json(a: &crate::model::AreaState) -> Value {
     let pressure = if a.pressure.is_finite() { (a.pressure * 100.0).round() / 100.0 } else { 99.0 };

@@ -14,6 +14,21 @@ use tokio_tungstenite::tungstenite::Message;
 
 type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
+/// Every frame on `topic` that arrives within `secs` (0: only those already here).
+async fn drain(ws: &mut Ws, topic: &str, secs: u64) -> Vec<Value> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+    let mut out = Vec::new();
+    while let Ok(Some(Ok(msg))) = tokio::time::timeout_at(deadline, ws.next()).await {
+        if let Message::Text(t) = msg {
+            let v: Value = serde_json::from_str(&t).unwrap();
+            if v["topic"] == topic {
+                out.push(v);
+            }
+        }
+    }
+    out
+}
+
 /// The next frame on `topic` of type `kind` within `secs`, skipping others; None when none came.
 async fn next_of(ws: &mut Ws, topic: &str, kind: &str, secs: u64) -> Option<Value> {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
@@ -165,11 +180,26 @@ async fn the_live_eta_follows_the_rider() {
     ws.send(Message::Text(json!({"op": "subscribe", "topic": topic}).to_string().into())).await.unwrap();
     let staff = token(Role::Staff, "sam", Some("s1"));
     server.call("POST", &format!("/v1/orders/{id}/packed"), Some(&staff), None).await;
-    let assigned = next_of(&mut ws, &topic, "eta", 10).await.expect("an eta at assignment");
+    // Assigned to the rider, who is at the store already: an estimate, and the rider inside the
+    // store's fence (in either order).
+    let mut frames = Vec::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while std::time::Instant::now() < deadline
+        && frames.iter().filter(|f: &&Value| f["type"] == "eta" || f["type"] == "arrival").count() < 2
+    {
+        frames.extend(drain(&mut ws, &topic, 1).await);
+    }
+    let assigned = frames.iter().find(|f| f["type"] == "eta").expect("an eta at assignment").clone();
     assert_eq!(assigned["data"]["reason"], "assigned", "{assigned}");
     let eta_assigned = ms(&assigned["data"]["eta_at"]);
     assert!(eta_assigned > now_ms(), "{assigned}");
-
+    let arrived = frames.iter().find(|f| f["type"] == "arrival").expect("an arrival at the store");
+    assert_eq!(
+        (arrived["data"]["place"].as_str(), arrived["data"]["event"].as_str()),
+        (Some("store"), Some("entered")),
+        "{arrived}"
+    );
+    assert_eq!(arrived["data"]["orders"], json!([id]), "the customer's feed names its own order only");
     // The rider waits two seconds at the store, then picks up: the estimate moves.
     tokio::time::sleep(Duration::from_secs(2)).await;
     publish(&client, "riders/r1/events".into(), json!({"type": "picked_up", "order_id": id, "ts": now_ms()})).await;
@@ -180,25 +210,30 @@ async fn the_live_eta_follows_the_rider() {
     let (_, o) = server.call("GET", &format!("/v1/orders/{id}"), Some(&alice), None).await;
     assert_eq!(ms(&o["eta_at"]), eta_picked, "GET gives the current estimate: {o}");
 
-    // Riding toward the door, a position every 200 ms for 6 s: estimates come at most every 5 s.
+    // Riding to the door, a position every 200 ms for 7 s: estimates come at most every 5 s; the
+    // rider leaves the store's fence and enters the door's.
     let started = std::time::Instant::now();
     let mut moving = 0;
-    let mut frames = Vec::new();
-    for i in 0..30 {
+    let mut all = Vec::new();
+    for i in 1..=34 {
         let lat = STORE_LAT + 0.0003 * f64::from(i);
         publish(&client, "riders/r1/location".into(), json!({"lat": lat, "lng": STORE_LNG, "ts": now_ms()})).await;
-        while let Some(v) = next_of(&mut ws, &topic, "eta", 0).await {
-            frames.push(v);
-        }
+        all.extend(drain(&mut ws, &topic, 0).await);
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    while let Some(v) = next_of(&mut ws, &topic, "eta", 1).await {
-        frames.push(v);
-    }
+    all.extend(drain(&mut ws, &topic, 1).await);
+    let frames: Vec<&Value> = all.iter().filter(|f| f["type"] == "eta").collect();
     for f in &frames {
         assert_eq!(f["data"]["reason"], "moving", "{f}");
         moving += 1;
     }
+    let fences: Vec<(String, String)> = all
+        .iter()
+        .filter(|f| f["type"] == "arrival")
+        .map(|f| (f["data"]["place"].as_str().unwrap().to_owned(), f["data"]["event"].as_str().unwrap().to_owned()))
+        .collect();
+    let fence = |p: &str, e: &str| (p.to_owned(), e.to_owned());
+    assert_eq!(fences, [fence("store", "left"), fence("door", "entered")], "{all:?}");
     let secs = started.elapsed().as_secs_f64();
     assert!(moving >= 1, "the estimate follows the rider");
     assert!(f64::from(moving) <= (secs / 5.0).ceil(), "{moving} estimates in {secs:.1} s");

@@ -53,6 +53,8 @@ pub struct App {
     pub dispatcher: Arc<crate::dispatch::Dispatcher>,
     pub publisher: Arc<crate::publish::Publisher>,
     pub promises: Arc<crate::promises::Promises>,
+    /// Held here: the changes hub holds its observers weakly.
+    pub geofences: Arc<crate::geofence::Geofences>,
     pub picks: Arc<crate::picks::TopPicks>,
     pub feeds: Arc<crate::feeds::Feeds>,
     pub pages: pages::Pages,
