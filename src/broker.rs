@@ -25,7 +25,7 @@ use std::sync::{Arc, OnceLock, Weak};
 use std::time::Duration;
 
 use dashmap::DashMap;
-use mqtt5::broker::config::{BrokerConfig, StorageConfig};
+use mqtt5::broker::config::{BrokerConfig, StorageConfig, TlsConfig};
 use mqtt5::broker::events::{BrokerEventHandler, ClientDisconnectEvent};
 use mqtt5::broker::{AuthProvider, AuthResult, BrokerShutdownHandle, MqttBroker};
 use mqtt5::packet::connect::ConnectPacket;
@@ -285,8 +285,10 @@ pub struct EmbeddedBroker {
 
 impl EmbeddedBroker {
     /// Starts the broker on `listen` (port 0 picks one; a taken address is an error).
+    /// `tls`: also listen with TLS, with this certificate chain and key (PEM), on this address.
     pub async fn start(
         listen: SocketAddr,
+        tls: Option<(std::path::PathBuf, std::path::PathBuf, SocketAddr)>,
         access: Arc<Access>,
         max_payload: usize,
     ) -> Result<EmbeddedBroker, BoxError> {
@@ -301,9 +303,17 @@ impl EmbeddedBroker {
             .with_event_handler(Arc::new(Forget(Arc::downgrade(&access))));
         // The server's own subscription carries every rider's positions.
         config.client_channel_capacity = 65_536;
+        if let Some((cert, key, addr)) = tls {
+            for (what, path) in [("--mqtt-tls-cert", &cert), ("--mqtt-tls-key", &key)] {
+                std::fs::metadata(path).map_err(|e| format!("{what} {}: {e}", path.display()))?;
+            }
+            let mut tls = TlsConfig::new(cert, key);
+            tls.bind_addresses = vec![addr];
+            config = config.with_tls(tls);
+        }
         let mut broker = MqttBroker::with_config(config)
             .await
-            .map_err(|e| format!("the embedded MQTT broker cannot listen on {listen}: {e}"))?
+            .map_err(|e| format!("the embedded MQTT broker cannot start on {listen} (or its TLS address): {e}"))?
             .with_auth_provider(access.clone());
         let addr = broker.local_addr().ok_or("the embedded MQTT broker has no address")?;
         let shutdown = broker.shutdown_handle();

@@ -39,6 +39,19 @@ pub struct ServeConfig {
     #[arg(long, env = "DARKSTORE_MQTT_LISTEN", default_value = "127.0.0.1:1883")]
     pub mqtt_listen: SocketAddr,
 
+    /// The embedded broker's TLS certificate chain (PEM). With `--mqtt-tls-key`, the embedded
+    /// broker also listens with TLS on `--mqtt-tls-listen`, for riders over the public internet.
+    #[arg(long, env = "DARKSTORE_MQTT_TLS_CERT", requires = "mqtt_tls_key")]
+    pub mqtt_tls_cert: Option<std::path::PathBuf>,
+
+    /// The private key (PEM) of `--mqtt-tls-cert`.
+    #[arg(long, env = "DARKSTORE_MQTT_TLS_KEY", requires = "mqtt_tls_cert")]
+    pub mqtt_tls_key: Option<std::path::PathBuf>,
+
+    /// The embedded broker's TLS address (with `--mqtt-tls-cert` and `--mqtt-tls-key`).
+    #[arg(long, env = "DARKSTORE_MQTT_TLS_LISTEN", default_value = "127.0.0.1:8883")]
+    pub mqtt_tls_listen: SocketAddr,
+
     /// HS256 secret for bearer tokens. Unset: a random secret is made on first start and kept in
     /// the database, where `darkstore token` finds it.
     #[arg(long, env = "DARKSTORE_JWT_SECRET", hide_env_values = true)]

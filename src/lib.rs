@@ -176,6 +176,9 @@ pub async fn start(config: &ServeConfig, listener: TcpListener, clock: Arc<dyn C
         Arc::downgrade(&picks) as Weak<dyn Observer>,
         Arc::downgrade(&publisher) as Weak<dyn Observer>,
     ]);
+    if config.mqtt_url.is_some() && config.mqtt_tls_cert.is_some() {
+        return Err("--mqtt-tls-cert and --mqtt-tls-key are for the embedded broker: not with --mqtt-url".into());
+    }
     let server_client_id = mqtt::server_client_id()?;
     let (mqtt_url, credentials, broker) = match &config.mqtt_url {
         Some(url) => {
@@ -195,7 +198,11 @@ pub async fn start(config: &ServeConfig, listener: TcpListener, clock: Arc<dyn C
                 clock.clone(),
             ));
             access.set_state(Arc::downgrade(&state));
-            let embedded = broker::EmbeddedBroker::start(config.mqtt_listen, access, mqtt::MAX_PAYLOAD).await?;
+            let tls = match (&config.mqtt_tls_cert, &config.mqtt_tls_key) {
+                (Some(cert), Some(key)) => Some((cert.clone(), key.clone(), config.mqtt_tls_listen)),
+                _ => None,
+            };
+            let embedded = broker::EmbeddedBroker::start(config.mqtt_listen, tls, access, mqtt::MAX_PAYLOAD).await?;
             let url = format!("mqtt://{}", embedded.addr);
             (url, Some((broker::SERVER_USERNAME.to_owned(), internal)), Some(embedded))
         }

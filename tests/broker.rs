@@ -409,3 +409,78 @@ async fn the_server_reaches_a_broker_over_tls() {
     scratch.drop_database().await;
     let _ = std::fs::remove_dir_all(dir);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn riders_reach_the_embedded_broker_over_tls() {
+    let dir = std::env::temp_dir().join(format!("ds_embedded_tls_{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (ca, cert, key) = ca_and_cert(&dir, "embedded");
+    let tls_port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let scratch = ScratchDb::sqlite("ds_embedded_tls");
+    let server = Server::start(
+        &scratch.url,
+        &[
+            "--mqtt-tls-cert",
+            cert.to_str().unwrap(),
+            "--mqtt-tls-key",
+            key.to_str().unwrap(),
+            "--mqtt-tls-listen",
+            &format!("127.0.0.1:{tls_port}"),
+        ],
+    );
+    common::wait_for_port(tls_port);
+    server.seed("s1", "milk", 1).await;
+    server.call("PUT", "/v1/riders/r1", Some(&admin()), Some(json!({"name": "R", "store_id": "s1"}))).await;
+    // The rider's app trusts the broker's CA, and signs in with its token, as on the plain port.
+    let mut roots = rustls::RootCertStore::empty();
+    use rustls_pki_types::pem::PemObject;
+    for c in rustls_pki_types::CertificateDer::pem_file_iter(&ca).unwrap() {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let mut opts = MqttOptions::new("r1:tls", "localhost", tls_port);
+    opts.set_credentials("r1", token(Role::Rider, "r1", None));
+    opts.set_transport(rumqttc::Transport::tls_with_config(tls.into()));
+    let (client, mut eventloop) = AsyncClient::new(opts, 16);
+    let (ack_tx, mut ack_rx) = mpsc::channel(1);
+    tokio::spawn(async move {
+        loop {
+            match eventloop.poll().await {
+                Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                    let _ = ack_tx.try_send(());
+                }
+                Ok(_) => {}
+                Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+            }
+        }
+    });
+    tokio::time::timeout(Duration::from_secs(10), ack_rx.recv()).await.expect("connected over TLS");
+    let at = json!({"lat": STORE_LAT, "lng": STORE_LNG, "ts": now_ms()});
+    client.publish("riders/r1/location", QoS::AtLeastOnce, false, at.to_string()).await.unwrap();
+    eventually("the position over TLS", 10, || async {
+        let (_, v) = server.call("GET", "/v1/riders/r1", Some(&admin()), None).await;
+        v["lat"].is_number().then_some(())
+    })
+    .await;
+    drop(server);
+    // A key that does not exist stops the start, naming the setting.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_darkstore"))
+        .args(["serve", "--http", "127.0.0.1:0", "--mqtt-listen", "127.0.0.1:0", "--database-url", &scratch.url])
+        .args(["--jwt-secret", common::SECRET, "--mqtt-tls-cert", cert.to_str().unwrap()])
+        .args(["--mqtt-tls-key", dir.join("missing.key").to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("--mqtt-tls-key"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    scratch.drop_database().await;
+    let _ = std::fs::remove_dir_all(dir);
+}
