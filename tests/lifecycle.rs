@@ -233,7 +233,9 @@ async fn payment_webhooks_in_any_order_over_http_and_on_the_feed(scratch: Scratc
     let alice = token(Role::Customer, "alice", None);
     let (_, order) = server.order(&alice, "pay", order_body("milk", 2)).await;
     let id = order["id"].as_str().unwrap().to_owned();
-    assert_eq!((order["payment_status"].as_str(), order["total_minor"].as_i64()), (Some("held"), Some(9000)));
+    // Two milk at 45.00 and the delivery fee quoted (the base fee, 25.00).
+    assert_eq!(order["delivery_fee_minor"].as_i64(), Some(2500), "{order}");
+    assert_eq!((order["payment_status"].as_str(), order["total_minor"].as_i64()), (Some("held"), Some(11500)));
     let hook = |body: Value, signed: bool| {
         let body = body.to_string();
         let sig = if signed { darkstore::auth::hmac_hex(b"whsec-test", body.as_bytes()) } else { "00".repeat(32) };
@@ -271,9 +273,9 @@ async fn payment_webhooks_in_any_order_over_http_and_on_the_feed(scratch: Scratc
     assert_eq!(metric(&server, "darkstore_payment_webhooks_total{outcome=\"ignored\"} ").await, 1.0);
     // The customer cancels the paid order: the total is owed back; a refund closes it.
     let (s, c) = server.call("POST", &format!("/v1/orders/{id}/cancel"), Some(&alice), None).await;
-    assert_eq!((s, c["payment_status"].as_str(), c["refund_minor"].as_i64()), (200, Some("refund_due"), Some(9000)));
+    assert_eq!((s, c["payment_status"].as_str(), c["refund_minor"].as_i64()), (200, Some("refund_due"), Some(11500)));
     let (s, b) = hook(json!({"order_id": id, "status": "refunded"}), true).await;
-    assert_eq!((s, b["payment_status"].as_str(), b["refund_minor"].as_i64()), (200, Some("refunded"), Some(9000)));
+    assert_eq!((s, b["payment_status"].as_str(), b["refund_minor"].as_i64()), (200, Some("refunded"), Some(11500)));
     let deadline = Instant::now() + Duration::from_secs(5);
     while Instant::now() < deadline && feed.last().map(String::as_str) != Some("refunded") {
         let Ok(Some(Ok(Message::Text(t)))) = tokio::time::timeout(Duration::from_secs(1), ws.next()).await else {
