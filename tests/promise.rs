@@ -100,7 +100,9 @@ async fn the_quote_follows_the_queue_and_the_riders() {
         server.call("POST", &format!("/v1/orders/{}/packed", o["id"].as_str().unwrap()), Some(&staff), None).await;
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
-    assert!(placed >= 5, "only {placed} orders before the store was busy");
+    // Each order waits a round of trips of the one rider (a 16-minute cycle, plus the margin):
+    // past 60 minutes after a few.
+    assert!(placed >= 3, "only {placed} orders before the store was busy");
     let busy = common::eventually("the queue in the quote", 5, || async {
         let v = availability(&server).await;
         (v["eta_minutes"].as_i64().unwrap() > first + 10).then_some(v)
