@@ -10,6 +10,7 @@ import { mkdirSync, mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { dirname, join, resolve } from "node:path";
 import { createInterface } from "node:readline";
+import { createServer } from "node:http";
 import { fileURLToPath } from "node:url";
 import { chromium } from "playwright-core";
 import mqtt from "mqtt";
@@ -35,12 +36,12 @@ after(async () => {
   for (const f of cleanups.reverse()) await f();
 });
 
-async function startServer() {
+async function startServer(extra = []) {
   const dir = mkdtempSync(join(tmpdir(), "darkstore-browser-"));
   cleanups.push(() => rmSync(dir, { recursive: true, force: true }));
   const child = spawn(BIN, [
     "serve", "--http", "127.0.0.1:0", "--mqtt-listen", "127.0.0.1:0",
-    "--database-url", `sqlite://${dir}/test.db`, "--jwt-secret", SECRET, "--dispatch-tick-ms", "500",
+    "--database-url", `sqlite://${dir}/test.db`, "--jwt-secret", SECRET, "--dispatch-tick-ms", "500", ...extra,
   ], { env: { ...process.env, DARKSTORE_LOG: "warn,rumqttd=off" }, stdio: ["ignore", "pipe", "inherit"] });
   cleanups.push(() => child.kill("SIGKILL"));
   const line = await new Promise((ok, fail) => {
@@ -140,4 +141,46 @@ test("the dashboard follows riders, orders and stock live", async () => {
   mkdirSync(join(root, "artifacts"), { recursive: true });
   await page.screenshot({ path: join(root, "artifacts/dashboard.png"), fullPage: true });
   assert.deepEqual(errors, []);
+});
+
+// A page on another origin: a tiny static server on a port of its own.
+async function staticOrigin() {
+  const server = createServer((_, res) => {
+    res.writeHead(200, { "content-type": "text/html" });
+    res.end("<!doctype html><title>shop</title><p>shop</p>");
+  });
+  await new Promise((ok) => server.listen(0, "127.0.0.1", ok));
+  cleanups.push(() => new Promise((ok) => server.close(ok)));
+  return `http://127.0.0.1:${server.address().port}`;
+}
+
+test("a browser app on an allowed origin calls the API; another origin is refused", async () => {
+  const shop = await staticOrigin();
+  const evil = await staticOrigin();
+  const server = await startServer(["--cors-origin", shop]);
+  await call(server.http, "PUT", "/v1/stores/s1", admin, { name: "Indiranagar", ...STORE });
+  const browser = await chromium.launch({
+    executablePath: CHROMIUM,
+    args: ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking"],
+  });
+  cleanups.push(() => browser.close());
+  // A request with Authorization and JSON needs a preflight: the browser makes it, as for a real app.
+  const fetchOrders = (page) => page.evaluate(async ([api, tok]) => {
+    try {
+      const r = await fetch(`${api}/v1/orders`, { headers: { authorization: `Bearer ${tok}`, "content-type": "application/json" } });
+      return { status: r.status, body: await r.json(), requestId: r.headers.get("x-request-id") };
+    } catch (e) {
+      return { error: String(e) };
+    }
+  }, [server.http, customer]);
+  const page = await browser.newPage();
+  await page.goto(shop);
+  const ok = await fetchOrders(page);
+  assert.equal(ok.status, 200, JSON.stringify(ok));
+  assert.deepEqual(ok.body.orders, []);
+  assert.ok(ok.requestId, "an exposed header is readable");
+  const other = await browser.newPage();
+  await other.goto(evil);
+  const refused = await fetchOrders(other);
+  assert.ok(refused.error, `an origin not listed is refused by the browser: ${JSON.stringify(refused)}`);
 });
