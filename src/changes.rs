@@ -70,7 +70,7 @@ impl Place {
 pub struct Arrival<'a> {
     pub rider: &'a str,
     /// The rider's task.
-    pub rider_task: Option<&'a str>,
+    pub rider_task: &'a str,
     pub store_id: &'a str,
     pub orders: &'a [String],
     pub place: Place,

@@ -99,7 +99,7 @@ impl Observer for Geofences {
         for (place, orders, entered) in crossings {
             hub.emit(&Change::Arrival(Arrival {
                 rider: &rider.id,
-                rider_task: Some(&task.id),
+                rider_task: &task.id,
                 store_id: &task.store_id,
                 orders: &orders,
                 place,

@@ -70,8 +70,6 @@ pub struct Summary {
 #[derive(Debug, Default)]
 pub struct PromiseCounters {
     pub eta_messages: AtomicU64,
-    pub pick_observed: AtomicU64,
-    pub ride_observed: AtomicU64,
     pub delivered_on_time: AtomicU64,
     pub delivered_late: AtomicU64,
 }
@@ -294,7 +292,6 @@ impl Promises {
             let b = self.bounds;
             l.city_pick.observe(ratio, &b);
             l.stores.entry(open.store_id.clone()).or_default().pick.observe(ratio, &b);
-            self.counters.pick_observed.fetch_add(1, Ordering::Relaxed);
         }
     }
 
@@ -379,7 +376,6 @@ impl Promises {
                 let ratio = (now - t0) as f64 / prior as f64;
                 l.city_ride.observe(ratio, &b);
                 l.stores.entry(open.store_id.clone()).or_default().ride.observe(ratio, &b);
-                self.counters.ride_observed.fetch_add(1, Ordering::Relaxed);
             }
         }
         if open.estimate_ms > 0 {
@@ -503,13 +499,10 @@ impl Observer for Promises {
             Change::Rider { rider } => self.rider(rider, hub),
             Change::Arrival(a) if a.place == crate::changes::Place::Store => {
                 let mut at_store = self.at_store.lock().expect("at-store lock");
-                match (a.entered, a.rider_task) {
-                    (true, Some(task)) => {
-                        at_store.insert(a.rider.to_owned(), (task.to_owned(), a.at));
-                    }
-                    _ => {
-                        at_store.remove(a.rider);
-                    }
+                if a.entered {
+                    at_store.insert(a.rider.to_owned(), (a.rider_task.to_owned(), a.at));
+                } else {
+                    at_store.remove(a.rider);
                 }
             }
             _ => {}

@@ -111,14 +111,7 @@ async fn mosquitto_with_the_readmes_rules_keeps_riders_apart() {
         passwd.display(),
         dir.join("acl").display()
     );
-    std::fs::write(dir.join("mosquitto.conf"), conf).unwrap();
-    let mut mosquitto = std::process::Command::new("mosquitto")
-        .args(["-c", dir.join("mosquitto.conf").to_str().unwrap()])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("mosquitto is installed");
-    common::wait_for_port(port);
+    let mut mosquitto = mosquitto(&dir, &conf, &[port]);
     let scratch = ScratchDb::sqlite("ds_broker_mosq");
     let url = format!("mqtt://darkstore-server:server-pw@127.0.0.1:{port}");
     let server = Server::start(&scratch.url, &["--dispatch-tick-ms", "200", "--mqtt-url", &url]);
@@ -129,6 +122,21 @@ async fn mosquitto_with_the_readmes_rules_keeps_riders_apart() {
     let _ = mosquitto.wait();
     scratch.drop_database().await;
     let _ = std::fs::remove_dir_all(dir);
+}
+
+/// Starts Mosquitto with `conf` (written into `dir`) and waits for its listeners' `ports`.
+fn mosquitto(dir: &std::path::Path, conf: &str, ports: &[u16]) -> std::process::Child {
+    std::fs::write(dir.join("mosquitto.conf"), conf).unwrap();
+    let child = std::process::Command::new("mosquitto")
+        .args(["-c", dir.join("mosquitto.conf").to_str().unwrap()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("mosquitto is installed");
+    for &port in ports {
+        common::wait_for_port(port);
+    }
+    child
 }
 
 /// r-1 delivers an order while r-2 listens to everything it can think of and speaks as r-1.
@@ -349,15 +357,7 @@ async fn the_server_reaches_a_broker_over_tls() {
         cert.display(),
         key.display()
     );
-    std::fs::write(dir.join("mosquitto.conf"), conf).unwrap();
-    let mut mosquitto = std::process::Command::new("mosquitto")
-        .args(["-c", dir.join("mosquitto.conf").to_str().unwrap()])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("mosquitto is installed");
-    common::wait_for_port(tls_port);
-    common::wait_for_port(plain_port);
+    let mut mosquitto = mosquitto(&dir, &conf, &[tls_port, plain_port]);
 
     // Trusting the broker's certificate: connected, and riders' messages arrive over TLS.
     let scratch = ScratchDb::sqlite("ds_broker_tls");

@@ -29,13 +29,7 @@ pub async fn store_forecast(
     Query(q): Query<ForecastQuery>,
 ) -> Result<Json<Value>, ApiError> {
     caller.require_store(&store_id)?;
-    let hours = match q.hours.as_deref() {
-        None => 12,
-        Some(s) => match s.parse::<usize>() {
-            Ok(n) if (1..=168).contains(&n) => n,
-            _ => return Err(ApiError::invalid("hours must be an integer in [1, 168]")),
-        },
-    };
+    let hours = super::bounded("hours", q.hours.as_deref(), 12, (1, 168))?;
     let store = app.state.store(&store_id).ok_or_else(|| ApiError::not_found("no such store"))?;
     let p = ForecastParams::default();
     let now = app.state.now();

@@ -345,6 +345,17 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     })
 }
 
+/// An optional integer query parameter within `[min, max]`, `default` when absent (422 otherwise).
+pub fn bounded(name: &str, value: Option<&str>, default: usize, (min, max): (usize, usize)) -> Result<usize, ApiError> {
+    match value {
+        None => Ok(default),
+        Some(s) => match s.parse::<usize>() {
+            Ok(n) if (min..=max).contains(&n) => Ok(n),
+            _ => Err(ApiError::invalid(format!("{name} must be an integer in [{min}, {max}]"))),
+        },
+    }
+}
+
 /// A path id that must be a valid client-chosen id (422 otherwise).
 pub fn check_id(what: &str, id: &str) -> Result<(), ApiError> {
     if darkstore_geoinv::ids::valid_id(id) {

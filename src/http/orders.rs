@@ -176,13 +176,7 @@ pub async fn list(
     axum::extract::Query(q): axum::extract::Query<ListQuery>,
 ) -> Result<Json<Value>, ApiError> {
     caller.require(&[Role::Customer, Role::Staff, Role::Admin])?;
-    let limit = match q.limit.as_deref() {
-        None => 20,
-        Some(s) => match s.parse::<i64>() {
-            Ok(n) if (1..=100).contains(&n) => n,
-            _ => return Err(ApiError::invalid("limit must be an integer in [1, 100]")),
-        },
-    };
+    let limit = super::bounded("limit", q.limit.as_deref(), 20, (1, 100))? as i64;
     if let Some(s) = q.status.as_deref()
         && OrderStatus::parse(s).is_none()
     {

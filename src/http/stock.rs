@@ -6,7 +6,7 @@ use axum::response::IntoResponse;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::{AppRef, Caller, JsonBody, check_point, detached};
+use super::{AppRef, Caller, JsonBody, bounded, check_point, detached};
 use crate::error::ApiError;
 use crate::model::OpenState;
 use crate::state::StockError;
@@ -116,13 +116,7 @@ pub async fn availability(
     let lat = coordinate("lat", &q.lat)?;
     let lng = coordinate("lng", &q.lng)?;
     check_point(lat, lng)?;
-    let limit = match q.limit.as_deref() {
-        None => 200,
-        Some(s) => match s.parse::<usize>() {
-            Ok(n) if (1..=1000).contains(&n) => n,
-            _ => return Err(ApiError::invalid("limit must be an integer in [1, 1000]")),
-        },
-    };
+    let limit = bounded("limit", q.limit.as_deref(), 200, (1, 1000))?;
     let serving = app
         .state
         .serving(lat, lng)
@@ -206,13 +200,7 @@ pub async fn top_picks(State(app): State<AppRef>, Query(q): Query<TopPicksQuery>
     let lat = coordinate("lat", &q.lat)?;
     let lng = coordinate("lng", &q.lng)?;
     check_point(lat, lng)?;
-    let limit = match q.limit.as_deref() {
-        None => 20,
-        Some(s) => match s.parse::<usize>() {
-            Ok(n) if (1..=100).contains(&n) => n,
-            _ => return Err(ApiError::invalid("limit must be an integer in [1, 100]")),
-        },
-    };
+    let limit = bounded("limit", q.limit.as_deref(), 20, (1, 100))?;
     let serving = app
         .state
         .serving(lat, lng)

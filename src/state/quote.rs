@@ -36,11 +36,6 @@ impl State {
         loads.get(&store.idx.0).map_or(self.config.delivery_fee_minor, |l| l.delivery_fee_minor)
     }
 
-    /// Each store's load as the last tick saw it, by store index.
-    pub fn loads(&self) -> FastMap<u32, Arc<StoreLoad>> {
-        self.loads.read().expect("loads lock").clone()
-    }
-
     /// Whether a store with this quote takes orders: not past `--max-eta-minutes` when that is
     /// set (and, then, not without a rider at all).
     pub fn accepting(&self, q: &Quote) -> bool {

@@ -109,14 +109,6 @@ impl SearchIndex {
         });
         out.into_iter().map(|(id, s)| (self.products[id as usize].0.clone(), s)).collect()
     }
-
-    pub fn len(&self) -> usize {
-        self.products.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.products.is_empty()
-    }
 }
 
 #[cfg(test)]
