@@ -135,8 +135,22 @@ pub fn metrics_response(app: &AppRef) -> Response {
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
 }
 
+/// The document as served: the static text, with the time-zone names this machine's database
+/// knows as the enum of a store's `timezone` (so a client, and the fuzzer, can tell a valid one).
+static OPENAPI_SERVED: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    let mut doc: serde_json::Value = serde_json::from_str(OPENAPI).expect("docs/openapi.json is JSON");
+    let names = darkstore_geoinv::hours::timezone_names();
+    if !names.is_empty() {
+        // Nullable: OpenAPI 3.0 wants null among the values too.
+        let mut values: Vec<serde_json::Value> = names.into_iter().map(serde_json::Value::String).collect();
+        values.push(serde_json::Value::Null);
+        doc["components"]["schemas"]["Store"]["properties"]["timezone"]["enum"] = values.into();
+    }
+    doc.to_string()
+});
+
 pub async fn openapi() -> Response {
-    ([(header::CONTENT_TYPE, "application/json")], OPENAPI).into_response()
+    ([(header::CONTENT_TYPE, "application/json")], OPENAPI_SERVED.as_str()).into_response()
 }
 
 /// The dashboard's policy: its own script, style and feeds only; never framed.

@@ -110,7 +110,10 @@ async fn place_inner(
         .get("idempotency-key")
         .ok_or_else(|| ApiError::bad_request("the Idempotency-Key header is required"))
         .and_then(|v| {
-            v.to_str().ok().filter(|k| !k.is_empty() && k.len() <= MAX_KEY_LEN).map(str::to_owned).ok_or_else(|| {
+            // Visible ASCII only (no spaces): what the document's pattern says.
+            let valid =
+                |k: &&[u8]| !k.is_empty() && k.len() <= MAX_KEY_LEN && k.iter().all(|b| (b'!'..=b'~').contains(b));
+            Some(v.as_bytes()).filter(valid).map(|k| String::from_utf8_lossy(k).into_owned()).ok_or_else(|| {
                 ApiError::bad_request(format!("Idempotency-Key must be 1-{MAX_KEY_LEN} visible ASCII characters"))
             })
         })

@@ -44,6 +44,14 @@ pub fn valid_timezone(name: &str) -> bool {
     jiff::tz::TimeZone::get(name).is_ok()
 }
 
+/// Every time-zone name the database knows, sorted (what `valid_timezone` accepts, as spelled
+/// by the database).
+pub fn timezone_names() -> Vec<String> {
+    let mut names: Vec<String> = jiff::tz::db().available().map(|n| n.as_str().to_owned()).collect();
+    names.sort();
+    names
+}
+
 /// A store's week.
 #[derive(Debug, Clone)]
 pub struct Hours {
@@ -138,6 +146,14 @@ impl Hours {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_listed_time_zones_are_the_valid_ones() {
+        let names = timezone_names();
+        assert!(names.iter().any(|n| n == "Asia/Kolkata"), "{} names", names.len());
+        assert!(names.iter().all(|n| valid_timezone(n)));
+        assert!(!valid_timezone("Mars/Olympus_Mons"));
+    }
 
     fn ms(s: &str) -> Millis {
         s.parse::<jiff::Timestamp>().unwrap().as_millisecond()
