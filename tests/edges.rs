@@ -150,16 +150,15 @@ async fn bad_input_is_a_precise_4xx_and_changes_nothing() {
         let got: Value = resp.json().await.unwrap_or(Value::Null);
         assert_eq!((got_status, got["error"].as_str()), (*status, Some(*code)), "{what}: {got}");
     }
-    // No Idempotency-Key: 400.
-    let resp = server
-        .client
-        .post(server.url("/v1/orders"))
-        .bearer_auth(&alice)
-        .body(line("milk", json!(1)).to_string())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 400);
+    // No Idempotency-Key, or one that is not 1-200 visible ASCII characters: 400.
+    for key in [None, Some("has space"), Some(&*"k".repeat(201))] {
+        let mut req = server.client.post(server.url("/v1/orders")).bearer_auth(&alice);
+        if let Some(key) = key {
+            req = req.header("idempotency-key", key);
+        }
+        let resp = req.body(line("milk", json!(1)).to_string()).send().await.unwrap();
+        assert_eq!(resp.status(), 400, "key {key:?}");
+    }
 
     // Stock: (what, body, status)
     let stock: Vec<(&str, Value, u16)> = vec![
