@@ -98,7 +98,15 @@ pub async fn start(config: &ServeConfig, listener: TcpListener, clock: Arc<dyn C
         return Err("--max-body-bytes must be at least 1024".into());
     }
     let cors_origins = cors_origins(&config.cors_origins)?;
-    let db = Db::connect(&config.database_url).await?;
+    let db = Db::connect(&config.database_url).await.map_err(|e| -> BoxError {
+        let text = e.to_string();
+        if text.contains("ertificate") || text.contains("TLS") || text.contains("tls") {
+            // Name the setting: verification is on, and the server's certificate did not pass it.
+            format!("{text} (TLS to PostgreSQL: check sslmode and sslrootcert in --database-url)").into()
+        } else {
+            e.into()
+        }
+    })?;
     let jwt_secret = match &config.jwt_secret {
         Some(s) if s.len() >= 16 => s.clone(),
         Some(_) => return Err("--jwt-secret must be at least 16 characters".into()),

@@ -413,3 +413,26 @@ async fn cors_lets_configured_origins_in_and_no_others() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("--cors-origin"), "{}", String::from_utf8_lossy(&out.stderr));
     scratch.drop_database().await;
 }
+
+/// PostgreSQL over TLS with verification on and a CA that did not sign the server's certificate:
+/// the start stops with an error that names the setting to look at. Runs with
+/// `DARKSTORE_TEST_POSTGRES` (its server has `ssl = on`, as the machine's does).
+#[tokio::test]
+async fn an_untrusted_database_certificate_stops_the_start_naming_the_setting() {
+    let Some(scratch) = ScratchDb::postgres("ds_tls_start").await else {
+        eprintln!("DARKSTORE_TEST_POSTGRES not set: skipped");
+        return;
+    };
+    // The public roots never signed a local server's certificate.
+    let sep = if scratch.url.contains('?') { '&' } else { '?' };
+    let url = format!("{}{sep}sslmode=verify-full&sslrootcert=/etc/ssl/certs/ca-certificates.crt", scratch.url);
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_darkstore"))
+        .args(["serve", "--http", "127.0.0.1:0", "--mqtt-listen", "127.0.0.1:0", "--database-url", &url])
+        .args(["--jwt-secret", common::SECRET])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains("sslrootcert") && stderr.contains("--database-url"), "{stderr}");
+    scratch.drop_database().await;
+}
