@@ -56,6 +56,7 @@ impl State {
         };
         let mut writes = vec![Write::Status(OrderStatusChange {
             order_id: o.id.clone(),
+            store_id: o.store_id.clone(),
             status: to.as_str(),
             payment_status: payment_status.as_str(),
             refund_minor,

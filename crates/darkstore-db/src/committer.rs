@@ -27,11 +27,20 @@ pub struct CommitStats {
     pub queued: AtomicU64,
 }
 
+/// Cluster mode: what makes a commit safe for the regions it touches. For a batch of writes it
+/// answers the fences to commit with them (`Write::Fence`, one per region touched, at the epoch
+/// of this node's lease), or `DbError::Fenced` at once when this node does not hold a lease for
+/// one of them.
+pub trait Fencer: Send + Sync {
+    fn fences(&self, writes: &[Write]) -> Result<Vec<Write>, DbError>;
+}
+
 /// A handle that queues writes for the commit task. Cheap to clone.
 #[derive(Clone)]
 pub struct Committer {
     tx: mpsc::Sender<Job>,
     stats: Arc<CommitStats>,
+    fencer: Arc<std::sync::OnceLock<Arc<dyn Fencer>>>,
 }
 
 impl Committer {
@@ -41,7 +50,12 @@ impl Committer {
         let (tx, rx) = mpsc::channel(queue);
         let stats = Arc::new(CommitStats::default());
         let handle = tokio::spawn(run(db, rx, max_batch.max(1), stats.clone()));
-        (Committer { tx, stats }, handle)
+        (Committer { tx, stats, fencer: Arc::default() }, handle)
+    }
+
+    /// Cluster mode: from now on every commit carries the fences `fencer` answers (set once).
+    pub fn set_fencer(&self, fencer: Arc<dyn Fencer>) {
+        let _ = self.fencer.set(fencer);
     }
 
     pub fn stats(&self) -> &CommitStats {
@@ -50,9 +64,13 @@ impl Committer {
 
     /// Commits `writes` (in one transaction with whatever else is queued) and returns once they
     /// are durable.
-    pub async fn commit(&self, writes: Vec<Write>) -> Result<(), DbError> {
+    pub async fn commit(&self, mut writes: Vec<Write>) -> Result<(), DbError> {
         if writes.is_empty() {
             return Ok(());
+        }
+        if let Some(fencer) = self.fencer.get() {
+            let fences = fencer.fences(&writes)?;
+            writes.splice(0..0, fences);
         }
         let (done, wait) = oneshot::channel();
         self.stats.queued.fetch_add(1, Ordering::Relaxed);
@@ -82,14 +100,17 @@ async fn run(db: Db, mut rx: mpsc::Receiver<Job>, max_batch: usize, stats: Arc<C
         stats.jobs.fetch_add(jobs.len() as u64, Ordering::Relaxed);
         if let Err(e) = &result {
             stats.failures.fetch_add(1, Ordering::Relaxed);
-            if matches!(e, DbError::Conflict(_)) {
+            if matches!(e, DbError::Fenced(_)) {
+                // A region this node lost: its jobs fail, the other regions' are retried below.
+                tracing::warn!(error = %e, jobs = jobs.len(), "group commit fenced");
+            } else if matches!(e, DbError::Conflict(_)) {
                 // A caller's row collides with a stored one (e.g. a reused idempotency key): the
                 // other jobs are retried one by one below, and the caller gets the conflict.
                 tracing::warn!(error = %e, jobs = jobs.len(), "group commit refused a duplicate");
             } else {
                 tracing::error!(error = %e, jobs = jobs.len(), "group commit failed");
             }
-            if jobs.len() > 1 && matches!(e, DbError::Conflict(_) | DbError::Rejected(_)) {
+            if jobs.len() > 1 && matches!(e, DbError::Conflict(_) | DbError::Rejected(_) | DbError::Fenced(_)) {
                 // One bad job must not fail the others: retry each alone. (A database that cannot
                 // be reached fails every job at once: retrying each would only make callers wait.)
                 for job in jobs.drain(..) {

@@ -51,6 +51,9 @@ pub enum DbError {
     Conflict(String),
     /// The group-commit task has stopped (the server is shutting down).
     Closed,
+    /// Cluster mode: this node does not hold the region's lease (any more): a newer owner moved
+    /// the region's epoch past it, or the lease lapsed. Nothing was written.
+    Fenced(String),
 }
 
 impl std::fmt::Display for DbError {
@@ -61,6 +64,7 @@ impl std::fmt::Display for DbError {
             DbError::Conflict(m) => write!(f, "already stored: {m}"),
             DbError::Rejected(m) => write!(f, "refused by the database: {m}"),
             DbError::Closed => write!(f, "the commit queue is closed"),
+            DbError::Fenced(region) => write!(f, "this node does not own region {region}"),
         }
     }
 }

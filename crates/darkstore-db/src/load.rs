@@ -142,6 +142,18 @@ fn order_row(r: &sqlx::any::AnyRow, lines: Vec<OrderLineRow>) -> Result<OrderRow
     })
 }
 
+impl Snapshot {
+    /// Keeps only the stock and the orders of the stores `keep` names (the catalog, the riders
+    /// and `max_lot_id` stay whole): what a cluster node loads for a region it takes over.
+    pub fn retain_stores(&mut self, keep: impl Fn(&str) -> bool) {
+        self.lots.retain(|l| keep(&l.store_id));
+        self.orders.retain(|o| keep(&o.store_id));
+        let kept: std::collections::HashSet<&str> = self.orders.iter().map(|o| o.id.as_str()).collect();
+        self.holds.retain(|h| kept.contains(h.order_id.as_str()));
+        self.packed_at.retain(|id, _| kept.contains(id.as_str()));
+    }
+}
+
 impl Db {
     /// Reads the whole state back.
     pub async fn load(&self) -> Result<Snapshot, DbError> {

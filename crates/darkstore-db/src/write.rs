@@ -49,6 +49,8 @@ pub struct NewOrder {
 #[derive(Debug, Clone, PartialEq)]
 pub struct OrderStatusChange {
     pub order_id: String,
+    /// The order's store (not stored again: it says which region the change belongs to).
+    pub store_id: String,
     pub status: &'static str,
     pub payment_status: &'static str,
     /// What is owed back (set once the payment is `refund_due`).
@@ -90,6 +92,24 @@ pub enum Write {
     Ledger(LedgerRow),
     Order(NewOrder),
     Status(OrderStatusChange),
+    /// Cluster mode: the batch commits only if `region`'s epoch is not past `epoch`, and moves
+    /// it to `epoch` (see `Fencer`).
+    Fence {
+        region: String,
+        epoch: i64,
+    },
+}
+
+impl Write {
+    /// The store whose region this write belongs to (None: the catalog, shared by all).
+    pub fn store_id(&self) -> Option<&str> {
+        match self {
+            Write::Ledger(row) => Some(&row.store_id),
+            Write::Order(order) => Some(&order.store_id),
+            Write::Status(change) => Some(&change.store_id),
+            Write::Store { .. } | Write::Product { .. } | Write::Rider { .. } | Write::Fence { .. } => None,
+        }
+    }
 }
 
 /// Rows per multi-row statement: keeps bind parameters well under both backends' limits.
@@ -164,8 +184,10 @@ impl Db {
         let mut orders: Vec<&NewOrder> = Vec::new();
         let mut ledger: Vec<&LedgerRow> = Vec::new();
         let mut statuses: Vec<&OrderStatusChange> = Vec::new();
+        let mut fences: Vec<(String, i64)> = Vec::new();
         for w in writes {
             match w {
+                Write::Fence { region, epoch } => fences.push((region.clone(), *epoch)),
                 Write::Store { id, .. } => {
                     replace_or_push(&mut stores, w, |o| matches!(o, Write::Store { id: i, .. } if i == id))
                 }
@@ -181,6 +203,10 @@ impl Db {
             }
         }
 
+        // Fences first: a fenced batch writes nothing.
+        for (region, epoch) in fences {
+            fence(conn, region, epoch).await?;
+        }
         for chunk in stores.chunks(ROWS_PER_STATEMENT) {
             let mut q =
                 MultiInsert::new("INSERT INTO stores (id, name, lat, lng, timezone, hours, paused_reason, updated_at)");
@@ -315,6 +341,22 @@ impl Db {
         tx.commit().await?;
         Ok(())
     }
+}
+
+/// Moves `region`'s epoch to `epoch` unless a newer owner already moved it further.
+async fn fence(conn: &mut sqlx::AnyConnection, region: String, epoch: i64) -> Result<(), DbError> {
+    let moved = sqlx::query(
+        "INSERT INTO region_epochs (region, epoch) VALUES ($1, $2) \
+         ON CONFLICT (region) DO UPDATE SET epoch = excluded.epoch WHERE region_epochs.epoch <= excluded.epoch",
+    )
+    .bind(region.clone())
+    .bind(epoch)
+    .execute(conn)
+    .await?;
+    if moved.rows_affected() == 0 {
+        return Err(DbError::Fenced(region));
+    }
+    Ok(())
 }
 
 fn replace_or_push<'a>(list: &mut Vec<&'a Write>, w: &'a Write, same_key: impl Fn(&Write) -> bool) {

@@ -133,6 +133,7 @@ async fn story(url: &str) {
         .commit(vec![
             // A paid order cancelled: its refund is due, in the same row as its status.
             Write::Status(OrderStatusChange {
+                store_id: "s1".into(),
                 order_id: "o1".into(),
                 status: "cancelled",
                 payment_status: "refund_due",
@@ -141,6 +142,7 @@ async fn story(url: &str) {
                 ts: 3_000,
             }),
             Write::Status(OrderStatusChange {
+                store_id: "s1".into(),
                 order_id: "o0".into(),
                 status: "assigned",
                 payment_status: "paid",
@@ -149,6 +151,7 @@ async fn story(url: &str) {
                 ts: 3_000,
             }),
             Write::Status(OrderStatusChange {
+                store_id: "s1".into(),
                 order_id: "o0".into(),
                 status: "picked_up",
                 payment_status: "paid",
@@ -223,4 +226,49 @@ async fn storage_story_on_postgres() {
 async fn a_bad_url_is_a_clear_error() {
     let err = Db::connect("mysql://nope").await.unwrap_err();
     assert!(err.to_string().contains("neither sqlite"), "{err}");
+}
+
+/// Fencing (cluster mode): a batch carrying a region's epoch commits only while no newer epoch
+/// was committed for that region, and a fenced batch writes nothing at all.
+async fn fencing(url: &str) {
+    let db = Db::connect(url).await.expect("connect");
+    let fence = |region: &str, epoch: i64| Write::Fence { region: region.into(), epoch };
+    let restock = |lot: i64| ledger("s1", "milk", lot, "restock", 5, 0, None);
+    db.write_batch(&[fence("r1", 10), restock(1)]).await.expect("first owner");
+    db.write_batch(&[fence("r1", 10), restock(2)]).await.expect("the same epoch again");
+    db.write_batch(&[fence("r1", 12), restock(3)]).await.expect("a newer owner");
+    let stale = db.write_batch(&[restock(4), fence("r1", 11)]).await;
+    assert!(matches!(stale, Err(darkstore_db::DbError::Fenced(ref r)) if r == "r1"), "{stale:?}");
+    // Another region's epoch is its own.
+    db.write_batch(&[fence("r2", 1), restock(5)]).await.expect("another region");
+    let lots: Vec<i64> = db.load().await.unwrap().lots.iter().map(|l| l.lot_id).collect();
+    assert_eq!(lots, vec![1, 2, 3, 5], "the fenced batch wrote nothing");
+    // Through the committer, a fenced job fails alone; the others of its group commit.
+    let (committer, task) = Committer::spawn(db.clone(), 256, 1024);
+    let (a, b) = tokio::join!(
+        committer.commit(vec![fence("r1", 11), restock(6)]),
+        committer.commit(vec![fence("r2", 1), restock(7)])
+    );
+    assert!(matches!(a, Err(darkstore_db::DbError::Fenced(_))), "{a:?}");
+    b.expect("the other region's job");
+    drop(committer);
+    task.await.unwrap();
+    db.close().await;
+}
+
+#[tokio::test]
+async fn fencing_on_sqlite() {
+    let scratch = ScratchDb::sqlite("darkstore_fence");
+    fencing(&scratch.url).await;
+    scratch.drop_database().await;
+}
+
+#[tokio::test]
+async fn fencing_on_postgres() {
+    let Some(scratch) = ScratchDb::postgres("darkstore_fence").await else {
+        eprintln!("DARKSTORE_TEST_POSTGRES is not set: PostgreSQL fencing skipped");
+        return;
+    };
+    fencing(&scratch.url).await;
+    scratch.drop_database().await;
 }
