@@ -92,6 +92,24 @@ pub struct ServeConfig {
     #[arg(long = "cors-origin", env = "DARKSTORE_CORS_ORIGINS", value_delimiter = ',')]
     pub cors_origins: Vec<String>,
 
+    /// Cluster mode: the NATS server (with JetStream) the nodes of one city share
+    /// (nats://HOST:PORT). Needs PostgreSQL. Unset: one node, as before.
+    #[arg(long, env = "DARKSTORE_CLUSTER_URL")]
+    pub cluster_url: Option<String>,
+
+    /// Cluster mode: this node's id, unique among the live nodes (1-64 of [A-Za-z0-9_-]).
+    #[arg(long, env = "DARKSTORE_NODE_ID")]
+    pub node_id: Option<String>,
+
+    /// Cluster mode: the URL other nodes and operators reach this node's HTTP API at.
+    #[arg(long, env = "DARKSTORE_ADVERTISE")]
+    pub advertise: Option<String>,
+
+    /// Cluster mode: how long a region's lease lives without renewal (ms). Every node of a
+    /// cluster must use the same value (the first node creates the bucket with it).
+    #[arg(long, env = "DARKSTORE_LEASE_TTL_MS", default_value_t = 5_000)]
+    pub lease_ttl_ms: u64,
+
     /// `darkstore demo` only: run the demo's own simulated traffic (24 riders, an order every five
     /// seconds). `false` leaves the city to an outside load generator.
     #[arg(long, env = "DARKSTORE_DEMO_TRAFFIC", default_value_t = true, action = clap::ArgAction::Set)]

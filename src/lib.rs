@@ -22,6 +22,7 @@ pub use darkstore_auth as auth;
 pub mod broker;
 pub mod changes;
 pub mod clock;
+pub mod cluster;
 pub mod config;
 pub mod demo;
 pub mod dispatch;
@@ -117,7 +118,25 @@ pub async fn start(config: &ServeConfig, listener: TcpListener, clock: Arc<dyn C
         }
     };
     let (committer, commit_task) = Committer::spawn(db.clone(), config.commit_max_batch, 65_536);
+    let cluster = match &config.cluster_url {
+        None => None,
+        Some(url) => {
+            if db.backend() != darkstore_db::Backend::Postgres {
+                return Err("--cluster-url needs PostgreSQL (--database-url postgres://…): the nodes share it".into());
+            }
+            let node_id = config.node_id.as_deref().ok_or("--cluster-url needs --node-id")?;
+            let advertise = config.advertise.clone().unwrap_or_else(|| format!("http://{}", config.http));
+            let cluster =
+                cluster::Cluster::join(url, node_id, &advertise, Duration::from_millis(config.lease_ttl_ms)).await?;
+            committer.set_fencer(cluster.clone());
+            Some(cluster)
+        }
+    };
     let mut snapshot = db.load().await?;
+    if cluster.is_some() {
+        // The catalog only: a region's stock and orders are loaded when its lease is taken.
+        snapshot.retain_stores(|_| false);
+    }
     tracing::info!(
         stores = snapshot.stores.len(),
         products = snapshot.products.len(),
@@ -251,6 +270,7 @@ pub async fn start(config: &ServeConfig, listener: TcpListener, clock: Arc<dyn C
         picks,
         feeds,
         pages: http::pages::Pages::default(),
+        cluster,
         mqtt: Some(mqtt.clone()),
         broker_access: broker.as_ref().map(|b| b.access.clone()),
         ws: http::ws::WsLimits::new(
@@ -262,6 +282,15 @@ pub async fn start(config: &ServeConfig, listener: TcpListener, clock: Arc<dyn C
     });
     let (stop, stopped) = watch::channel(false);
     let mut background = ingest::spawn(ingest, incoming, stopped.clone());
+    if let Some(cluster) = &app.cluster {
+        let announcer = Arc::downgrade(cluster);
+        state.on_catalog_change(Box::new(move || {
+            if let Some(c) = announcer.upgrade() {
+                c.announce_catalog();
+            }
+        }));
+        background.push(tokio::spawn(cluster.clone().run(state.clone(), stopped.clone())));
+    }
     background.push(dispatch::spawn(dispatcher, Duration::from_millis(tick_ms), stopped.clone()));
     // Payment holds that ran out (also those that ran out while the server was down).
     background.push(every(Duration::from_secs(1), stopped.clone(), {

@@ -48,6 +48,8 @@ pub struct App {
     pub max_body_bytes: usize,
     /// Origins allowed by CORS.
     pub cors_origins: Vec<axum::http::HeaderValue>,
+    /// Cluster mode: the ownership of regions (None: one node).
+    pub cluster: Option<Arc<crate::cluster::Cluster>>,
     pub riders: Arc<crate::riders::Riders>,
     pub ingest: Arc<crate::ingest::Ingest>,
     pub dispatcher: Arc<crate::dispatch::Dispatcher>,
@@ -82,6 +84,7 @@ pub fn router(app: AppRef) -> Router {
         .route("/readyz", get(ops::readyz))
         .route("/metrics", get(ops::metrics))
         .route("/openapi.json", get(ops::openapi))
+        .route("/v1/cluster", get(ops::cluster))
         .route("/v1/stores/{store_id}", put(catalog::put_store).get(catalog::get_store).patch(catalog::patch_store))
         .route("/v1/catalog/{sku}", put(catalog::put_product).get(catalog::get_product))
         .route("/v1/riders/{rider_id}", put(catalog::put_rider).get(riders::get))

@@ -19,11 +19,41 @@ pub async fn healthz() -> impl IntoResponse {
 }
 
 /// Ready when the database answers and the broker (if any) is connected.
+/// In cluster mode also when this node is a live member (NATS reachable, membership renewed).
 pub async fn readyz(State(app): State<AppRef>) -> Response {
     let db = app.state.db.ping().await;
     let broker = app.broker_ready();
-    let status = if db && broker { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
-    (status, axum::Json(json!({"ready": db && broker, "database": db, "broker": broker}))).into_response()
+    let cluster = app.cluster.as_ref().map(|c| c.ready());
+    let ready = db && broker && cluster.unwrap_or(true);
+    let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let mut body = json!({"ready": ready, "database": db, "broker": broker});
+    if let Some(c) = cluster {
+        body["cluster"] = json!(c);
+    }
+    (status, axum::Json(body)).into_response()
+}
+
+/// `GET /v1/cluster` (admin): the live nodes, and every region with its owner, epoch and stores.
+pub async fn cluster(
+    State(app): State<AppRef>,
+    caller: super::Caller,
+) -> Result<axum::Json<serde_json::Value>, crate::error::ApiError> {
+    caller.require(&[crate::auth::Role::Admin])?;
+    let Some(cluster) = &app.cluster else {
+        return Err(crate::error::ApiError::not_found("this server runs as one node (no --cluster-url)"));
+    };
+    let view = cluster.view();
+    let nodes: Vec<_> = view.nodes.iter().map(|(id, url)| json!({"id": id, "advertise": url, "alive": true})).collect();
+    let mut regions: Vec<_> = cluster
+        .stores_by_region()
+        .into_iter()
+        .map(|(region, stores)| {
+            let (owner, epoch) = view.owners.get(&region).cloned().map_or((None, None), |(o, e)| (Some(o), Some(e)));
+            json!({"id": region, "owner": owner, "epoch": epoch, "stores": stores})
+        })
+        .collect();
+    regions.sort_by(|a, b| a["id"].as_str().cmp(&b["id"].as_str()));
+    Ok(axum::Json(json!({"node": cluster.node_id, "nodes": nodes, "regions": regions})))
 }
 
 /// `GET /metrics`: admin only (or, with `--metrics-listen`, without a token on that address).

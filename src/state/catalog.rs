@@ -166,7 +166,55 @@ impl State {
             ts,
         };
         self.committer.commit(vec![write]).await.map_err(|e| PlaceError::Unavailable(e.to_string()))?;
-        self.put_store_in_memory(id, name, lat, lng, settings).map_err(|_| PlaceError::InvalidPoint)
+        let created = self.put_store_in_memory(id, name, lat, lng, settings).map_err(|_| PlaceError::InvalidPoint)?;
+        self.catalog_changed();
+        Ok(created)
+    }
+
+    /// Tells whoever listens (cluster mode: the other nodes) that the catalog changed.
+    fn catalog_changed(&self) {
+        if let Some(hook) = self.catalog_hook.get() {
+            hook();
+        }
+    }
+
+    /// Calls `hook` after every change of the catalog committed here (set once).
+    pub fn on_catalog_change(&self, hook: Box<dyn Fn() + Send + Sync>) {
+        let _ = self.catalog_hook.set(hook);
+    }
+
+    /// Brings the catalog in memory up to `snap`'s stores and products (cluster mode: what
+    /// another node changed). Stock and orders are left alone. Answers how many entries changed.
+    pub fn sync_catalog(&self, snap: &darkstore_db::Snapshot) -> usize {
+        let mut changed = 0;
+        for s in &snap.stores {
+            let hours = s.hours.as_deref().map(darkstore_geoinv::hours::from_spec).transpose().unwrap_or(None);
+            let settings = StoreSettings { timezone: s.timezone.clone(), hours, paused: s.paused.clone() };
+            let same = self.store(&s.id).is_some_and(|old| {
+                old.name == s.name && old.lat == s.lat && old.lng == s.lng && old.settings == settings
+            });
+            if !same && self.put_store_in_memory(&s.id, &s.name, s.lat, s.lng, settings).is_ok() {
+                changed += 1;
+            }
+        }
+        for p in &snap.products {
+            let product =
+                Product::new(&p.sku, p.name.clone(), p.category.clone(), p.price_minor, p.low_stock_threshold);
+            let same = self.product(&p.sku).is_some_and(|old| {
+                old.name == product.name
+                    && old.category == product.category
+                    && old.price_minor == product.price_minor
+                    && old.low_stock_threshold == product.low_stock_threshold
+            });
+            if !same {
+                self.insert_product(product);
+                changed += 1;
+            }
+        }
+        if changed > 0 {
+            self.catalog_version.fetch_add(1, Ordering::Relaxed);
+        }
+        changed
     }
 
     /// Pauses a store (with a reason) or lifts its pause; the store as it is now.
@@ -198,9 +246,13 @@ impl State {
             }])
             .await
             .map_err(|e| e.to_string())?;
-        let mut catalog = self.catalog.write().expect("catalog lock");
-        self.catalog_version.fetch_add(1, Ordering::Relaxed);
-        Ok(catalog.insert(product.sku.clone(), Arc::new(product)).is_none())
+        let created = {
+            let mut catalog = self.catalog.write().expect("catalog lock");
+            self.catalog_version.fetch_add(1, Ordering::Relaxed);
+            catalog.insert(product.sku.clone(), Arc::new(product)).is_none()
+        };
+        self.catalog_changed();
+        Ok(created)
     }
 
     pub(super) fn insert_product(&self, product: Product) {

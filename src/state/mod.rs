@@ -147,6 +147,8 @@ pub struct State {
     any_restricted: std::sync::atomic::AtomicBool,
     /// Each store's load, by store index, as the last dispatch tick saw it.
     loads: RwLock<FastMap<u32, Arc<darkstore_geoinv::quote::StoreLoad>>>,
+    /// Called after a catalog change commits (cluster mode: tells the other nodes).
+    catalog_hook: std::sync::OnceLock<Box<dyn Fn() + Send + Sync>>,
 }
 
 fn ledger_writes(
@@ -202,6 +204,7 @@ impl State {
             loads: RwLock::new(FastMap::default()),
             any_restricted: std::sync::atomic::AtomicBool::new(false),
             search: RwLock::new(None),
+            catalog_hook: std::sync::OnceLock::new(),
         }
     }
 

@@ -11,7 +11,7 @@ use darkstore_geoinv::order::{OrderStatus, PaymentStatus};
 use darkstore_geoinv::stock::{LotDelta, LotId};
 
 use super::orders::IdemState;
-use super::{State, StateConfig};
+use super::{OrderRef, State, StateConfig};
 use crate::changes::Changes;
 use crate::clock::Clock;
 use crate::model::{Order, OrderLine, Product};
@@ -55,13 +55,12 @@ impl State {
         config: StateConfig,
         db: Db,
         committer: Committer,
-        snap: Snapshot,
+        mut snap: Snapshot,
         clock: Arc<dyn Clock>,
         changes: Arc<Changes>,
     ) -> State {
         let state = State::new(config, db, committer, clock, changes);
-        state.next_lot.store(snap.max_lot_id + 1, Ordering::Relaxed);
-        for s in snap.stores {
+        for s in std::mem::take(&mut snap.stores) {
             let hours = s.hours.as_deref().map(darkstore_geoinv::hours::from_spec).transpose().unwrap_or_else(|e| {
                 tracing::warn!(store = %s.id, error = %e, "stored store hours unreadable; treated as always open");
                 None
@@ -71,11 +70,19 @@ impl State {
                 tracing::warn!(store = %s.id, "stored store has invalid coordinates; skipped");
             }
         }
-        for p in snap.products {
+        for p in std::mem::take(&mut snap.products) {
             state.insert_product(Product::new(&p.sku, p.name, p.category, p.price_minor, p.low_stock_threshold));
         }
+        state.load_region(snap);
+        state
+    }
+
+    /// Loads the stock and the orders of `snap` (the whole city at start, or, in cluster mode,
+    /// the stores of a region this node just took over, after `Snapshot::retain_stores`).
+    pub fn load_region(&self, snap: Snapshot) {
+        self.next_lot.fetch_max(snap.max_lot_id + 1, Ordering::Relaxed);
         for lot in snap.lots {
-            match state.store(&lot.store_id) {
+            match self.store(&lot.store_id) {
                 Some(store) => store.stock.lock().expect("stock lock").restore_lot(
                     &lot.sku,
                     LotId(lot.lot_id),
@@ -88,8 +95,8 @@ impl State {
                 }
             }
         }
-        let now = state.now();
-        for store in state.stores() {
+        let now = self.now();
+        for store in self.stores() {
             let stock = store.stock.lock().expect("stock lock");
             let mut shown = store.shown.lock().expect("shown lock");
             for (sku, line) in stock.lines() {
@@ -122,9 +129,9 @@ impl State {
             if order.status == OrderStatus::PendingPayment
                 && let Some(deadline) = order.hold_expires_at
             {
-                state.holds.lock().expect("holds lock").insert((deadline, order.id.clone()));
+                self.holds.lock().expect("holds lock").insert((deadline, order.id.clone()));
             }
-            state.idempotency.insert(
+            self.idempotency.insert(
                 (order.customer_id.clone(), order.idempotency_key.clone()),
                 IdemState::Done {
                     request_hash: order.request_hash.clone(),
@@ -133,10 +140,38 @@ impl State {
                 },
             );
             if matches!(order.status, OrderStatus::Confirmed | OrderStatus::Packed) {
-                state.dispatchable.lock().expect("dispatchable lock").insert(order.id.clone());
+                self.dispatchable.lock().expect("dispatchable lock").insert(order.id.clone());
             }
-            state.insert_order(order);
+            self.insert_order(order);
         }
-        state
+        // Pages built before are stale now.
+        self.catalog_version.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Cluster mode: forgets the stock and the orders of `stores` (a region this node no longer
+    /// owns). What was committed is in the database for the next owner; nothing is written here.
+    pub async fn unload_stores(&self, stores: &std::collections::HashSet<String>) {
+        for store in self.stores() {
+            if stores.contains(&store.id) {
+                *store.stock.lock().expect("stock lock") = darkstore_geoinv::stock::StoreStock::new();
+                store.shown.lock().expect("shown lock").clear();
+            }
+        }
+        // Every order is looked at under its own lock: one in the middle of a change finishes it
+        // first (its commit is fenced, since the region is no longer held).
+        let all: Vec<(String, OrderRef)> = self.orders.iter().map(|e| (e.key().clone(), e.value().clone())).collect();
+        let mut gone = Vec::new();
+        for (id, order) in all {
+            let o = order.lock().await;
+            if stores.contains(&o.store_id) {
+                self.orders.remove(&id);
+                self.idempotency.remove(&(o.customer_id.clone(), o.idempotency_key.clone()));
+                gone.push(id);
+            }
+        }
+        let gone: std::collections::HashSet<&String> = gone.iter().collect();
+        self.holds.lock().expect("holds lock").retain(|(_, id)| !gone.contains(id));
+        self.dispatchable.lock().expect("dispatchable lock").retain(|id| !gone.contains(id));
+        self.catalog_version.fetch_add(1, Ordering::Relaxed);
     }
 }

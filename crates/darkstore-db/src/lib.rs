@@ -23,7 +23,7 @@ use std::time::Duration;
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::{AnyPool, Executor};
 
-pub use committer::{CommitStats, Committer};
+pub use committer::{CommitStats, Committer, Fencer};
 pub use load::{LotSum, OrderFilter, OrderHold, OrderLineRow, OrderRow, ProductRow, RiderRow, Snapshot, StoreRow};
 pub use write::{LedgerRow, NewOrder, OrderStatusChange, Write};
 

@@ -155,8 +155,8 @@ impl Snapshot {
 }
 
 impl Db {
-    /// Reads the whole state back.
-    pub async fn load(&self) -> Result<Snapshot, DbError> {
+    /// Reads the catalog back: stores, products and riders (no stock, no orders).
+    pub async fn load_catalog(&self) -> Result<Snapshot, DbError> {
         let mut snap = Snapshot::default();
         let stores = sqlx::query("SELECT id, name, lat, lng, timezone, hours, paused_reason FROM stores ORDER BY id");
         for r in stores.fetch_all(&self.pool).await? {
@@ -185,6 +185,12 @@ impl Db {
         for r in sqlx::query("SELECT id, name, store_id FROM riders ORDER BY id").fetch_all(&self.pool).await? {
             snap.riders.push(RiderRow { id: r.try_get(0)?, name: r.try_get(1)?, store_id: r.try_get(2)? });
         }
+        Ok(snap)
+    }
+
+    /// Reads the whole state back.
+    pub async fn load(&self) -> Result<Snapshot, DbError> {
+        let mut snap = self.load_catalog().await?;
         for r in sqlx::query(
             "SELECT store_id, sku, lot_id, MAX(expires_at), CAST(SUM(d_on_hand) AS BIGINT), CAST(SUM(d_reserved) AS BIGINT) \
              FROM stock_ledger GROUP BY store_id, sku, lot_id ORDER BY lot_id",
