@@ -125,7 +125,10 @@ pub async fn start(config: &ServeConfig, listener: TcpListener, clock: Arc<dyn C
                 return Err("--cluster-url needs PostgreSQL (--database-url postgres://…): the nodes share it".into());
             }
             let node_id = config.node_id.as_deref().ok_or("--cluster-url needs --node-id")?;
-            let advertise = config.advertise.clone().unwrap_or_else(|| format!("http://{}", config.http));
+            let advertise = match &config.advertise {
+                Some(url) => url.clone(),
+                None => format!("http://{}", listener.local_addr()?),
+            };
             let cluster =
                 cluster::Cluster::join(url, node_id, &advertise, Duration::from_millis(config.lease_ttl_ms)).await?;
             committer.set_fencer(cluster.clone());
@@ -290,6 +293,8 @@ pub async fn start(config: &ServeConfig, listener: TcpListener, clock: Arc<dyn C
             }
         }));
         background.push(tokio::spawn(cluster.clone().run(state.clone(), stopped.clone())));
+        let router = http::router(app.clone());
+        background.push(tokio::spawn(cluster.clone().serve_forwards(router, app.jwt_secret.clone(), stopped.clone())));
     }
     background.push(dispatch::spawn(dispatcher, Duration::from_millis(tick_ms), stopped.clone()));
     // Payment holds that ran out (also those that ran out while the server was down).

@@ -100,6 +100,8 @@ pub struct Metrics {
     /// Payment webhooks by outcome: applied, duplicate, ignored (would undo a payment), refused.
     payment_events: [AtomicU64; 4],
     pub order_latency: Histogram,
+    /// Cluster mode: requests sent to their region's owner, end to end.
+    pub forward_latency: Histogram,
     /// How old a rider's position is (its `ts` against the server's clock) when the server applies
     /// it: the broker's and the ingest queue's share of GPS-to-feed latency.
     pub position_age: Histogram,
@@ -168,6 +170,8 @@ impl Metrics {
         }
         out.push_str("# TYPE darkstore_order_placement_seconds histogram\n");
         self.order_latency.render(&mut out, "darkstore_order_placement_seconds", "");
+        out.push_str("# TYPE darkstore_forwarded_request_seconds histogram\n");
+        self.forward_latency.render(&mut out, "darkstore_forwarded_request_seconds", "");
         out.push_str("# TYPE darkstore_rider_position_age_seconds histogram\n");
         self.position_age.render(&mut out, "darkstore_rider_position_age_seconds", "");
         let counters = [

@@ -17,6 +17,7 @@
 //!    the renewal was sent, on this node's monotonic clock: no clock is compared across nodes),
 //!    and PostgreSQL refuses any batch whose epoch a newer owner has passed.
 
+pub mod forward;
 pub mod hash;
 
 use std::collections::{BTreeSet, HashMap, HashSet};
@@ -201,10 +202,18 @@ impl Cluster {
         self.held.lock().expect("held lock").get(region).is_some_and(|h| h.renewed.elapsed() < self.trusted())
     }
 
-    /// Ok when this node serves `store_id`'s region now; otherwise where it is served.
-    pub fn serves_store(&self, store_id: &str) -> Result<(), Elsewhere> {
-        let Some(region) = self.region_of_store(store_id) else {
-            return Err(Elsewhere { region: String::new(), owner: None });
+    /// Ok when this node serves `store`'s region now; otherwise where it is served.
+    pub fn serves_store(&self, store: &crate::state::Store) -> Result<(), Elsewhere> {
+        let region = match self.region_of_store(&store.id) {
+            Some(r) => r,
+            None => {
+                // A store this node learned of since its last round.
+                let Some(r) = region_of(store.lat, store.lng) else {
+                    return Err(Elsewhere { region: String::new(), owner: None });
+                };
+                self.regions.write().expect("regions lock").insert(store.id.clone(), r.clone());
+                r
+            }
         };
         if self.holds(&region) {
             return Ok(());

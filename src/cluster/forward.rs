@@ -1,0 +1,263 @@
+//! Any node answers any request: a request for a region another node owns is sent to that node
+//! over NATS request/reply (subject `darkstore.http.{node}`), run there through the same router,
+//! and its answer returned as is (status, headers, body). The client sees one server.
+//!
+//! A forward is signed with an HMAC of the shared token secret (a process that can publish on
+//! NATS but does not hold the secret cannot inject requests), carries the client's own
+//! `Authorization` (the owner checks it as for any request), and is never forwarded again: a node
+//! that does not own the region (any more) answers 503 and the client retries.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::{HeaderName, HeaderValue, Method, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use base64::Engine;
+use futures_util::StreamExt;
+use serde::{Deserialize, Serialize};
+use tower::ServiceExt;
+
+use super::Cluster;
+use crate::error::ApiError;
+use crate::http::AppRef;
+
+/// Marks a request that arrived forwarded from another node.
+#[derive(Debug, Clone, Copy)]
+pub struct Forwarded;
+
+/// How long a forwarded request may take before the client gets a 503 (a retry with the same
+/// Idempotency-Key is safe: the owner may have done it).
+const FORWARD_TIMEOUT: Duration = Duration::from_secs(3);
+/// The largest answer sent back (NATS's default maximum payload is 1 MB).
+const MAX_ANSWER: usize = 900 * 1024;
+
+#[derive(Serialize, Deserialize)]
+struct WireRequest {
+    method: String,
+    uri: String,
+    headers: Vec<(String, String)>,
+    body: String,
+    sig: String,
+}
+
+#[derive(Serialize, Deserialize)]
+struct WireResponse {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: String,
+}
+
+fn subject(node: &str) -> String {
+    format!("darkstore.http.{node}")
+}
+
+fn signature(secret: &[u8], method: &str, uri: &str, headers: &[(String, String)], body: &str) -> String {
+    let mut msg = format!("{method}\n{uri}\n");
+    for (k, v) in headers {
+        msg.push_str(k);
+        msg.push(':');
+        msg.push_str(v);
+        msg.push('\n');
+    }
+    msg.push_str(body);
+    crate::auth::hmac_hex(secret, msg.as_bytes())
+}
+
+/// Headers worth carrying either way (hop-by-hop ones are not).
+fn carried(name: &HeaderName) -> bool {
+    !matches!(name.as_str(), "connection" | "keep-alive" | "transfer-encoding" | "upgrade" | "host" | "content-length")
+}
+
+fn unavailable(message: String, region: &str) -> Response {
+    let mut r = ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message)
+        .with("region", serde_json::json!(region))
+        .into_response();
+    r.headers_mut().insert("retry-after", HeaderValue::from_static("1"));
+    r
+}
+
+/// The store whose region a request belongs to (None: any node answers it).
+async fn store_of(app: &AppRef, method: &Method, route: &str, uri: &axum::http::Uri, body: &[u8]) -> Option<String> {
+    let segment = |i: usize| uri.path().split('/').nth(i).map(str::to_owned);
+    let point = |lat: Option<f64>, lng: Option<f64>| -> Option<String> {
+        let (lat, lng) = (lat?, lng?);
+        app.state.serving(lat, lng).ok().flatten().map(|(store, _)| store.id.clone())
+    };
+    match (method.as_str(), route) {
+        (_, "/v1/stores/{store_id}/stock")
+        | ("GET", "/v1/stores/{store_id}/forecast")
+        | ("PATCH", "/v1/stores/{store_id}") => segment(3),
+        ("GET", "/v1/availability") | ("GET", "/v1/top-picks") => {
+            let axum::extract::Query(q) =
+                axum::extract::Query::<std::collections::HashMap<String, String>>::try_from_uri(uri).ok()?;
+            point(q.get("lat").and_then(|v| v.trim().parse().ok()), q.get("lng").and_then(|v| v.trim().parse().ok()))
+        }
+        ("POST", "/v1/orders") => {
+            let v: serde_json::Value = serde_json::from_slice(body).ok()?;
+            point(v["lat"].as_f64(), v["lng"].as_f64())
+        }
+        (_, "/v1/orders/{id}") | ("POST", "/v1/orders/{id}/cancel") | ("POST", "/v1/orders/{id}/packed") => {
+            let id = segment(3)?;
+            if let Some(o) = app.state.order(&id) {
+                return Some(o.lock().await.store_id.clone());
+            }
+            app.state.db.order(&id).await.ok().flatten().map(|o| o.store_id)
+        }
+        _ => None,
+    }
+}
+
+/// Middleware (cluster mode): runs a request here when this node serves its region, sends it to
+/// the owner otherwise, and answers 503 while the region has no owner (a failover).
+pub async fn to_owner(State(app): State<AppRef>, req: Request, next: Next) -> Response {
+    let Some(cluster) = app.cluster.clone() else { return next.run(req).await };
+    let Some(route) = req.extensions().get::<MatchedPath>().map(|p| p.as_str().to_owned()) else {
+        return next.run(req).await;
+    };
+    let forwarded = req.extensions().get::<Forwarded>().is_some();
+    let (parts, body) = req.into_parts();
+    let body = match axum::body::to_bytes(body, app.max_body_bytes).await {
+        Ok(b) => b,
+        Err(_) => {
+            return ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "invalid_request", "the request body is too large")
+                .into_response();
+        }
+    };
+    let store = store_of(&app, &parts.method, &route, &parts.uri, &body).await;
+    // A store no node knows is answered here (the handler says 404).
+    let store = store.and_then(|s| app.state.store(&s));
+    let elsewhere = match store.map(|s| cluster.serves_store(&s)) {
+        None | Some(Ok(())) => return next.run(Request::from_parts(parts, Body::from(body))).await,
+        Some(Err(e)) => e,
+    };
+    if forwarded {
+        return unavailable(
+            format!("region {} is not served by this node any more; try again", elsewhere.region),
+            &elsewhere.region,
+        );
+    }
+    match elsewhere.owner {
+        Some((node, _)) if node != cluster.node_id => {
+            let started = std::time::Instant::now();
+            let answer = cluster.forward(&node, parts, body, &app.jwt_secret).await;
+            app.state.metrics.forward_latency.observe(started.elapsed().as_secs_f64());
+            answer.unwrap_or_else(|e| {
+                tracing::warn!(owner = %node, error = %e, "forwarding failed");
+                unavailable(
+                    format!("region {} is served by node {node}, which did not answer; try again", elsewhere.region),
+                    &elsewhere.region,
+                )
+            })
+        }
+        _ => unavailable(format!("region {} is changing owner; try again", elsewhere.region), &elsewhere.region),
+    }
+}
+
+impl Cluster {
+    /// Sends a request to `node` and returns its answer.
+    async fn forward(
+        &self,
+        node: &str,
+        parts: axum::http::request::Parts,
+        body: Bytes,
+        secret: &[u8],
+    ) -> Result<Response, String> {
+        let method = parts.method.to_string();
+        let uri = parts.uri.path_and_query().map(|p| p.to_string()).unwrap_or_else(|| parts.uri.path().to_owned());
+        let headers: Vec<(String, String)> = parts
+            .headers
+            .iter()
+            .filter(|(k, _)| carried(k))
+            .filter_map(|(k, v)| Some((k.as_str().to_owned(), v.to_str().ok()?.to_owned())))
+            .collect();
+        let body = base64::engine::general_purpose::STANDARD.encode(&body);
+        let sig = signature(secret, &method, &uri, &headers, &body);
+        let wire = serde_json::to_vec(&WireRequest { method, uri, headers, body, sig }).map_err(|e| e.to_string())?;
+        let reply = tokio::time::timeout(FORWARD_TIMEOUT, self.client.request(subject(node), wire.into()))
+            .await
+            .map_err(|_| "timed out".to_owned())?
+            .map_err(|e| e.to_string())?;
+        let answer: WireResponse = serde_json::from_slice(&reply.payload).map_err(|e| e.to_string())?;
+        let body = base64::engine::general_purpose::STANDARD.decode(answer.body).map_err(|e| e.to_string())?;
+        let mut response = Response::builder().status(answer.status);
+        for (k, v) in &answer.headers {
+            response = response.header(k, v);
+        }
+        response.body(Body::from(body)).map_err(|e| e.to_string())
+    }
+
+    /// Answers the requests other nodes forward here, through `router`, until `stop`.
+    pub async fn serve_forwards(
+        self: Arc<Self>,
+        router: axum::Router,
+        secret: Vec<u8>,
+        mut stop: tokio::sync::watch::Receiver<bool>,
+    ) {
+        let mut sub = match self.client.subscribe(subject(&self.node_id)).await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot receive forwarded requests");
+                return;
+            }
+        };
+        loop {
+            tokio::select! {
+                msg = sub.next() => {
+                    let Some(msg) = msg else { break };
+                    let (client, router, secret) = (self.client.clone(), router.clone(), secret.clone());
+                    tokio::spawn(async move {
+                        let Some(reply) = msg.reply else { return };
+                        let answer = answer(router, &secret, &msg.payload).await;
+                        if let Err(e) = client.publish(reply, answer.into()).await {
+                            tracing::warn!(error = %e, "could not answer a forwarded request");
+                        }
+                    });
+                }
+                _ = stop.changed() => break,
+            }
+        }
+    }
+}
+
+/// Runs one forwarded request through the router (a forged one is answered 403).
+async fn answer(router: axum::Router, secret: &[u8], payload: &[u8]) -> Vec<u8> {
+    let b64 = &base64::engine::general_purpose::STANDARD;
+    let response = match serde_json::from_slice::<WireRequest>(payload) {
+        Ok(w)
+            if crate::auth::constant_time_eq(
+                signature(secret, &w.method, &w.uri, &w.headers, &w.body).as_bytes(),
+                w.sig.as_bytes(),
+            ) =>
+        {
+            let mut req = Request::builder().method(w.method.as_str()).uri(w.uri.as_str());
+            for (k, v) in &w.headers {
+                req = req.header(k, v);
+            }
+            let body = b64.decode(&w.body).unwrap_or_default();
+            match req.body(Body::from(body)) {
+                Ok(mut req) => {
+                    req.extensions_mut().insert(Forwarded);
+                    router.oneshot(req).await.unwrap_or_else(|e| match e {})
+                }
+                Err(_) => ApiError::bad_request("a malformed forwarded request").into_response(),
+            }
+        }
+        _ => {
+            tracing::warn!("a forwarded request with a bad signature was refused");
+            ApiError::forbidden("a forwarded request must be signed by a node of this cluster").into_response()
+        }
+    };
+    let (parts, body) = response.into_parts();
+    let body = axum::body::to_bytes(body, MAX_ANSWER).await.unwrap_or_default();
+    let headers = parts
+        .headers
+        .iter()
+        .filter(|(k, _)| carried(k))
+        .filter_map(|(k, v)| Some((k.as_str().to_owned(), v.to_str().ok()?.to_owned())))
+        .collect();
+    serde_json::to_vec(&WireResponse { status: parts.status.as_u16(), headers, body: b64.encode(&body) })
+        .unwrap_or_default()
+}
