@@ -396,6 +396,8 @@ impl Cluster {
             }
         };
         let orders = snapshot.orders.len();
+        // Whatever this node still had of the region (from an earlier tenure) goes first.
+        state.unload_stores(&stores.iter().cloned().collect()).await;
         state.load_region(snapshot);
         self.held.lock().expect("held lock").insert(region.to_owned(), Held { epoch, renewed: sent });
         tracing::info!(region, epoch, stores = stores.len(), orders, "took a region");
