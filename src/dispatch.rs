@@ -53,6 +53,9 @@ struct Between {
 
 pub use crate::model::AreaState;
 
+/// Which riders a node may give tasks to (cluster mode).
+pub type RiderFilter = Box<dyn Fn(&str) -> bool + Send + Sync>;
+
 pub struct Dispatcher {
     pub state: Arc<State>,
     pub riders: Arc<Riders>,
@@ -68,6 +71,8 @@ pub struct Dispatcher {
     pub promise_ms: Millis,
     pub counters: DispatchCounters,
     next_task: AtomicU64,
+    /// Cluster mode: the riders this node may give tasks to (those of the regions it holds).
+    rider_filter: std::sync::OnceLock<RiderFilter>,
 }
 
 /// An order the tick considers, with what the task needs of it.
@@ -95,7 +100,13 @@ impl Dispatcher {
             between: Mutex::new(Between::default()),
             counters: DispatchCounters::default(),
             next_task: AtomicU64::new(1),
+            rider_filter: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Cluster mode: only riders `mine` says are given tasks here (set once).
+    pub fn set_rider_filter(&self, mine: RiderFilter) {
+        let _ = self.rider_filter.set(mine);
     }
 
     /// One tick: hand back orders of silent riders, plan, commit and send tasks.
@@ -165,7 +176,10 @@ impl Dispatcher {
         if orders_in.is_empty() {
             return;
         }
-        let candidates = self.riders.candidates(&stores, now, self.horizon_ms);
+        let mut candidates = self.riders.candidates(&stores, now, self.horizon_ms);
+        if let Some(mine) = self.rider_filter.get() {
+            candidates.retain(|(id, _, _)| mine(id));
+        }
         let riders_in: Vec<RiderIn> = candidates
             .iter()
             .enumerate()

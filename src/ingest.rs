@@ -20,7 +20,7 @@ use crate::state::{State, TransitionError};
 use crate::topics::{self, RiderInbox, RiderTopic};
 
 /// A position report (MQTT `riders/{id}/location` or HTTP).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
 pub struct Location {
     pub lat: f64,
     pub lng: f64,
@@ -40,13 +40,13 @@ impl Location {
 }
 
 /// A shift change.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
 pub struct Shift {
     pub on_shift: bool,
 }
 
 /// A rider event on an order.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
 pub struct Event {
     #[serde(rename = "type")]
     pub kind: String,
@@ -87,11 +87,21 @@ pub struct Ingest {
     /// Hand-backs whose commit failed (the database was away): (order, rider), retried each tick.
     retry: Mutex<Vec<(String, String)>>,
     pub handed_back: std::sync::atomic::AtomicU64,
+    /// Cluster mode: every node hears every rider; an event about an order this node does not
+    /// hold is for its owner, and is let be here.
+    pub cluster_mode: std::sync::atomic::AtomicBool,
 }
 
 impl Ingest {
     pub fn new(state: Arc<State>, riders: Arc<Riders>, delivery_radius_m: f64) -> Ingest {
-        Ingest { state, riders, delivery_radius_m, retry: Mutex::new(Vec::new()), handed_back: Default::default() }
+        Ingest {
+            state,
+            riders,
+            delivery_radius_m,
+            retry: Mutex::new(Vec::new()),
+            handed_back: Default::default(),
+            cluster_mode: Default::default(),
+        }
     }
 
     /// Proof that `rider` is handing `order` over: the order's delivery code, or the rider's last
@@ -168,6 +178,10 @@ impl Ingest {
     pub async fn event(&self, rider: &str, kind: EventKind, order_id: &str, code: Option<&str>) -> Result<(), Dropped> {
         if !self.riders.exists(rider) {
             return Err(Dropped::UnknownRider);
+        }
+        if self.cluster_mode.load(Ordering::Relaxed) && self.state.order(order_id).is_none() {
+            // Another node holds the order (it hears this event too), or none does.
+            return Ok(());
         }
         self.riders.counters.events.fetch_add(1, Ordering::Relaxed);
         self.riders.seen(rider, self.state.now());

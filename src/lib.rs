@@ -284,7 +284,43 @@ pub async fn start(config: &ServeConfig, listener: TcpListener, clock: Arc<dyn C
         ),
     });
     let (stop, stopped) = watch::channel(false);
-    let mut background = ingest::spawn(ingest, incoming, stopped.clone());
+    let mut background = Vec::new();
+    let incoming = match &app.cluster {
+        None => incoming,
+        Some(cluster) => {
+            // Every node hears every rider; a rider is dispatched (and spoken for on the feeds)
+            // by the owner of its store's region. A rider with no store is not dispatched in
+            // cluster mode.
+            ingest.cluster_mode.store(true, std::sync::atomic::Ordering::Relaxed);
+            let mine = {
+                let (cluster, state, riders) =
+                    (Arc::downgrade(cluster), Arc::downgrade(&state), Arc::downgrade(&app.riders));
+                move |rider: &str| -> bool {
+                    let (Some(cluster), Some(state), Some(riders)) =
+                        (cluster.upgrade(), state.upgrade(), riders.upgrade())
+                    else {
+                        return false;
+                    };
+                    let store = riders.get(rider).and_then(|r| r.store_id.clone()).and_then(|s| state.store(&s));
+                    store.is_some_and(|s| cluster.serves_store(&s).is_ok())
+                }
+            };
+            let mine = Arc::new(mine);
+            let for_dispatch = mine.clone();
+            dispatcher.set_rider_filter(Box::new(move |r| for_dispatch(r)));
+            let (relay, handles) = cluster.start_relay(
+                app.publisher.clone() as Arc<dyn cluster::relay::Sink>,
+                broker.is_some(),
+                stopped.clone(),
+            );
+            background.extend(handles);
+            app.publisher.set_relay(relay, Box::new(move |r: &model::Rider| mine(&r.id)));
+            let (merged, handles) = cluster.relay_riders(incoming, stopped.clone());
+            background.extend(handles);
+            merged
+        }
+    };
+    background.extend(ingest::spawn(ingest, incoming, stopped.clone()));
     if let Some(cluster) = &app.cluster {
         let announcer = Arc::downgrade(cluster);
         state.on_catalog_change(Box::new(move || {
@@ -293,6 +329,13 @@ pub async fn start(config: &ServeConfig, listener: TcpListener, clock: Arc<dyn C
             }
         }));
         background.push(tokio::spawn(cluster.clone().run(state.clone(), stopped.clone())));
+        background.push(tokio::spawn(http::ws::serve_snapshots(app.clone(), stopped.clone())));
+        let weak = Arc::downgrade(&app);
+        cluster.on_region_moved(Box::new(move |regions| {
+            if let Some(app) = weak.upgrade() {
+                http::ws::resnapshot(&app, regions);
+            }
+        }));
         let router = http::router(app.clone());
         background.push(tokio::spawn(cluster.clone().serve_forwards(router, app.jwt_secret.clone(), stopped.clone())));
     }

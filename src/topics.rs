@@ -80,6 +80,16 @@ pub fn parse_rider_topic(topic: &str) -> RiderTopic<'_> {
     }
 }
 
+/// `riders/{id}/{location|shift|events}`: what a rider publishes.
+pub fn rider_inbox(rider: &str, inbox: RiderInbox) -> String {
+    let kind = match inbox {
+        RiderInbox::Location => "location",
+        RiderInbox::Shift => "shift",
+        RiderInbox::Events => "events",
+    };
+    format!("riders/{rider}/{kind}")
+}
+
 /// `riders/{id}/tasks`: a rider's task, sent by the server.
 pub fn rider_tasks(rider: &str) -> String {
     format!("riders/{rider}/tasks")

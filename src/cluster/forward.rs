@@ -222,6 +222,61 @@ impl Cluster {
     }
 }
 
+impl Cluster {
+    /// Asks `node` a signed question of kind `what` (e.g. a feed's snapshot) and waits for its
+    /// answer.
+    pub async fn ask(&self, node: &str, what: &str, body: &[u8], secret: &[u8]) -> Result<Bytes, String> {
+        let sig = crate::auth::hmac_hex(secret, body);
+        let mut payload = Vec::with_capacity(sig.len() + body.len());
+        payload.extend_from_slice(sig.as_bytes());
+        payload.extend_from_slice(body);
+        let subject = format!("darkstore.ask.{what}.{node}");
+        let reply = tokio::time::timeout(FORWARD_TIMEOUT, self.client.request(subject, payload.into()))
+            .await
+            .map_err(|_| "timed out".to_owned())?
+            .map_err(|e| e.to_string())?;
+        Ok(reply.payload)
+    }
+
+    /// Answers the questions of kind `what` other nodes ask this one, with `handler`, until
+    /// `stop` (unsigned ones are not answered).
+    pub async fn serve_asks<F, Fut>(
+        self: Arc<Self>,
+        what: &'static str,
+        secret: Vec<u8>,
+        handler: F,
+        mut stop: tokio::sync::watch::Receiver<bool>,
+    ) where
+        F: Fn(Bytes) -> Fut + Clone + Send + Sync + 'static,
+        Fut: std::future::Future<Output = Vec<u8>> + Send,
+    {
+        let Ok(mut sub) = self.client.subscribe(format!("darkstore.ask.{what}.{}", self.node_id)).await else {
+            tracing::error!(what, "cannot answer other nodes");
+            return;
+        };
+        loop {
+            tokio::select! {
+                msg = sub.next() => {
+                    let Some(msg) = msg else { break };
+                    let (Some(reply), true) = (msg.reply.clone(), msg.payload.len() >= 64) else { continue };
+                    let (sig, body) = msg.payload.split_at(64);
+                    let expected = crate::auth::hmac_hex(&secret, body);
+                    if !crate::auth::constant_time_eq(expected.as_bytes(), sig) {
+                        tracing::warn!(what, "an unsigned question from another node was not answered");
+                        continue;
+                    }
+                    let (client, handler, body) = (self.client.clone(), handler.clone(), msg.payload.slice(64..));
+                    tokio::spawn(async move {
+                        let answer = handler(body).await;
+                        let _ = client.publish(reply, answer.into()).await;
+                    });
+                }
+                _ = stop.changed() => break,
+            }
+        }
+    }
+}
+
 /// Runs one forwarded request through the router (a forged one is answered 403).
 async fn answer(router: axum::Router, secret: &[u8], payload: &[u8]) -> Vec<u8> {
     let b64 = &base64::engine::general_purpose::STANDARD;

@@ -19,6 +19,7 @@
 
 pub mod forward;
 pub mod hash;
+pub mod relay;
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -88,6 +89,10 @@ pub struct Cluster {
     /// The last membership renewal that succeeded.
     alive: Mutex<Option<Instant>>,
     stopping: AtomicBool,
+    /// The last owner seen of each region.
+    last_owners: Mutex<HashMap<String, String>>,
+    /// Called with the regions whose owner changed since the last round.
+    on_moved: std::sync::OnceLock<Box<dyn Fn(Vec<String>) + Send + Sync>>,
 }
 
 async fn bucket(js: &async_nats::jetstream::Context, name: &str, ttl: Duration) -> Result<kv::Store, BoxError> {
@@ -157,7 +162,15 @@ impl Cluster {
             member_rev: Mutex::new(rev),
             alive: Mutex::new(Some(Instant::now())),
             stopping: AtomicBool::new(false),
+            on_moved: std::sync::OnceLock::new(),
+            last_owners: Mutex::new(HashMap::new()),
         }))
+    }
+
+    /// Calls `hook` with the regions whose owner changed, after each round that saw some (set once):
+    /// the feeds send their clients fresh snapshots of what those regions hold.
+    pub fn on_region_moved(&self, hook: Box<dyn Fn(Vec<String>) + Send + Sync>) {
+        let _ = self.on_moved.set(hook);
     }
 
     /// How long a lease is trusted after the renewal was sent.
@@ -328,7 +341,23 @@ impl Cluster {
                 owners.insert(region.clone(), (String::from_utf8_lossy(&entry.value).into_owned(), entry.revision));
             }
         }
-        *self.view.write().expect("view lock") = View { nodes, owners };
+        let moved: Vec<String> = {
+            // Against the last owner seen, so a region that had none for a while still counts.
+            let mut last = self.last_owners.lock().expect("last owners lock");
+            let mut moved = Vec::new();
+            for (region, (owner, _)) in &owners {
+                if last.insert(region.clone(), owner.clone()).is_some_and(|before| &before != owner) {
+                    moved.push(region.clone());
+                }
+            }
+            *self.view.write().expect("view lock") = View { nodes, owners };
+            moved
+        };
+        if !moved.is_empty()
+            && let Some(hook) = self.on_moved.get()
+        {
+            hook(moved);
+        }
     }
 
     async fn heartbeat(&self) {

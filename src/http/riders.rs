@@ -9,6 +9,7 @@ use super::{AppRef, Caller, JsonBody, detached};
 use crate::auth::Role;
 use crate::error::ApiError;
 use crate::ingest::{Event, EventKind, Location, Shift};
+use crate::topics::RiderInbox;
 
 /// The rider itself, or an admin.
 fn require_self(caller: &Caller, rider_id: &str) -> Result<(), ApiError> {
@@ -16,6 +17,13 @@ fn require_self(caller: &Caller, rider_id: &str) -> Result<(), ApiError> {
         Role::Admin => Ok(()),
         Role::Rider if caller.0.sub == rider_id => Ok(()),
         _ => Err(ApiError::forbidden("only the rider itself or an admin may do this")),
+    }
+}
+
+/// Cluster mode: the other nodes hear what a rider said over HTTP as if it came over MQTT.
+fn relay(app: &AppRef, rider: &str, inbox: RiderInbox, body: &impl serde::Serialize) {
+    if let (Some(cluster), Ok(payload)) = (&app.cluster, serde_json::to_vec(body)) {
+        cluster.relay_rider_message(crate::topics::rider_inbox(rider, inbox), &payload);
     }
 }
 
@@ -27,6 +35,7 @@ pub async fn location(
 ) -> Result<StatusCode, ApiError> {
     require_self(&caller, &rider_id)?;
     app.ingest.location(&rider_id, &loc).inspect_err(|d| app.riders.count(*d))?;
+    relay(&app, &rider_id, RiderInbox::Location, &loc);
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -37,6 +46,7 @@ pub async fn shift(
     JsonBody(shift): JsonBody<Shift>,
 ) -> Result<StatusCode, ApiError> {
     require_self(&caller, &rider_id)?;
+    relay(&app, &rider_id, RiderInbox::Shift, &shift);
     let ingest = app.ingest.clone();
     detached(async move { ingest.shift(&rider_id, shift.on_shift).await }).await??;
     Ok(StatusCode::NO_CONTENT)
@@ -51,6 +61,7 @@ pub async fn event(
     require_self(&caller, &rider_id)?;
     let kind = EventKind::parse(&event.kind)
         .ok_or_else(|| ApiError::invalid("type must be arrived_store, picked_up, delivered or rejected"))?;
+    relay(&app, &rider_id, RiderInbox::Events, &event);
     let ingest = app.ingest.clone();
     detached(async move {
         let refused = ingest.event(&rider_id, kind, &event.order_id, event.code.as_deref()).await;
