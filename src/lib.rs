@@ -292,29 +292,30 @@ pub async fn start(config: &ServeConfig, listener: TcpListener, clock: Arc<dyn C
             // by the owner of its store's region. A rider with no store is not dispatched in
             // cluster mode.
             ingest.cluster_mode.store(true, std::sync::atomic::Ordering::Relaxed);
-            let mine = {
-                let (cluster, state, riders) =
-                    (Arc::downgrade(cluster), Arc::downgrade(&state), Arc::downgrade(&app.riders));
-                move |rider: &str| -> bool {
-                    let (Some(cluster), Some(state), Some(riders)) =
-                        (cluster.upgrade(), state.upgrade(), riders.upgrade())
-                    else {
+            // By the rider's store: the publisher asks while the riders' map is locked for that
+            // rider, so this must not look the rider up again.
+            let serves = {
+                let (cluster, state) = (Arc::downgrade(cluster), Arc::downgrade(&state));
+                move |store: Option<&str>| -> bool {
+                    let (Some(cluster), Some(state), Some(store)) = (cluster.upgrade(), state.upgrade(), store) else {
                         return false;
                     };
-                    let store = riders.get(rider).and_then(|r| r.store_id.clone()).and_then(|s| state.store(&s));
-                    store.is_some_and(|s| cluster.serves_store(&s).is_ok())
+                    state.store(store).is_some_and(|s| cluster.serves_store(&s).is_ok())
                 }
             };
-            let mine = Arc::new(mine);
-            let for_dispatch = mine.clone();
-            dispatcher.set_rider_filter(Box::new(move |r| for_dispatch(r)));
+            let serves = Arc::new(serves);
+            let (for_dispatch, riders) = (serves.clone(), Arc::downgrade(&app.riders));
+            dispatcher.set_rider_filter(Box::new(move |r| {
+                let store = riders.upgrade().and_then(|riders| riders.get(r)).and_then(|r| r.store_id);
+                for_dispatch(store.as_deref())
+            }));
             let (relay, handles) = cluster.start_relay(
                 app.publisher.clone() as Arc<dyn cluster::relay::Sink>,
                 broker.is_some(),
                 stopped.clone(),
             );
             background.extend(handles);
-            app.publisher.set_relay(relay, Box::new(move |r: &model::Rider| mine(&r.id)));
+            app.publisher.set_relay(relay, Box::new(move |r: &model::Rider| serves(r.store_id.as_deref())));
             let (merged, handles) = cluster.relay_riders(incoming, stopped.clone());
             background.extend(handles);
             merged
@@ -328,7 +329,7 @@ pub async fn start(config: &ServeConfig, listener: TcpListener, clock: Arc<dyn C
                 c.announce_catalog();
             }
         }));
-        background.push(tokio::spawn(cluster.clone().run(state.clone(), stopped.clone())));
+        background.push(tokio::spawn(cluster.clone().run(state.clone(), app.riders.clone(), stopped.clone())));
         background.push(tokio::spawn(http::ws::serve_snapshots(app.clone(), stopped.clone())));
         let weak = Arc::downgrade(&app);
         cluster.on_region_moved(Box::new(move |regions| {

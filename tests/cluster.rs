@@ -8,9 +8,13 @@ use std::collections::{BTreeMap, HashMap};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{Server, admin, eventually, wait_for_port};
+use common::{STORE_LAT, STORE_LNG, Server, admin, eventually, mqtt_of, publish, rider_client, token, wait_for_port};
+use darkstore::auth::Role;
 use darkstore_db::scratch::ScratchDb;
+use futures_util::{SinkExt, StreamExt};
+use rumqttc::QoS;
 use serde_json::{Value, json};
+use tokio_tungstenite::tungstenite::Message;
 
 /// The lease TTL the tests run with (ms).
 const TTL_MS: u64 = 2_000;
@@ -78,12 +82,16 @@ fn order_body(lat: f64, lng: f64) -> Value {
 
 /// `/v1/cluster` as `server` sees it once every store's region has an owner among `nodes` live nodes.
 async fn settled(server: &Server, nodes: usize) -> Value {
+    settled_with(server, nodes, 6).await
+}
+
+async fn settled_with(server: &Server, nodes: usize, n_stores: usize) -> Value {
     eventually("every region owned", 30, || async {
         let (s, v) = server.call("GET", "/v1/cluster", Some(&admin()), None).await;
         let regions = v["regions"].as_array()?;
         let stores: usize = regions.iter().map(|r| r["stores"].as_array().map_or(0, Vec::len)).sum();
         let owned = regions.iter().all(|r| r["owner"].is_string());
-        (s == 200 && v["nodes"].as_array()?.len() == nodes && stores == 6 && owned).then_some(v)
+        (s == 200 && v["nodes"].as_array()?.len() == nodes && stores == n_stores && owned).then_some(v)
     })
     .await
 }
@@ -297,5 +305,111 @@ async fn cluster_mode_refuses_what_it_cannot_do() {
     assert_eq!(single.call("GET", "/v1/cluster", Some(&admin()), None).await.0, 404);
     drop(single);
     sqlite.drop_database().await;
+    scratch.drop_database().await;
+}
+
+type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// The first frame on `topic` of type `kind` that `want` accepts, within 20 s (others skipped).
+async fn frame_where(ws: &mut Ws, topic: &str, kind: &str, want: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut seen = Vec::new();
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let msg = match tokio::time::timeout(left, ws.next()).await {
+            Ok(m) => m.unwrap().unwrap(),
+            Err(_) => panic!("no {kind} frame on {topic} as wanted; saw {seen:?}"),
+        };
+        if let Message::Text(t) = msg {
+            let v: Value = serde_json::from_str(&t).unwrap();
+            if v["topic"] == topic && v["type"] == kind && want(&v) {
+                return v;
+            }
+            if v["type"] != "rider" {
+                seen.push(v);
+            }
+        }
+    }
+}
+
+/// A rider connected to one node's broker, and a dashboard on that node, while the store's region
+/// is owned by the other: the rider is dispatched by the owner, gets its task, delivers, and the
+/// dashboard follows it all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn riders_and_feeds_reach_every_node() {
+    let Some((nats, scratch)) = setup("ds_cluster_feeds").await else { return };
+    let flags = |id: &'static str| {
+        vec!["--cluster-url", nats.url.as_str(), "--node-id", id, "--lease-ttl-ms", "2000", "--dispatch-tick-ms", "200"]
+    };
+    let a = Server::start(&scratch.url, &flags("a"));
+    let b = Server::start(&scratch.url, &flags("b"));
+    let admin = admin();
+    let store = json!({"name": "Indiranagar", "lat": STORE_LAT, "lng": STORE_LNG});
+    assert_eq!(a.call("PUT", "/v1/stores/s1", Some(&admin), Some(store)).await.0, 201);
+    let product = json!({"name": "Milk", "category": "dairy", "price_minor": 4500});
+    assert_eq!(a.call("PUT", "/v1/catalog/milk", Some(&admin), Some(product)).await.0, 201);
+    let cluster = settled_with(&b, 2, 1).await;
+    settled_with(&a, 2, 1).await;
+    let restock = json!({"sku": "milk", "delta": 10, "reason": "restock"});
+    assert_eq!(b.call("POST", "/v1/stores/s1/stock", Some(&admin), Some(restock)).await.0, 200);
+    let owner_name = owner_of(&cluster, "s1");
+    let (owner, other) = if owner_name == "a" { (&a, &b) } else { (&b, &a) };
+
+    // The dashboard on the node that does not own the store: its snapshot comes from the owner.
+    let url = format!("{}/v1/ws?token={admin}", other.base.replace("http://", "ws://"));
+    let mut ws: Ws = tokio_tungstenite::connect_async(url).await.unwrap().0;
+    ws.send(Message::Text(json!({"op": "subscribe", "topic": "store/s1"}).to_string().into())).await.unwrap();
+    let snap = frame_where(&mut ws, "store/s1", "snapshot", |_| true).await;
+    assert_eq!(snap["data"]["stock"][0]["on_hand"], 10, "{snap}");
+
+    // A rider registered on, and connected to, the other node.
+    let (s, v) =
+        other.call("PUT", "/v1/riders/r1", Some(&admin), Some(json!({"name": "Ravi", "store_id": "s1"}))).await;
+    assert_eq!(s, 201, "{v}");
+    let rider_token = token(Role::Rider, "r1", None);
+    let (client, mut inbox, accepted) = rider_client(&mqtt_of(other), "r1", Some(rider_token.clone())).await;
+    assert!(accepted);
+    client.subscribe("riders/r1/tasks", QoS::AtLeastOnce).await.unwrap();
+    // The owner hears of the rider (catalog) and of its shift and position (relayed).
+    eventually("the owner knows the rider", 15, || async {
+        let (s, _) = owner.call("GET", "/v1/riders/r1", Some(&admin), None).await;
+        (s == 200).then_some(())
+    })
+    .await;
+    publish(&client, "riders/r1/shift".into(), json!({"on_shift": true})).await;
+    let now = common::now_ms();
+    publish(&client, "riders/r1/location".into(), json!({"lat": STORE_LAT + 0.002, "lng": STORE_LNG, "ts": now})).await;
+    eventually("the owner sees the rider on shift, near the store", 15, || async {
+        let (_, v) = owner.call("GET", "/v1/riders/r1", Some(&admin), None).await;
+        (v["on_shift"] == true && v["lat"].is_number()).then_some(())
+    })
+    .await;
+
+    // A customer orders through the other node; staff pack it there too.
+    let alice = token(Role::Customer, "alice", None);
+    let body = json!({"lat": STORE_LAT + 0.001, "lng": STORE_LNG, "lines": [{"sku": "milk", "qty": 2}]});
+    let (s, order) = other.order(&alice, "cross-1", body).await;
+    assert_eq!(s, 201, "{order}");
+    let id = order["id"].as_str().unwrap().to_owned();
+    let code = order["delivery_code"].as_str().unwrap().to_owned();
+    let staff = token(Role::Staff, "sam", Some("s1"));
+    assert_eq!(other.call("POST", &format!("/v1/orders/{id}/packed"), Some(&staff), None).await.0, 200);
+
+    // The owner dispatches it; the task reaches the rider on the other node's broker.
+    let (topic, task) = tokio::time::timeout(Duration::from_secs(15), inbox.recv()).await.expect("a task").unwrap();
+    assert_eq!((topic.as_str(), task["orders"][0]["id"].as_str()), ("riders/r1/tasks", Some(id.as_str())), "{task}");
+    frame_where(&mut ws, "store/s1", "order", |f| f["data"]["id"] == id.as_str() && f["data"]["status"] == "assigned")
+        .await;
+    // Its events go in on the other node and change the order on the owner.
+    for kind in ["picked_up", "delivered"] {
+        publish(&client, "riders/r1/events".into(), json!({"type": kind, "order_id": id, "code": code})).await;
+    }
+    frame_where(&mut ws, "store/s1", "order", |f| f["data"]["id"] == id.as_str() && f["data"]["status"] == "delivered")
+        .await;
+    let (_, o) = other.call("GET", &format!("/v1/orders/{id}"), Some(&alice), None).await;
+    assert_eq!(o["status"], "delivered", "{o}");
+    let line = other.stock_line("s1", "milk").await;
+    assert_eq!((line["on_hand"].as_i64(), line["reserved"].as_i64()), (Some(8), Some(0)), "{line}");
+    drop((a, b));
     scratch.drop_database().await;
 }

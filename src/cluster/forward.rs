@@ -99,6 +99,8 @@ async fn store_of(app: &AppRef, method: &Method, route: &str, uri: &axum::http::
             let v: serde_json::Value = serde_json::from_slice(body).ok()?;
             point(v["lat"].as_f64(), v["lng"].as_f64())
         }
+        // A rider's live state (its task) is its dispatching node's.
+        ("GET", "/v1/riders/{rider_id}") => app.riders.get(&segment(3)?)?.store_id,
         (_, "/v1/orders/{id}") | ("POST", "/v1/orders/{id}/cancel") | ("POST", "/v1/orders/{id}/packed") => {
             let id = segment(3)?;
             if let Some(o) = app.state.order(&id) {

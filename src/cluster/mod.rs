@@ -138,16 +138,24 @@ impl Cluster {
         let members = bucket(&js, MEMBERS, ttl).await?;
         let leases = bucket(&js, LEASES, ttl).await?;
         let value = json!({"advertise": advertise}).to_string();
-        let rev = members.create(node_id, value.into()).await.map_err(|e| -> BoxError {
-            if e.kind() == kv::CreateErrorKind::AlreadyExists {
-                format!(
-                    "--node-id {node_id} is in use by a live node (or one that stopped less than the lease TTL ago)"
-                )
-                .into()
-            } else {
-                format!("--cluster-url: registering this node: {e}").into()
+        // A key left by this id's previous process (killed) lapses within the TTL; a live twin
+        // keeps renewing it. So try until 1.5 TTL have passed before refusing.
+        let deadline = Instant::now() + ttl * 3 / 2;
+        let rev = loop {
+            match members.create(node_id, value.clone().into()).await {
+                Ok(rev) => break rev,
+                Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {
+                    if Instant::now() >= deadline {
+                        return Err(format!(
+                            "--node-id {node_id} is in use by a live node (its membership kept being renewed)"
+                        )
+                        .into());
+                    }
+                    tokio::time::sleep(ttl / 10).await;
+                }
+                Err(e) => return Err(format!("--cluster-url: registering this node: {e}").into()),
             }
-        })?;
+        };
         tracing::info!(node = node_id, advertise, "joined the cluster");
         Ok(Arc::new(Cluster {
             node_id: node_id.to_owned(),
@@ -251,7 +259,12 @@ impl Cluster {
     }
 
     /// Runs the ownership rounds until `stop` is set, then hands every region off and leaves.
-    pub async fn run(self: Arc<Self>, state: Arc<State>, mut stop: tokio::sync::watch::Receiver<bool>) {
+    pub async fn run(
+        self: Arc<Self>,
+        state: Arc<State>,
+        riders: Arc<crate::riders::Riders>,
+        mut stop: tokio::sync::watch::Receiver<bool>,
+    ) {
         let period = self.ttl / 4;
         let mut announcements = match self.client.subscribe(CATALOG_SUBJECT).await {
             Ok(sub) => Some(sub),
@@ -266,15 +279,15 @@ impl Cluster {
             tokio::select! {
                 _ = tokio::time::sleep_until(next_round) => {
                     if rounds.is_multiple_of(CATALOG_EVERY) {
-                        self.sync_catalog(&state).await;
+                        self.sync_catalog(&state, &riders).await;
                     }
                     rounds = rounds.wrapping_add(1);
-                    self.round(&state).await;
+                    self.round(&state, &riders).await;
                     next_round = tokio::time::Instant::now() + period;
                 }
                 Some(msg) = async { match announcements.as_mut() { Some(s) => s.next().await, None => None } } => {
                     if msg.payload.as_ref() != self.node_id.as_bytes() {
-                        self.sync_catalog(&state).await;
+                        self.sync_catalog(&state, &riders).await;
                     }
                 }
                 _ = stop.changed() => break,
@@ -283,7 +296,7 @@ impl Cluster {
                 break;
             }
         }
-        self.leave(&state).await;
+        self.leave(&state, &riders).await;
     }
 
     /// Tells the other nodes the catalog changed here.
@@ -297,9 +310,10 @@ impl Cluster {
     }
 
     /// Reads the catalog from PostgreSQL and applies what changed.
-    async fn sync_catalog(&self, state: &Arc<State>) {
+    async fn sync_catalog(&self, state: &Arc<State>, riders: &crate::riders::Riders) {
         match state.db.load_catalog().await {
             Ok(snap) => {
+                riders.restore(snap.riders.clone());
                 let changed = state.sync_catalog(&snap);
                 if changed > 0 {
                     tracing::info!(changed, "catalog brought up to date");
@@ -311,7 +325,7 @@ impl Cluster {
     }
 
     /// One round: membership, then every region's lease.
-    async fn round(&self, state: &Arc<State>) {
+    async fn round(&self, state: &Arc<State>, riders: &crate::riders::Riders) {
         self.learn_stores(state);
         self.heartbeat().await;
         let nodes = self.live_nodes().await;
@@ -323,11 +337,11 @@ impl Cluster {
             let held = self.held.lock().expect("held lock").get(region).copied();
             match held {
                 Some(h) if desired.is_some_and(|d| d != self.node_id) => {
-                    self.release(state, region, h, &by_region[region], "hand-off to its new owner").await;
+                    self.release(state, riders, region, h, &by_region[region], "hand-off to its new owner").await;
                 }
-                Some(h) => self.renew(state, region, h, &by_region[region]).await,
+                Some(h) => self.renew(state, riders, region, h, &by_region[region]).await,
                 None if desired == Some(self.node_id.as_str()) => {
-                    self.acquire(state, region, &by_region[region]).await;
+                    self.acquire(state, riders, region, &by_region[region]).await;
                 }
                 None => {}
             }
@@ -399,7 +413,7 @@ impl Cluster {
         nodes
     }
 
-    async fn acquire(&self, state: &Arc<State>, region: &str, stores: &[String]) {
+    async fn acquire(&self, state: &Arc<State>, riders: &crate::riders::Riders, region: &str, stores: &[String]) {
         let sent = Instant::now();
         let Ok(epoch) = self.leases.create(region, self.node_id.clone().into()).await else {
             return; // Held by another node until it hands off or its lease lapses.
@@ -426,13 +440,29 @@ impl Cluster {
         };
         let orders = snapshot.orders.len();
         // Whatever this node still had of the region (from an earlier tenure) goes first.
-        state.unload_stores(&stores.iter().cloned().collect()).await;
+        self.unload(state, riders, stores).await;
         state.load_region(snapshot);
+        // The riders' tasks, from the orders they hold (as at start-up: counted as sent).
+        let now = state.now();
+        for held in state.orders_with_riders().await {
+            if stores.contains(&held.order.store_id) {
+                let pickup =
+                    state.store(&held.order.store_id).map_or((held.order.lat, held.order.lng), |s| (s.lat, s.lng));
+                riders.restore_task(&held.rider_id, &held.order, held.picked_up, pickup, now);
+            }
+        }
         self.held.lock().expect("held lock").insert(region.to_owned(), Held { epoch, renewed: sent });
         tracing::info!(region, epoch, stores = stores.len(), orders, "took a region");
     }
 
-    async fn renew(&self, state: &Arc<State>, region: &str, held: Held, stores: &[String]) {
+    async fn renew(
+        &self,
+        state: &Arc<State>,
+        riders: &crate::riders::Riders,
+        region: &str,
+        held: Held,
+        stores: &[String],
+    ) {
         let sent = Instant::now();
         match self.leases.update(region, self.node_id.clone().into(), held.epoch).await {
             Ok(epoch) => {
@@ -442,34 +472,55 @@ impl Cluster {
             }
             Err(e) => {
                 tracing::warn!(region, error = %e, "lost a region's lease");
-                self.forget(state, region, stores).await;
+                self.forget(state, riders, region, stores).await;
             }
         }
     }
 
-    async fn release(&self, state: &Arc<State>, region: &str, held: Held, stores: &[String], why: &str) {
+    async fn release(
+        &self,
+        state: &Arc<State>,
+        riders: &crate::riders::Riders,
+        region: &str,
+        held: Held,
+        stores: &[String],
+        why: &str,
+    ) {
         // Stop committing first; then let the lease go, so the next owner's epoch fences any
         // commit still in flight.
         self.held.lock().expect("held lock").remove(region);
         let _ = self.leases.delete_expect_revision(region, Some(held.epoch)).await;
-        self.forget(state, region, stores).await;
+        self.forget(state, riders, region, stores).await;
         tracing::info!(region, why, "released a region");
     }
 
-    async fn forget(&self, state: &Arc<State>, region: &str, stores: &[String]) {
+    async fn forget(&self, state: &Arc<State>, riders: &crate::riders::Riders, region: &str, stores: &[String]) {
         self.held.lock().expect("held lock").remove(region);
+        self.unload(state, riders, stores).await;
+    }
+
+    /// Forgets the stock and orders of `stores`, and those orders in the riders' tasks.
+    async fn unload(&self, state: &Arc<State>, riders: &crate::riders::Riders, stores: &[String]) {
+        let orders: HashSet<String> = state
+            .orders_with_riders()
+            .await
+            .into_iter()
+            .filter(|h| stores.contains(&h.order.store_id))
+            .map(|h| h.order.id)
+            .collect();
+        riders.forget_orders(&orders, state.now());
         state.unload_stores(&stores.iter().cloned().collect()).await;
     }
 
     /// Graceful stop: hands every region off and leaves the membership.
-    async fn leave(&self, state: &Arc<State>) {
+    async fn leave(&self, state: &Arc<State>, riders: &crate::riders::Riders) {
         self.stopping.store(true, Ordering::Relaxed);
         let by_region = self.stores_by_region();
         let held: Vec<(String, Held)> =
             self.held.lock().expect("held lock").iter().map(|(r, h)| (r.clone(), *h)).collect();
         for (region, h) in held {
             let stores = by_region.get(&region).cloned().unwrap_or_default();
-            self.release(state, &region, h, &stores, "leaving the cluster").await;
+            self.release(state, riders, &region, h, &stores, "leaving the cluster").await;
         }
         let _ = self.members.delete(&self.node_id).await;
         tracing::info!(node = %self.node_id, "left the cluster");

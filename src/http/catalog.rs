@@ -220,6 +220,9 @@ pub async fn put_rider(
     let created = detached(async move { riders.register(&rider_id, &body.name, body.store_id.as_deref(), now).await })
         .await?
         .map_err(ApiError::unavailable)?;
+    if let Some(cluster) = &app.cluster {
+        cluster.announce_catalog();
+    }
     Ok((created_or_ok(created), Json(json)))
 }
 

@@ -339,6 +339,25 @@ impl Riders {
         true
     }
 
+    /// Cluster mode: this node no longer holds these orders (their region moved). They leave the
+    /// riders' tasks here without a word to anyone: the region's new owner rebuilds the tasks
+    /// from the database and speaks for the riders from now on.
+    pub fn forget_orders(&self, orders: &std::collections::HashSet<String>, now: Millis) {
+        for mut slot in self.slots.iter_mut() {
+            let Some(task) = slot.rider.task.as_mut() else { continue };
+            if !task.orders.iter().any(|o| orders.contains(&o.id)) {
+                continue;
+            }
+            task.orders.retain(|o| !orders.contains(&o.id));
+            task.picked.retain(|o| !orders.contains(o));
+            if task.orders.is_empty() {
+                slot.rider.task = None;
+                slot.rider.status = RiderStatus::Idle;
+            }
+            self.reindex(&mut slot, now);
+        }
+    }
+
     /// Records an event's effect on the rider: arrival, pickup, delivery.
     pub fn progress(&self, rider: &str, what: Progress, order_id: &str, now: Millis) {
         let Some(mut slot) = self.slots.get_mut(rider) else { return };
