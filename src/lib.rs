@@ -246,6 +246,15 @@ pub async fn start(config: &ServeConfig, listener: TcpListener, clock: Arc<dyn C
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     if !mqtt.connected.load(std::sync::atomic::Ordering::Relaxed) {
+        if mqtt.untrusted.load(std::sync::atomic::Ordering::Relaxed) {
+            // Verification is on and failed: waiting would not help; say which setting to fix.
+            return Err(format!(
+                "the MQTT broker at {} presented a TLS certificate that does not verify (expired, self-signed or \
+                 from another CA): give its CA with --mqtt-ca-file",
+                mqtt.url
+            )
+            .into());
+        }
         tracing::warn!(url = %mqtt.url, "the MQTT broker is not reachable yet; /readyz says so until it is");
     }
     {

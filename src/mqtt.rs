@@ -34,6 +34,8 @@ pub struct Mqtt {
     pub shed: Arc<AtomicU64>,
     pub reconnects: Arc<AtomicU64>,
     pub published: Arc<AtomicU64>,
+    /// Set when a connection attempt failed because the broker's TLS certificate did not verify.
+    pub untrusted: Arc<AtomicBool>,
 }
 
 /// A username and password.
@@ -148,8 +150,10 @@ pub fn connect(
         shed: Arc::new(AtomicU64::new(0)),
         reconnects: Arc::new(AtomicU64::new(0)),
         published: Arc::new(AtomicU64::new(0)),
+        untrusted: Arc::new(AtomicBool::new(false)),
     };
     let (connected, shed, reconnects) = (mqtt.connected.clone(), mqtt.shed.clone(), mqtt.reconnects.clone());
+    let untrusted = mqtt.untrusted.clone();
     tokio::spawn(async move {
         let mut backoff = Duration::from_millis(100);
         loop {
@@ -176,6 +180,9 @@ pub fn connect(
                 }
                 Ok(_) => {}
                 Err(e) => {
+                    if tls && e.to_string().contains("ertificate") {
+                        untrusted.store(true, Ordering::Relaxed);
+                    }
                     if connected.swap(false, Ordering::Relaxed) {
                         tracing::warn!(error = %e, "lost the MQTT broker; reconnecting");
                     } else if tls
