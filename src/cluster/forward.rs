@@ -112,8 +112,9 @@ async fn store_of(app: &AppRef, method: &Method, route: &str, uri: &axum::http::
     }
 }
 
-/// Middleware (cluster mode): runs a request here when this node serves its region, sends it to
-/// the owner otherwise, and answers 503 while the region has no owner (a failover).
+/// Middleware (cluster mode only: the router has no such layer on one node): runs a request here
+/// when this node serves its region, sends it to the owner otherwise, and answers 503 while the
+/// region has no owner (a failover).
 pub async fn to_owner(State(app): State<AppRef>, req: Request, next: Next) -> Response {
     let Some(cluster) = app.cluster.clone() else { return next.run(req).await };
     let Some(route) = req.extensions().get::<MatchedPath>().map(|p| p.as_str().to_owned()) else {

@@ -106,9 +106,13 @@ pub fn router(app: AppRef) -> Router {
         .fallback(|| async { ApiError::not_found("no such endpoint") })
         .method_not_allowed_fallback(|| async {
             ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "invalid_request", "method not allowed on this endpoint")
-        })
-        // Cluster mode: a request for a region another node owns runs there.
-        .route_layer(middleware::from_fn_with_state(app.clone(), crate::cluster::forward::to_owner))
+        });
+    // Cluster mode: a request for a region another node owns runs there. One node pays nothing.
+    let routes = match app.cluster {
+        Some(_) => routes.route_layer(middleware::from_fn_with_state(app.clone(), crate::cluster::forward::to_owner)),
+        None => routes,
+    };
+    let routes = routes
         .layer(middleware::from_fn_with_state(app.clone(), edge))
         .layer(axum::extract::DefaultBodyLimit::max(app.max_body_bytes));
     // No CORS layer at all without origins: nothing to answer, nothing to pay per request.
