@@ -103,7 +103,8 @@ async fn bucket(js: &async_nats::jetstream::Context, name: &str, ttl: Duration) 
         bucket: name.to_owned(),
         history: 1,
         max_age: ttl,
-        storage: async_nats::jetstream::stream::StorageType::Memory,
+        // On disk: a restarted NATS server keeps the buckets (stale leases lapse by their age).
+        storage: async_nats::jetstream::stream::StorageType::File,
         ..Default::default()
     };
     match js.create_key_value(config).await {

@@ -89,9 +89,14 @@ impl Cluster {
         let (tx, mut rx) = mpsc::channel::<Relayed>(65_536);
         let relay = Arc::new(Relay { tx, dropped: AtomicU64::new(0), sent: AtomicU64::new(0), mqtt });
         let mut handles = Vec::new();
-        let (client, me, counter) = (self.client.clone(), self.node_id.clone(), relay.clone());
+        let (client, me, counter, mut stop_out) =
+            (self.client.clone(), self.node_id.clone(), relay.clone(), stop.clone());
         handles.push(tokio::spawn(async move {
-            while let Some(item) = rx.recv().await {
+            loop {
+                let item = tokio::select! {
+                    item = rx.recv() => match item { Some(i) => i, None => break },
+                    _ = stop_out.changed() => break,
+                };
                 let Ok(bytes) = serde_json::to_vec(&Envelope { from: me.clone(), item }) else { continue };
                 if client.publish(FEED_SUBJECT, bytes.into()).await.is_err() {
                     counter.dropped.fetch_add(1, Ordering::Relaxed);
@@ -132,9 +137,13 @@ impl Cluster {
     ) -> (mpsc::Receiver<Incoming>, Vec<tokio::task::JoinHandle<()>>) {
         let (tx, rx) = mpsc::channel::<Incoming>(65_536);
         let mut handles = Vec::new();
-        let (client, me, out) = (self.client.clone(), self.node_id.clone(), tx.clone());
+        let (client, me, out, mut stop_in) = (self.client.clone(), self.node_id.clone(), tx.clone(), stop.clone());
         handles.push(tokio::spawn(async move {
-            while let Some(msg) = local.recv().await {
+            loop {
+                let msg = tokio::select! {
+                    msg = local.recv() => match msg { Some(m) => m, None => break },
+                    _ = stop_in.changed() => break,
+                };
                 let relayed = RiderMessage {
                     topic: msg.topic.clone(),
                     payload: String::from_utf8_lossy(&msg.payload).into_owned(),
