@@ -41,6 +41,25 @@ impl Nats {
     }
 }
 
+impl Nats {
+    fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Starts the server again on the same port and storage directory.
+    fn restart(&mut self) {
+        let port = self.url.rsplit(':').next().unwrap().to_owned();
+        self.child = Command::new("nats-server")
+            .args(["-a", "127.0.0.1", "-p", &port, "-js", "-sd", self.dir.to_str().unwrap()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        wait_for_port(port.parse().unwrap());
+    }
+}
+
 impl Drop for Nats {
     fn drop(&mut self) {
         let _ = self.child.kill();
@@ -482,5 +501,41 @@ async fn a_rolling_restart_fails_no_request_beyond_safe_retries() {
     }
     assert_eq!(ledger(&scratch.url).await, stock);
     drop(nodes);
+    scratch.drop_database().await;
+}
+
+/// NATS goes away mid-run: the node stops taking writes it can no longer prove it owns (503) and
+/// says it is not ready; NATS comes back: the node serves again by itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn nats_down_stops_writes_and_its_return_resumes_them() {
+    let Some((mut nats, scratch)) = setup("ds_cluster_nats_down").await else { return };
+    let admin = admin();
+    let a = node(&scratch.url, &nats, "a");
+    let store = json!({"name": "Indiranagar", "lat": STORE_LAT, "lng": STORE_LNG});
+    assert_eq!(a.call("PUT", "/v1/stores/s1", Some(&admin), Some(store)).await.0, 201);
+    let product = json!({"name": "Milk", "category": "dairy", "price_minor": 4500});
+    assert_eq!(a.call("PUT", "/v1/catalog/milk", Some(&admin), Some(product)).await.0, 201);
+    settled_with(&a, 1, 1).await;
+    let restock = json!({"sku": "milk", "delta": 100, "reason": "restock"});
+    assert_eq!(a.call("POST", "/v1/stores/s1/stock", Some(&admin), Some(restock)).await.0, 200);
+    let body = json!({"lat": STORE_LAT, "lng": STORE_LNG, "lines": [{"sku": "milk", "qty": 1}]});
+    assert!(place(&a, "before", &body, 10).await.is_ok());
+
+    nats.stop();
+    // Within the lease's trust (¾ TTL) plus a round, writes are refused and readiness drops.
+    tokio::time::sleep(Duration::from_millis(TTL_MS * 3 / 2)).await;
+    let (s, v) = a.order(&admin, "while-down", body.clone()).await;
+    assert_eq!(s, 503, "{v}");
+    let ready = a.client.get(a.url("/readyz")).send().await.unwrap();
+    assert_eq!(ready.status(), 503);
+
+    nats.restart();
+    // The same key, retried: placed once NATS is back.
+    let id = place(&a, "while-down", &body, 30).await.expect("placed after NATS came back");
+    let (s, again) = a.order(&admin, "while-down", body.clone()).await;
+    assert_eq!((s, again["id"].as_str()), (201, Some(id.as_str())), "a replay, not a second order");
+    let stock = get(&a, "/v1/stores/s1/stock").await.1;
+    assert_eq!(stock["lines"][0]["reserved"], 2, "{stock}");
+    drop(a);
     scratch.drop_database().await;
 }
