@@ -539,3 +539,38 @@ async fn nats_down_stops_writes_and_its_return_resumes_them() {
     drop(a);
     scratch.drop_database().await;
 }
+
+/// Rate limits count a client once, on the node it reached: a forwarded request is not limited
+/// again by the owner (where every anonymous client would share one budget, having no address).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_forwarded_request_is_rate_limited_once() {
+    let Some((nats, scratch)) = setup("ds_cluster_limits").await else { return };
+    let flags = |id: &'static str| {
+        vec!["--cluster-url", nats.url.as_str(), "--node-id", id, "--lease-ttl-ms", "2000"]
+            .into_iter()
+            .chain(["--rate-limit-per-sec", "1", "--rate-limit-burst", "5"])
+            .collect::<Vec<_>>()
+    };
+    let a = Server::start(&scratch.url, &flags("a"));
+    let b = Server::start(&scratch.url, &flags("b"));
+    let admin = admin();
+    let store = json!({"name": "Indiranagar", "lat": STORE_LAT, "lng": STORE_LNG});
+    assert_eq!(a.call("PUT", "/v1/stores/s1", Some(&admin), Some(store)).await.0, 201);
+    let cluster = settled_with(&a, 2, 1).await;
+    settled_with(&b, 2, 1).await;
+    let other = if owner_of(&cluster, "s1") == "a" { &b } else { &a };
+    let url = other.url(&format!("/v1/availability?lat={STORE_LAT}&lng={STORE_LNG}"));
+    // Three anonymous clients on three addresses, each within its own burst of 5.
+    for last in 2..=4u8 {
+        let client =
+            reqwest::Client::builder().local_address(std::net::IpAddr::from([127, 0, 0, last])).build().unwrap();
+        for i in 0..5 {
+            let s = client.get(&url).send().await.unwrap().status().as_u16();
+            assert_eq!(s, 200, "client 127.0.0.{last}, request {i}");
+        }
+        // Its sixth is over its own budget, on the node it reached.
+        assert_eq!(client.get(&url).send().await.unwrap().status().as_u16(), 429);
+    }
+    drop((a, b));
+    scratch.drop_database().await;
+}

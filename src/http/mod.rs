@@ -197,7 +197,10 @@ async fn edge_inner(app: AppRef, mut req: Request, next: Next, request_id: &str)
             None => "ip:unknown".to_owned(),
         },
     };
-    let response = if !app.limiter.allow(&client) {
+    // A request another node forwarded was counted against its client there (here it would
+    // have no address: every anonymous client would share one budget).
+    let forwarded = req.extensions().get::<crate::cluster::forward::Forwarded>().is_some();
+    let response = if !forwarded && !app.limiter.allow(&client) {
         app.state.metrics.rate_limited.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         ApiError::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", "too many requests; slow down").into_response()
     } else {
