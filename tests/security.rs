@@ -149,6 +149,9 @@ async fn an_order_feed_follows_who_holds_the_order() {
         }
     };
     assert_eq!((ended["topic"].as_str(), ended["data"]["error"].as_str()), (Some(topic.as_str()), Some("not_found")));
+    // Off shift for now, so the next tick cannot give the order straight back to it (the only
+    // rider) before it is checked below.
+    server.call("POST", &format!("/v1/riders/{rider}/shift"), Some(&me), Some(json!({"on_shift": false}))).await;
     // A stranger, and the rider now, are answered as for an order that does not exist.
     for who in [&me, &token(Role::Customer, "mallory", None), &token(Role::Staff, "sue", Some("s2"))] {
         let mut w = ws(&server, who).await;
@@ -156,7 +159,10 @@ async fn an_order_feed_follows_who_holds_the_order() {
         let (s, _) = server.call("GET", &format!("/v1/orders/{id}"), Some(who), None).await;
         assert_eq!(s, 404);
     }
-    // Delivered: the order's feed shows no rider any more.
+    // Back on shift: the order comes back to it. Delivered: the order's feed shows no rider any more.
+    server.call("POST", &format!("/v1/riders/{rider}/shift"), Some(&me), Some(json!({"on_shift": true}))).await;
+    let at = json!({"lat": STORE_LAT + 0.001, "lng": STORE_LNG, "ts": now_ms()});
+    server.call("POST", &format!("/v1/riders/{rider}/location"), Some(&me), Some(at)).await;
     common::eventually("assigned again", 10, || async {
         let (_, o) = server.call("GET", &format!("/v1/orders/{id}"), Some(&alice), None).await;
         (o["rider_id"] == rider).then_some(())
