@@ -9,43 +9,18 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{Server, admin};
+use common::{Nats, Server, admin};
 use darkstore_db::scratch::ScratchDb;
 use serde_json::{Value, json};
 
 const TTL_MS: u64 = 2_000;
 
-struct Nats(Child, std::path::PathBuf, String);
-
-impl Drop for Nats {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-        let _ = std::fs::remove_dir_all(&self.1);
-    }
-}
-
-fn nats() -> Option<Nats> {
-    let port = std::net::TcpListener::bind("127.0.0.1:0").ok()?.local_addr().ok()?.port();
-    let dir = std::env::temp_dir().join(format!("ds_bench_nats_{port}"));
-    std::fs::create_dir_all(&dir).ok()?;
-    let child = Command::new("nats-server")
-        .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd", dir.to_str()?])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .ok()?;
-    common::wait_for_port(port);
-    Some(Nats(child, dir, format!("nats://127.0.0.1:{port}")))
-}
-
 fn node(db: &str, nats: &Nats, id: &str) -> Server {
-    Server::start(db, &["--cluster-url", &nats.2, "--node-id", id, "--lease-ttl-ms", &TTL_MS.to_string()])
+    Server::start(db, &["--cluster-url", &nats.url, "--node-id", id, "--lease-ttl-ms", &TTL_MS.to_string()])
 }
 
 fn stores() -> Vec<(String, f64, f64)> {
@@ -238,7 +213,7 @@ async fn main() {
         println!("cluster bench: DARKSTORE_TEST_POSTGRES is not set; skipped");
         return;
     };
-    let Some(nats) = nats() else {
+    let Some(nats) = Nats::start() else {
         println!("cluster bench: nats-server is not installed; skipped");
         return;
     };
@@ -247,7 +222,7 @@ async fn main() {
     println!(
         "cluster bench on {} cores, nats-server at {}",
         std::thread::available_parallelism().map_or(0, |n| n.get()),
-        nats.2
+        nats.url
     );
     {
         let scratch = ScratchDb::postgres("ds_bench_failover").await.unwrap();

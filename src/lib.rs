@@ -339,11 +339,11 @@ pub async fn start(config: &ServeConfig, listener: TcpListener, clock: Arc<dyn C
             }
         }));
         background.push(tokio::spawn(cluster.clone().run(state.clone(), app.riders.clone(), stopped.clone())));
-        background.push(tokio::spawn(http::ws::serve_snapshots(app.clone(), stopped.clone())));
+        background.push(tokio::spawn(http::ws_cluster::serve_snapshots(app.clone(), stopped.clone())));
         let weak = Arc::downgrade(&app);
         cluster.on_region_moved(Box::new(move |regions| {
             if let Some(app) = weak.upgrade() {
-                http::ws::resnapshot(&app, regions);
+                http::ws_cluster::resnapshot(&app, regions);
             }
         }));
         let router = http::router(app.clone());

@@ -5,10 +5,10 @@
 mod common;
 
 use std::collections::{BTreeMap, HashMap};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{STORE_LAT, STORE_LNG, Server, admin, eventually, mqtt_of, publish, rider_client, token, wait_for_port};
+use common::{Nats, STORE_LAT, STORE_LNG, Server, admin, eventually, mqtt_of, publish, rider_client, token};
 use darkstore::auth::Role;
 use darkstore_db::scratch::ScratchDb;
 use futures_util::{SinkExt, StreamExt};
@@ -18,55 +18,6 @@ use tokio_tungstenite::tungstenite::Message;
 
 /// The lease TTL the tests run with (ms).
 const TTL_MS: u64 = 2_000;
-
-struct Nats {
-    child: Child,
-    url: String,
-    dir: std::path::PathBuf,
-}
-
-impl Nats {
-    fn start() -> Option<Nats> {
-        let port = std::net::TcpListener::bind("127.0.0.1:0").ok()?.local_addr().ok()?.port();
-        let dir = std::env::temp_dir().join(format!("ds_nats_{}_{port}", std::process::id()));
-        std::fs::create_dir_all(&dir).ok()?;
-        let child = Command::new("nats-server")
-            .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd", dir.to_str()?])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .ok()?;
-        wait_for_port(port);
-        Some(Nats { child, url: format!("nats://127.0.0.1:{port}"), dir })
-    }
-}
-
-impl Nats {
-    fn stop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-
-    /// Starts the server again on the same port and storage directory.
-    fn restart(&mut self) {
-        let port = self.url.rsplit(':').next().unwrap().to_owned();
-        self.child = Command::new("nats-server")
-            .args(["-a", "127.0.0.1", "-p", &port, "-js", "-sd", self.dir.to_str().unwrap()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        wait_for_port(port.parse().unwrap());
-    }
-}
-
-impl Drop for Nats {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
 
 async fn setup(prefix: &str) -> Option<(Nats, ScratchDb)> {
     let Some(scratch) = ScratchDb::postgres(prefix).await else {

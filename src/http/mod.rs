@@ -16,6 +16,7 @@ pub mod pages;
 mod riders;
 mod stock;
 pub mod ws;
+pub mod ws_cluster;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

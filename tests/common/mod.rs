@@ -272,3 +272,50 @@ pub fn wait_for_port(port: u16) {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// A `nats-server` with JetStream of a test's (or bench's) own: a free port, a temporary
+/// directory, stopped and cleaned up on drop. None when `nats-server` is not installed.
+pub struct Nats {
+    child: Child,
+    pub url: String,
+    dir: std::path::PathBuf,
+    port: u16,
+}
+
+impl Nats {
+    pub fn start() -> Option<Nats> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").ok()?.local_addr().ok()?.port();
+        let dir = std::env::temp_dir().join(format!("ds_nats_{}_{port}", std::process::id()));
+        std::fs::create_dir_all(&dir).ok()?;
+        let child = Nats::spawn(port, &dir)?;
+        Some(Nats { child, url: format!("nats://127.0.0.1:{port}"), dir, port })
+    }
+
+    fn spawn(port: u16, dir: &std::path::Path) -> Option<Child> {
+        let child = Command::new("nats-server")
+            .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd", dir.to_str()?])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .ok()?;
+        wait_for_port(port);
+        Some(child)
+    }
+
+    pub fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Starts the server again on the same port and storage directory.
+    pub fn restart(&mut self) {
+        self.child = Nats::spawn(self.port, &self.dir).expect("nats-server starts again");
+    }
+}
+
+impl Drop for Nats {
+    fn drop(&mut self) {
+        self.stop();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
