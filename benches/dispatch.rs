@@ -36,6 +36,7 @@ fn main() {
                 placed_at: placed,
                 ready_at: placed + 3 * MIN,
                 deadline: placed + 10 * MIN,
+                promise: placed + 10 * MIN,
             }
         })
         .collect();

@@ -6,7 +6,9 @@
 //! can be there, what has been learned of it (`promises.rs`), and its surge fee
 //! (`darkstore_geoinv::surge`). The optimizer's travel and service times are scaled by the city's
 //! observed riding ratio; an order is ready when packed or when its quote said it would be. Its
-//! deadline stays the service goal (`--promise-minutes` after placement), not its padded promise.
+//! deadline stays the service goal (`--promise-minutes` after placement), not its padded promise
+//! (a long promise must not make dispatch lazier); its promise, less half the quote's margin, is
+//! what a bundle must keep and what lateness is weighed against on top (`promise_weight`).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -87,7 +89,7 @@ impl Dispatcher {
         let state = ingest.state.clone();
         let travel_model = state.config.travel;
         Dispatcher {
-            params: Params { tick_ms, ..Params::default() },
+            params: Params { tick_ms, promise_weight: 8.0, ..Params::default() },
             travel: GeoTravel { speed_mps: travel_model.rider_speed_mps, detour: travel_model.detour_factor },
             horizon_ms: 10 * 60_000,
             picking_ms: (travel_model.picking_minutes * 60_000.0) as Millis,
@@ -163,6 +165,9 @@ impl Dispatcher {
                 // The service goal, not the (padded) promise: a promise quoted long must not make
                 // the optimizer lazier, or promises would feed on themselves.
                 deadline: o.created_at + self.promise_ms,
+                // What the customer was told, less half the quote's margin: a bundle keeps every
+                // order within that (the optimizer's own estimate of a bundled drop errs too).
+                promise: o.promised_by - o.quoted.map_or(0, |q| (q.eta_ms - q.estimate_ms).max(0) / 2),
             });
             meta.push(Candidate {
                 order: TaskOrder { id: o.id.clone(), lat: o.lat, lng: o.lng },

@@ -7,7 +7,10 @@
 //! - picked up: a rider's leg starts at the store;
 //! - delivered: the leg from the store (or the rider's previous drop) to this door against the
 //!   priors' ride plus hand-over → the store's riding ratio; the whole order's time against its
-//!   estimate → the relative error whose 95th percentile is the promise's margin.
+//!   estimate → the relative error whose 97th percentile is the promise's margin (orders
+//!   delivered first on their route only: a bundle's later drops are the optimizer's to keep
+//!   within their promises, see `dispatch.rs`; quotes made before the model was warm only until
+//!   warm ones are delivered).
 //!
 //! The estimators are `darkstore_geoinv::calibrate` (bounded log-space means, a store shrunk
 //! toward the city while it has few observations; an online quantile). The dispatch tick reads
@@ -47,12 +50,17 @@ type Stamped = Mutex<FastMap<String, (Millis, (f64, f64))>>;
 pub const ETA_EVERY_MS: Millis = 5_000;
 /// The share of promises to keep: the margin is this quantile of the estimate's relative error
 /// over the last [`MARGIN_WINDOW`] deliveries (at least [`MARGIN_MIN`] of them).
-const PROMISE_QUANTILE: f64 = 0.95;
+const PROMISE_QUANTILE: f64 = 0.97;
 const MARGIN_WINDOW: usize = 100;
 const MARGIN_MIN: usize = 10;
-/// The margin before enough is observed, and its bounds.
-const MARGIN_PRIOR: f64 = 0.2;
+/// The margin before enough is observed (a server that has not seen a delivery promises twice
+/// its estimate), and its bounds.
+const MARGIN_PRIOR: f64 = 1.0;
 const MARGIN_BOUNDS: (f64, f64) = (-0.5, 3.0);
+/// Observations of each of the city's ratios (picking, first mile, door) before its quotes count
+/// toward the margin: a quote made from the priors says nothing about the model's error, and a
+/// city that is ten times faster than configured would otherwise make the margin negative.
+const WARM: u32 = 20;
 
 /// The city's ratios (observed ÷ modelled) and margin, and the observations behind each
 /// (picking, riding, door, speed, first mile).
@@ -87,6 +95,13 @@ struct Open {
     rider_ms: Millis,
     /// The first mile as quoted before its own ratio.
     first_base_ms: Millis,
+    /// The door leg as quoted.
+    door_ms: Millis,
+    /// Quoted with a warm model (see [`WARM`]): such quotes' errors make the margin once there
+    /// are enough of them.
+    warm: bool,
+    /// Its place in its rider's task and the task's size (0, 0 before a task).
+    in_task: (usize, usize),
     /// When it was packed, assigned and picked up (for the log of a broken promise).
     packed_at: Option<Millis>,
     assigned_at: Option<Millis>,
@@ -127,6 +142,9 @@ struct Learned {
     /// store id → what was learned there
     stores: FastMap<String, StoreLearned>,
     margin: RecentQuantile,
+    /// The same, of quotes made before the model was warm: the margin until enough warm quotes
+    /// are delivered.
+    margin_cold: RecentQuantile,
     /// The margin as of the last delivery (kept, not sorted again on every read).
     margin_now: f64,
 }
@@ -164,6 +182,7 @@ impl Promises {
                 city_first: LogEwma::default(),
                 stores: FastMap::default(),
                 margin: RecentQuantile::new(MARGIN_WINDOW),
+                margin_cold: RecentQuantile::new(MARGIN_WINDOW),
                 margin_now: MARGIN_PRIOR,
             }),
             open: DashMap::new(),
@@ -261,6 +280,9 @@ impl Promises {
                 pick_ms: q.pick_ms,
                 rider_ms: q.rider_ms,
                 first_base_ms: q.first_base_ms,
+                door_ms: q.door_ms,
+                warm: self.learned.lock().expect("learned lock").warm(),
+                in_task: (0, 0),
                 packed_at: None,
                 assigned_at: None,
                 picked_at: None,
@@ -378,10 +400,20 @@ impl Promises {
                 l.stores.entry(open.store_id.clone()).or_default().ride.observe(ratio, &b);
             }
         }
-        if open.estimate_ms > 0 {
+        // The margin covers the model's error, not a bundle's earlier drops: the optimizer
+        // bundles an order behind others only when its promise still holds.
+        if open.estimate_ms > 0 && open.in_task.0 <= 1 {
             let e = (now - open.start) as f64 / open.estimate_ms as f64 - 1.0;
-            l.margin.observe(e);
-            let q = l.margin.value(PROMISE_QUANTILE, MARGIN_MIN).unwrap_or(MARGIN_PRIOR);
+            if open.warm {
+                l.margin.observe(e)
+            } else {
+                l.margin_cold.observe(e)
+            }
+            let q = l
+                .margin
+                .value(PROMISE_QUANTILE, MARGIN_MIN)
+                .or_else(|| l.margin_cold.value(PROMISE_QUANTILE, MARGIN_MIN))
+                .unwrap_or(MARGIN_PRIOR);
             l.margin_now = q.clamp(MARGIN_BOUNDS.0, MARGIN_BOUNDS.1);
         }
         let since = |t: Option<Millis>| t.map(|t| t - open.start);
@@ -393,6 +425,10 @@ impl Promises {
             estimate_ms = open.estimate_ms,
             quoted_pick_ms = open.pick_ms,
             quoted_rider_ms = open.rider_ms,
+            quoted_door_ms = open.door_ms,
+            task_pos = open.in_task.0,
+            task_size = open.in_task.1,
+            warm = open.warm,
             packed_ms = ?since(open.packed_at),
             assigned_ms = ?since(open.assigned_at),
             picked_ms = ?since(open.picked_at),
@@ -455,12 +491,15 @@ impl Promises {
             t = arrive.max(ready).saturating_add(handover);
             pos = task.pickup;
         }
-        for o in &task.orders {
+        for (i, o) in task.orders.iter().enumerate() {
             t = t.saturating_add(scaled(self.ride_prior(pos, (o.lat, o.lng)))).saturating_add(handover);
             pos = (o.lat, o.lng);
             let Some(mut open) = self.open.get_mut(&o.id) else { continue };
             if !open.assigned {
                 continue;
+            }
+            if open.in_task.1 == 0 {
+                open.in_task = (i + 1, task.orders.len());
             }
             open.eta_at = t;
             let reason = match (open.pending.take(), open.told) {
@@ -482,6 +521,11 @@ impl Promises {
 impl Learned {
     fn margin(&self) -> f64 {
         self.margin_now
+    }
+
+    /// Every ratio of the quote has been observed [`WARM`] times.
+    fn warm(&self) -> bool {
+        [&self.city_pick, &self.city_first, &self.city_door].iter().all(|e| e.count() >= WARM)
     }
 
     /// The city's riding ratio (log): finished legs, shrunk toward the riders' moving speed while

@@ -219,6 +219,7 @@ fn replay(inst: &Instance, policy: Policy, tick: i64, knobs: &Knobs) -> Outcome 
                 placed_at: o.placed * MIN,
                 ready_at: o.ready * MIN,
                 deadline: (o.placed + inst.target_c2d) * MIN,
+                promise: (o.placed + inst.target_c2d) * MIN,
             })
             .collect();
         if !open.is_empty() {

@@ -89,8 +89,12 @@ pub struct OrderIn {
     pub placed_at: Millis,
     /// When it is (or is expected to be) packed and ready to leave.
     pub ready_at: Millis,
-    /// The promise: delivered by then.
+    /// The service goal: delivered by then (lateness past it costs `late_weight`).
     pub deadline: Millis,
+    /// The time promised to the customer. A bundle never makes an order later than this, and
+    /// lateness past it costs `promise_weight` more (the replay, which has no promise but its
+    /// target, sets it to `deadline` and leaves `promise_weight` at 0).
+    pub promise: Millis,
 }
 
 /// A rider who is free, or will be.
@@ -120,6 +124,9 @@ pub struct Params {
     pub tick_ms: Millis,
     /// Weight of lateness past the deadline, on top of click-to-door.
     pub late_weight: f64,
+    /// Weight of lateness past the promise, on top of `late_weight` (0 by default; the server
+    /// sets it).
+    pub promise_weight: f64,
     /// Weight of the rider's time on the route.
     pub rider_time_weight: f64,
     /// Hold back commitments while waiting can still improve them.
@@ -139,6 +146,7 @@ impl Default for Params {
             candidates: 32,
             tick_ms: 10_000,
             late_weight: 4.0,
+            promise_weight: 0.0,
             rider_time_weight: 0.5,
             hold_back: true,
             age_weight: 5.0,
@@ -204,6 +212,7 @@ pub fn cost(params: &Params, plan: &Plan, orders: &[&OrderIn]) -> i64 {
     for (o, &dropped) in orders.iter().zip(&plan.drop_at) {
         total += (dropped - o.placed_at) as f64;
         total += params.late_weight * (dropped - o.deadline).max(0) as f64;
+        total += params.promise_weight * (dropped - o.promise).max(0) as f64;
     }
     total += params.rider_time_weight * (plan.free_at - plan.start_at) as f64;
     total as i64
@@ -266,12 +275,14 @@ fn best_sequence<'a>(
     best
 }
 
-/// Groups orders of one store into bundles (each a list of indices into `group`).
+/// Groups orders of one store into bundles (each a list of indices into `group`). `rider_at` is
+/// the earliest a rider can be at the store: a bundle is judged on the route from there.
 fn bundle_store(
     travel: &impl Travel,
     params: &Params,
     group: &[&OrderIn],
     riders_in_time: usize,
+    rider_at: Millis,
     now: Millis,
 ) -> Vec<Vec<usize>> {
     let mut order: Vec<usize> = (0..group.len()).collect();
@@ -279,8 +290,9 @@ fn bundle_store(
     if params.max_bundle <= 1 || group.len() == 1 {
         return order.into_iter().map(|i| vec![i]).collect();
     }
-    // A courier standing at the store: bundling is judged on the store-side route alone.
-    let at_store = RiderIn { key: usize::MAX, pos: group[0].pickup, free_at: now, off_at: Millis::MAX };
+    // A courier at the store as early as any rider can be: bundling is judged on the store-side
+    // route from then.
+    let at_store = RiderIn { key: usize::MAX, pos: group[0].pickup, free_at: rider_at.max(now), off_at: Millis::MAX };
     let scarce = group.len() > riders_in_time;
     let target = if scarce { (group.len().div_ceil(riders_in_time.max(1))).clamp(1, params.max_bundle) } else { 1 };
     let mut bundles: Vec<Vec<usize>> = Vec::new();
@@ -296,8 +308,8 @@ fn bundle_store(
             let before = best_sequence(travel, params, &at_store, &with, now);
             with.push(o);
             let Some((seq, plan, c)) = best_sequence(travel, params, &at_store, &with, now) else { continue };
-            // Every order of the bundle must still meet its deadline.
-            if seq.iter().zip(&plan.drop_at).any(|(s, &d)| d > s.deadline) {
+            // A bundle never breaks a promise.
+            if seq.iter().zip(&plan.drop_at).any(|(s, &d)| d > s.promise) {
                 continue;
             }
             let extra_time = plan.free_at - plan.start_at - before.map_or(0, |b| b.1.free_at - b.1.start_at);
@@ -338,17 +350,20 @@ pub fn plan_tick(
     for &s in &stores {
         let group: Vec<&OrderIn> = orders.iter().filter(|o| o.store == s).collect();
         let latest_ready = group.iter().map(|o| o.ready_at).max().unwrap_or(now).max(now);
-        // Riders who can be at the store by the time its orders are ready.
+        // Riders who can be at the store by the time its orders are ready, and the earliest any
+        // rider can be there.
         let store_pt = group[0].pickup;
-        let in_time = tree
-            .nearest_neighbor_iter(&[store_pt.x, store_pt.y])
-            .take(params.candidates * 2)
-            .filter(|p| {
-                let r = &riders[p.idx];
-                r.free_at.max(now) + travel.ms(r.pos, store_pt) <= latest_ready + params.tick_ms
-            })
-            .count();
-        for b in bundle_store(travel, params, &group, in_time, now) {
+        let (mut in_time, mut rider_at) = (0, Millis::MAX);
+        for p in tree.nearest_neighbor_iter(&[store_pt.x, store_pt.y]).take(params.candidates * 2) {
+            let r = &riders[p.idx];
+            let at = r.free_at.max(now) + travel.ms(r.pos, store_pt);
+            rider_at = rider_at.min(at);
+            if at <= latest_ready + params.tick_ms {
+                in_time += 1;
+            }
+        }
+        let rider_at = if rider_at == Millis::MAX { now } else { rider_at };
+        for b in bundle_store(travel, params, &group, in_time, rider_at, now) {
             rows.push(b.into_iter().map(|i| group[i]).collect());
         }
     }

@@ -23,6 +23,7 @@ fn order(key: usize, x: f64, y: f64, ready: i64) -> OrderIn {
         placed_at: 0,
         ready_at: ready * MIN,
         deadline: 40 * MIN,
+        promise: 40 * MIN,
     }
 }
 
@@ -30,6 +31,12 @@ fn order(key: usize, x: f64, y: f64, ready: i64) -> OrderIn {
 fn at_store(mut o: OrderIn, store: u32, x: f64) -> OrderIn {
     o.store = store;
     o.pickup = Pt::new(x, 0.0);
+    o
+}
+
+/// The same order, promised `minutes` after placement.
+fn promised(mut o: OrderIn, minutes: i64) -> OrderIn {
+    o.promise = minutes * MIN;
     o
 }
 
@@ -75,6 +82,27 @@ fn decisions_table() {
             vec![order(1, 6000.0, 0.0, 0), order(2, -6100.0, 0.0, 0)],
             vec![rider(10, 0.0, 0.0, 0)],
             vec![(10, vec![1])],
+        ),
+        (
+            "no bundle that breaks a shorter promise: either second drop would be at 10 minutes, 9 promised",
+            0,
+            vec![promised(order(1, 1000.0, 0.0, 0), 9), promised(order(2, 1300.0, 0.0, 0), 9)],
+            vec![rider(10, 0.0, 0.0, 0)],
+            vec![(10, vec![1])],
+        ),
+        (
+            "a bundle is judged from when a rider can be at the store: 10 minutes away, both promised 18",
+            0,
+            vec![promised(order(1, 1000.0, 0.0, 0), 18), promised(order(2, 1300.0, 0.0, 0), 18)],
+            vec![rider(10, 3200.0, 0.0, 0)],
+            vec![(10, vec![1])],
+        ),
+        (
+            "the same bundle with the rider at the store",
+            0,
+            vec![promised(order(1, 1000.0, 0.0, 0), 18), promised(order(2, 1300.0, 0.0, 0), 18)],
+            vec![rider(10, 0.0, 0.0, 0)],
+            vec![(10, vec![1, 2])],
         ),
         (
             "hold back: the order is ready in 20 minutes and the rider is 1 minute away",

@@ -101,6 +101,8 @@ pub struct Quote {
     /// Placement to pickup before the first-mile ratio: `max(pick, rider) + hand-over at the
     /// store` (what calibration compares the observed first mile with).
     pub first_base_ms: Millis,
+    /// The door leg as estimated: from pickup to this order's door, hand-over included.
+    pub door_ms: Millis,
     /// No rider serves the store: `rider_ms` is a guess of one trip cycle.
     pub no_rider: bool,
 }
@@ -139,7 +141,7 @@ pub fn quote(load: &StoreLoad, ride_ms: Millis, p: &QuoteParams, now: Millis) ->
     let estimate_ms = scale(first_base_ms, positive(c.first, 1.0)).saturating_add(door);
     let margin = if c.margin.is_finite() { c.margin.clamp(-0.9, 10.0) } else { 0.0 };
     let eta_ms = scale(estimate_ms, 1.0 + margin).max(door);
-    Quote { pick_ms, rider_ms, estimate_ms, eta_ms, pick_prior_ms, first_base_ms, no_rider }
+    Quote { pick_ms, rider_ms, estimate_ms, eta_ms, pick_prior_ms, first_base_ms, door_ms: door, no_rider }
 }
 
 #[cfg(test)]
