@@ -281,6 +281,25 @@ async fn cluster_mode_refuses_what_it_cannot_do() {
     // A bad id.
     let err = run(&scratch.url, &["--cluster-url", &nats.url, "--node-id", "a.b"]);
     assert!(err.contains("--node-id"), "{err}");
+    // A store moves within its region, never to another (its stock and orders live on the
+    // region's owner).
+    let put = |lat: f64, lng: f64| {
+        let first = &first;
+        async move {
+            let body = json!({"name": "Moving", "lat": lat, "lng": lng});
+            first.call("PUT", "/v1/stores/moving", Some(&admin()), Some(body)).await
+        }
+    };
+    let (s, v) = put(common::STORE_LAT, common::STORE_LNG).await;
+    assert_eq!(s, 201, "{v}");
+    settled_with(&first, 1, 1).await;
+    let (s, v) = put(common::STORE_LAT + 0.001, common::STORE_LNG).await;
+    assert_eq!(s, 200, "a move within the region: {v}");
+    let (s, v) = put(common::STORE_LAT + 1.0, common::STORE_LNG).await;
+    assert_eq!((s, v["error"].as_str()), (409, Some("conflict")), "{v}");
+    assert!(v["message"].as_str().unwrap().contains("create a new store"), "{v}");
+    let (_, v) = first.call("GET", "/v1/stores/moving", Some(&admin()), None).await;
+    assert_eq!(v["lat"].as_f64(), Some(common::STORE_LAT + 0.001), "the refused move changed nothing: {v}");
     // One node: /v1/cluster is not there.
     drop(first);
     let single = Server::start(&scratch.url, &[]);

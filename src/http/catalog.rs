@@ -100,6 +100,18 @@ pub async fn put_store(
     check_text("name", &body.name, MAX_TEXT)?;
     check_point(body.lat, body.lng)?;
     let settings = settings(&mut body)?;
+    if let Some(cluster) = &app.cluster {
+        // A region's stock and orders live on its owner: a store cannot carry them to another.
+        let (from, to) = (cluster.region_of_store(&store_id), crate::cluster::region_of(body.lat, body.lng));
+        if let (Some(from), Some(to)) = (from, to)
+            && from != to
+        {
+            return Err(ApiError::conflict(format!(
+                "in cluster mode a store stays in its region (H3 cell {from}); {to} is another: create a new store there"
+            ))
+            .with("region", json!(from)));
+        }
+    }
     let state = app.state.clone();
     let id = store_id.clone();
     let created =
