@@ -8,7 +8,9 @@ use std::collections::{BTreeMap, HashMap};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{Nats, STORE_LAT, STORE_LNG, Server, admin, eventually, mqtt_of, publish, rider_client, token};
+use common::{
+    Nats, STORE_LAT, STORE_LNG, Server, admin, database_away, eventually, mqtt_of, publish, rider_client, token,
+};
 use darkstore::auth::Role;
 use darkstore_db::scratch::ScratchDb;
 use futures_util::{SinkExt, StreamExt};
@@ -506,6 +508,77 @@ async fn nats_down_stops_writes_and_its_return_resumes_them() {
     assert_eq!((s, again["id"].as_str()), (201, Some(id.as_str())), "a replay, not a second order");
     let stock = get(&a, "/v1/stores/s1/stock").await.1;
     assert_eq!(stock["lines"][0]["reserved"], 2, "{stock}");
+    drop(a);
+    scratch.drop_database().await;
+}
+
+/// PostgreSQL away in cluster mode: writes are a quick 503 through every node (run on the owner or
+/// forwarded to it) and reads from memory still answer; a node killed meanwhile leaves its regions
+/// without an owner (taking one needs the database: the fence, then the load); when the database
+/// returns, the survivor takes them and writes resume through it, with nothing lost or doubled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_away_is_503_on_every_node_and_its_return_resumes_writes() {
+    let Some((nats, scratch)) = setup("ds_cluster_pg_away").await else { return };
+    let admin = admin();
+    let a = node(&scratch.url, &nats, "a");
+    for (id, lat, lng) in stores() {
+        let body = json!({"name": id, "lat": lat, "lng": lng});
+        assert_eq!(a.call("PUT", &format!("/v1/stores/{id}"), Some(&admin), Some(body)).await.0, 201);
+    }
+    let product = json!({"name": "Milk", "category": "dairy", "price_minor": 4500});
+    assert_eq!(a.call("PUT", "/v1/catalog/milk", Some(&admin), Some(product)).await.0, 201);
+    let mut b = node(&scratch.url, &nats, "b");
+    settled(&a, 2).await;
+    settled(&b, 2).await;
+    let restock = json!({"sku": "milk", "delta": 100, "reason": "restock"});
+    for (id, _, _) in stores() {
+        let (s, v) = a.call("POST", &format!("/v1/stores/{id}/stock"), Some(&admin), Some(restock.clone())).await;
+        assert_eq!(s, 200, "{v}");
+    }
+    let mut placed = 0;
+    for (store, lat, lng) in stores() {
+        place(&a, &format!("before-{store}"), &order_body(lat, lng), 10).await.expect("placed");
+        placed += 1;
+    }
+
+    database_away(&scratch.url, true).await;
+    for (via_name, via) in [("a", &a), ("b", &b)] {
+        for (store, lat, lng) in stores() {
+            let started = Instant::now();
+            let (s, v) = via.order(&admin, &format!("away-{via_name}-{store}"), order_body(lat, lng)).await;
+            assert_eq!(s, 503, "{store} through {via_name}: {v}");
+            assert!(started.elapsed() < Duration::from_secs(4), "{store} through {via_name}: {:?}", started.elapsed());
+        }
+    }
+    let (store, lat, lng) = stores()[0].clone();
+    let point = format!("/v1/availability?lat={lat}&lng={lng}");
+    for via in [&a, &b] {
+        let (s, v) = via.call("GET", &point, None, None).await;
+        assert_eq!((s, v["store_id"].as_str()), (200, Some(store.as_str())), "reads answer from memory: {v}");
+    }
+    // A node dies while the database is away: its regions cannot be taken yet.
+    b.kill();
+    tokio::time::sleep(Duration::from_millis(TTL_MS * 2)).await;
+    for (store, lat, lng) in stores() {
+        let (s, v) = a.order(&admin, &format!("away-a-{store}"), order_body(lat, lng)).await;
+        assert_eq!(s, 503, "{store}: {v}");
+    }
+
+    database_away(&scratch.url, false).await;
+    // The survivor owns every region and takes orders for each; a key retried from the outage
+    // places its order once.
+    let cluster = settled(&a, 1).await;
+    assert!(stores().iter().all(|(s, _, _)| owner_of(&cluster, s) == "a"), "{cluster}");
+    for (store, lat, lng) in stores() {
+        let key = format!("away-a-{store}");
+        let id = place(&a, &key, &order_body(lat, lng), 30).await.expect("placed after the database came back");
+        let (s, again) = a.order(&admin, &key, order_body(lat, lng)).await;
+        assert_eq!((s, again["id"].as_str()), (201, Some(id.as_str())), "a replay, not a second order");
+        placed += 1;
+    }
+    let now = reserved(&a).await;
+    assert_eq!(now.values().map(|(_, r)| r).sum::<i64>(), placed, "{now:?}");
+    assert_eq!(now, ledger(&scratch.url).await, "memory and the ledger agree");
     drop(a);
     scratch.drop_database().await;
 }

@@ -9,7 +9,8 @@ use std::io::Write as _;
 use std::time::{Duration, Instant};
 
 use common::{
-    STORE_LAT, STORE_LNG, Server, admin, eventually, metric, mqtt_of, now_ms, order_body, rider_client, token, unique,
+    STORE_LAT, STORE_LNG, Server, admin, database_away, eventually, metric, mqtt_of, now_ms, order_body, rider_client,
+    token, unique,
 };
 use darkstore::auth::Role;
 use darkstore_db::scratch::ScratchDb;
@@ -302,14 +303,6 @@ async fn payment_webhooks_in_any_order_over_http_and_on_the_feed(scratch: Scratc
     scratch.drop_database().await;
 }
 
-/// Runs SQL on the PostgreSQL server the tests use.
-async fn admin_sql(sql: &str) {
-    use sqlx::{Connection, Executor};
-    let url = std::env::var(darkstore_db::scratch::POSTGRES_ENV).unwrap();
-    let mut conn = sqlx::AnyConnection::connect(&url).await.unwrap();
-    conn.execute(sql).await.unwrap();
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_database_that_goes_away_is_a_quick_503_and_writes_come_back_by_themselves() {
     sqlx::any::install_default_drivers();
@@ -317,18 +310,13 @@ async fn a_database_that_goes_away_is_a_quick_503_and_writes_come_back_by_themse
         eprintln!("DARKSTORE_TEST_POSTGRES is not set: the database-away test needs PostgreSQL");
         return;
     };
-    let name = scratch.url.rsplit('/').next().unwrap().to_owned();
     let server = Server::start(&scratch.url, &[]);
     server.seed("s1", "milk", 10).await;
     let alice = token(Role::Customer, "alice", None);
     let (s, before) = server.order(&alice, "before", order_body("milk", 1)).await;
     assert_eq!(s, 201);
     // The database refuses every connection, and the open ones are cut.
-    admin_sql(&format!("ALTER DATABASE {name} WITH ALLOW_CONNECTIONS false")).await;
-    admin_sql(&format!(
-        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}' AND pid <> pg_backend_pid()"
-    ))
-    .await;
+    database_away(&scratch.url, true).await;
     let started = Instant::now();
     let (s, b) = server.order(&alice, "while-away", order_body("milk", 1)).await;
     let took = started.elapsed();
@@ -348,7 +336,7 @@ async fn a_database_that_goes_away_is_a_quick_503_and_writes_come_back_by_themse
     let v: Value = serde_json::from_str(&t).unwrap();
     assert_eq!(v["data"]["error"], "unavailable", "{v}");
     // It comes back: writes recover without a restart.
-    admin_sql(&format!("ALTER DATABASE {name} WITH ALLOW_CONNECTIONS true")).await;
+    database_away(&scratch.url, false).await;
     let n = std::sync::atomic::AtomicU32::new(0);
     eventually("orders placed again", 15, || {
         let key = format!("after-{}", n.fetch_add(1, std::sync::atomic::Ordering::Relaxed));

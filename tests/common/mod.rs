@@ -319,3 +319,25 @@ impl Drop for Nats {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
+
+/// Runs SQL on the PostgreSQL server the tests use (`DARKSTORE_TEST_POSTGRES`).
+pub async fn admin_sql(sql: &str) {
+    use sqlx::{Connection, Executor};
+    sqlx::any::install_default_drivers();
+    let url = std::env::var(darkstore_db::scratch::POSTGRES_ENV).unwrap();
+    let mut conn = sqlx::AnyConnection::connect(&url).await.unwrap();
+    conn.execute(sql).await.unwrap();
+}
+
+/// Makes the scratch database at `url` refuse new connections and cuts the open ones (`away`),
+/// or lets them in again.
+pub async fn database_away(url: &str, away: bool) {
+    let name = url.rsplit('/').next().unwrap().split('?').next().unwrap();
+    admin_sql(&format!("ALTER DATABASE {name} WITH ALLOW_CONNECTIONS {}", !away)).await;
+    if away {
+        admin_sql(&format!(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}' AND pid <> pg_backend_pid()"
+        ))
+        .await;
+    }
+}
