@@ -9,7 +9,8 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::{
-    Nats, STORE_LAT, STORE_LNG, Server, admin, database_away, eventually, mqtt_of, publish, rider_client, token,
+    Nats, STORE_LAT, STORE_LNG, Server, admin, database_away, eventually, libfaketime, mqtt_of, publish, rider_client,
+    token,
 };
 use darkstore::auth::Role;
 use darkstore_db::scratch::ScratchDb;
@@ -580,6 +581,69 @@ async fn postgres_away_is_503_on_every_node_and_its_return_resumes_writes() {
     assert_eq!(now.values().map(|(_, r)| r).sum::<i64>(), placed, "{now:?}");
     assert_eq!(now, ledger(&scratch.url).await, "memory and the ledger agree");
     drop(a);
+    scratch.drop_database().await;
+}
+
+/// Clocks skewed between nodes: ownership depends on no wall clock (the buckets' TTLs are the
+/// NATS server's, and a node trusts its own lease by its monotonic clock), so a node whose wall
+/// clock runs 20 s behind another's (libfaketime) shares the regions, answers for any of them,
+/// and takes a killed node's regions as soon as any node would (a lease read off a wall clock 20 s
+/// behind would keep them 20 s longer), with nothing lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn clocks_skewed_between_nodes_change_nothing_in_ownership() {
+    let Some(faketime) = libfaketime() else {
+        eprintln!("libfaketime not installed (Debian package faketime): skipped");
+        return;
+    };
+    let Some((nats, scratch)) = setup("ds_cluster_skew").await else { return };
+    let admin = admin();
+    let mut a = node(&scratch.url, &nats, "a");
+    for (id, lat, lng) in stores() {
+        let body = json!({"name": id, "lat": lat, "lng": lng});
+        assert_eq!(a.call("PUT", &format!("/v1/stores/{id}"), Some(&admin), Some(body)).await.0, 201);
+    }
+    let product = json!({"name": "Milk", "category": "dairy", "price_minor": 4500});
+    assert_eq!(a.call("PUT", "/v1/catalog/milk", Some(&admin), Some(product)).await.0, 201);
+    let flags = ["--cluster-url", nats.url.as_str(), "--node-id", "b", "--lease-ttl-ms", "2000"];
+    // The wall clock only: its monotonic clock is the machine's.
+    let skew = [("LD_PRELOAD", faketime.as_str()), ("FAKETIME", "-20s"), ("FAKETIME_DONT_FAKE_MONOTONIC", "1")];
+    let b = Server::start_with_env(&scratch.url, &flags, &skew);
+    settled(&a, 2).await;
+    let cluster = settled(&b, 2).await;
+    let owners: std::collections::HashSet<String> = stores().iter().map(|(s, _, _)| owner_of(&cluster, s)).collect();
+    assert_eq!(owners.len(), 2, "both nodes own regions: {cluster}");
+    let restock = json!({"sku": "milk", "delta": 100, "reason": "restock"});
+    for (id, _, _) in stores() {
+        let (s, v) = b.call("POST", &format!("/v1/stores/{id}/stock"), Some(&admin), Some(restock.clone())).await;
+        assert_eq!(s, 200, "{v}");
+    }
+    let mut placed = 0;
+    for (via_name, via) in [("a", &a), ("b", &b)] {
+        for (store, lat, lng) in stores() {
+            let id = place(via, &format!("{via_name}-{store}"), &order_body(lat, lng), 10).await.expect("placed");
+            placed += 1;
+            // The skewed node stamps what it commits with its own clock.
+            let (_, o) = get(&a, &format!("/v1/orders/{id}")).await;
+            let created = humantime::parse_rfc3339(o["created_at"].as_str().unwrap()).unwrap();
+            let behind =
+                std::time::SystemTime::now().duration_since(created).is_ok_and(|d| d > Duration::from_secs(10));
+            assert_eq!(behind, owner_of(&cluster, &store) == "b", "{o}");
+        }
+    }
+    // The node on the right clock dies: the skewed one takes its regions in about a TTL (the
+    // bound is loose: a timing, not a benchmark).
+    let killed = Instant::now();
+    a.kill();
+    for (store, lat, lng) in stores() {
+        place(&b, &format!("after-{store}"), &order_body(lat, lng), 30).await.expect("placed after the kill");
+        placed += 1;
+    }
+    let took = killed.elapsed();
+    assert!(took < Duration::from_secs(15), "every region served again after {took:?}");
+    let now = reserved(&b).await;
+    assert_eq!(now.values().map(|(_, r)| r).sum::<i64>(), placed, "{now:?}");
+    assert_eq!(now, ledger(&scratch.url).await, "memory and the ledger agree");
+    drop(b);
     scratch.drop_database().await;
 }
 

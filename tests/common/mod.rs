@@ -39,6 +39,11 @@ pub fn admin() -> String {
 impl Server {
     /// Starts the server on `db_url` with extra flags and waits for its ready line.
     pub fn start(db_url: &str, extra: &[&str]) -> Server {
+        Server::start_with_env(db_url, extra, &[])
+    }
+
+    /// The same, with more environment variables for the process.
+    pub fn start_with_env(db_url: &str, extra: &[&str], env: &[(&str, &str)]) -> Server {
         let mut child = Command::new(env!("CARGO_BIN_EXE_darkstore"))
             .args(["serve", "--http", "127.0.0.1:0", "--mqtt-listen", "127.0.0.1:0"])
             .args(["--database-url", db_url, "--jwt-secret", SECRET])
@@ -46,6 +51,7 @@ impl Server {
             // Limits off unless a test's flags turn them on.
             .env("DARKSTORE_RATE_LIMIT_PER_SEC", "0")
             .env("DARKSTORE_LOG", "warn,rumqttd=off")
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
@@ -340,4 +346,14 @@ pub async fn database_away(url: &str, away: bool) {
         ))
         .await;
     }
+}
+
+/// libfaketime (Debian package `faketime`), to run a process on a skewed clock.
+pub fn libfaketime() -> Option<String> {
+    let dirs = std::fs::read_dir("/usr/lib").ok()?;
+    dirs.flatten()
+        .map(|d| d.path().join("faketime/libfaketime.so.1"))
+        .chain([std::path::PathBuf::from("/usr/lib/faketime/libfaketime.so.1")])
+        .find(|p| p.exists())
+        .map(|p| p.display().to_string())
 }
