@@ -55,14 +55,15 @@ fn owner_of(view: &Value, store: &str) -> String {
     r.unwrap()["owner"].as_str().unwrap().to_owned()
 }
 
-async fn place(server: &Server, key: &str, body: &Value) -> bool {
+/// Places an order, retrying a 503 or 429 with the same key; the order's id once acknowledged.
+async fn place(server: &Server, key: &str, body: &Value) -> Option<String> {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let (s, _) = server.order(&admin(), key, body.clone()).await;
+        let (s, v) = server.order(&admin(), key, body.clone()).await;
         match s {
-            201 => return true,
+            201 => return v["id"].as_str().map(str::to_owned),
             503 | 429 if Instant::now() < deadline => tokio::time::sleep(Duration::from_millis(20)).await,
-            _ => return false,
+            _ => return None,
         }
     }
 }
@@ -106,6 +107,7 @@ async fn failover(db: &str, nats: &Nats, kills: usize) {
     restock(&nodes["a"]).await;
     let (_, lat, lng) = stores()[0].clone();
     let mut times = Vec::new();
+    let mut acknowledged: Vec<String> = Vec::new();
     let mut n = 0usize;
     for round in 0..kills {
         let victim = owner_of(&view, "s0");
@@ -113,15 +115,16 @@ async fn failover(db: &str, nats: &Nats, kills: usize) {
         // Busy: orders for the victim's region through a survivor, until the kill.
         for _ in 0..20 {
             n += 1;
-            assert!(place(&nodes[&survivor], &format!("f{n}"), &order_body(lat, lng)).await);
+            acknowledged.push(place(&nodes[&survivor], &format!("f{n}"), &order_body(lat, lng)).await.expect("placed"));
         }
         let mut killed = nodes.remove(&victim).unwrap();
         let t0 = Instant::now();
         killed.kill();
         // The first order sent after the kill that is placed: the region is served again.
         n += 1;
-        assert!(place(&nodes[&survivor], &format!("f{n}"), &order_body(lat, lng)).await, "round {round}");
+        let id = place(&nodes[&survivor], &format!("f{n}"), &order_body(lat, lng)).await;
         times.push(t0.elapsed().as_secs_f64());
+        acknowledged.push(id.unwrap_or_else(|| panic!("round {round}: not placed")));
         nodes.insert(victim.clone(), node(db, nats, &victim));
         view = cluster_view(&nodes[&survivor], 3).await;
     }
@@ -132,6 +135,47 @@ async fn failover(db: &str, nats: &Nats, kills: usize) {
         pct(&mut t, 0.99),
         times.iter().cloned().fold(0.0, f64::max)
     );
+    // The audit after every kill: each acknowledged order is there, and what the owner holds
+    // reserved is what was acknowledged and what the ledger says.
+    let any = nodes.values().next().unwrap();
+    let mut lost = 0;
+    for id in &acknowledged {
+        let (s, _) = get_retried(any, &format!("/v1/orders/{id}")).await;
+        lost += usize::from(s != 200);
+    }
+    let (_, stock) = get_retried(any, "/v1/stores/s0/stock").await;
+    let reserved = stock["lines"][0]["reserved"].as_i64().unwrap_or(-1);
+    let ledger = ledger_reserved(db, "s0").await;
+    println!(
+        "failover audit: {} acknowledged, {lost} lost, {} distinct ids; s0 reserved {reserved} in memory, {ledger} in the ledger",
+        acknowledged.len(),
+        acknowledged.iter().collect::<std::collections::BTreeSet<_>>().len(),
+    );
+}
+
+/// A GET, retried while a region changes owner.
+async fn get_retried(server: &Server, path: &str) -> (u16, Value) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (s, v) = server.call("GET", path, Some(&admin()), None).await;
+        if s != 503 || Instant::now() > deadline {
+            return (s, v);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A store's reserved units by the ledger, straight from PostgreSQL.
+async fn ledger_reserved(db: &str, store: &str) -> i64 {
+    let pool = sqlx::PgPool::connect(db).await.unwrap();
+    let sum: i64 =
+        sqlx::query_scalar("SELECT CAST(COALESCE(SUM(d_reserved), 0) AS BIGINT) FROM stock_ledger WHERE store_id = $1")
+            .bind(store)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    pool.close().await;
+    sum
 }
 
 async fn forwarding(db: &str, nats: &Nats) {
@@ -153,7 +197,7 @@ async fn forwarding(db: &str, nats: &Nats) {
             assert_eq!(s, 200);
             reads.push(t.elapsed().as_secs_f64() * 1e3);
             let t = Instant::now();
-            assert!(place(via, &format!("{what}-{i}"), &order_body(lat, lng)).await);
+            assert!(place(via, &format!("{what}-{i}"), &order_body(lat, lng)).await.is_some());
             writes.push(t.elapsed().as_secs_f64() * 1e3);
         }
         println!(
@@ -190,7 +234,8 @@ async fn throughput(db: &str, nats: &Nats, n_nodes: usize, secs: u64) {
                 let mut i = 0;
                 while Instant::now() < deadline {
                     i += 1;
-                    if place(&nodes[idx], &format!("t{n_nodes}-{store}-{c}-{i}"), &order_body(lat, lng)).await {
+                    if place(&nodes[idx], &format!("t{n_nodes}-{store}-{c}-{i}"), &order_body(lat, lng)).await.is_some()
+                    {
                         placed.fetch_add(1, Ordering::Relaxed);
                     }
                 }

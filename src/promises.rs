@@ -49,7 +49,9 @@ type Stamped = Mutex<FastMap<String, (Millis, (f64, f64))>>;
 /// The least time between two `eta` messages of an order while its rider moves.
 pub const ETA_EVERY_MS: Millis = 5_000;
 /// The share of promises to keep: the margin is this quantile of the estimate's relative error
-/// over the last [`MARGIN_WINDOW`] deliveries (at least [`MARGIN_MIN`] of them).
+/// over the last [`MARGIN_WINDOW`] orders delivered first on their route (at least
+/// [`MARGIN_MIN`] of them). Above 95%: the orders behind others on a route are kept by the
+/// optimizer with less room.
 const PROMISE_QUANTILE: f64 = 0.97;
 const MARGIN_WINDOW: usize = 100;
 const MARGIN_MIN: usize = 10;
@@ -333,9 +335,10 @@ impl Promises {
                 }
             }
             OrderStatus::Confirmed | OrderStatus::Packed if from == OrderStatus::Assigned => {
-                // Handed back: no rider, no live estimate until the next one.
+                // Handed back: no rider, no live estimate and no place on a route until the next.
                 if let Some(mut open) = self.open.get_mut(&o.id) {
                     open.assigned = false;
+                    open.in_task = (0, 0);
                     open.told = None;
                     open.pending = None;
                 }
