@@ -212,7 +212,11 @@ async fn edge_inner(app: AppRef, mut req: Request, next: Next, request_id: &str)
     let status = response.status().as_u16();
     let elapsed = started.elapsed();
     app.state.metrics.http(method, &route, status, elapsed.as_secs_f64());
-    if status >= 500 {
+    if status == 503 {
+        // Refused with a retry (the database or NATS away, a region changing owner): the cause is
+        // logged where it is known; under a failover this line comes once per request.
+        tracing::warn!(%request_id, %method, %route, status, micros = elapsed.as_micros() as u64, "request refused");
+    } else if status >= 500 {
         tracing::error!(%request_id, %method, %route, status, micros = elapsed.as_micros() as u64, "request failed");
     } else {
         tracing::debug!(%request_id, %method, %route, status, micros = elapsed.as_micros() as u64, "request");
