@@ -1,4 +1,5 @@
-//! Cluster mode (issue #11): failover time over repeated kills of a busy owner, the added latency
+//! Cluster mode (issue #11): failover time over repeated kills of a busy owner (then an audit:
+//! every acknowledged order looked up, the region's reserved units against the ledger), the added latency
 //! of a forwarded request, and order throughput on disjoint regions with 1, 2 and 3 nodes.
 //!
 //! `cargo bench --bench cluster` with `DARKSTORE_TEST_POSTGRES` set and `nats-server` installed
@@ -13,7 +14,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{Nats, Server, admin};
+use common::{Nats, Server, admin, get_retried, ledger};
 use darkstore_db::scratch::ScratchDb;
 use serde_json::{Value, json};
 
@@ -145,37 +146,12 @@ async fn failover(db: &str, nats: &Nats, kills: usize) {
     }
     let (_, stock) = get_retried(any, "/v1/stores/s0/stock").await;
     let reserved = stock["lines"][0]["reserved"].as_i64().unwrap_or(-1);
-    let ledger = ledger_reserved(db, "s0").await;
+    let ledger = ledger(db).await.get("s0").map_or(0, |l| l.1);
     println!(
         "failover audit: {} acknowledged, {lost} lost, {} distinct ids; s0 reserved {reserved} in memory, {ledger} in the ledger",
         acknowledged.len(),
         acknowledged.iter().collect::<std::collections::BTreeSet<_>>().len(),
     );
-}
-
-/// A GET, retried while a region changes owner.
-async fn get_retried(server: &Server, path: &str) -> (u16, Value) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let (s, v) = server.call("GET", path, Some(&admin()), None).await;
-        if s != 503 || Instant::now() > deadline {
-            return (s, v);
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-/// A store's reserved units by the ledger, straight from PostgreSQL.
-async fn ledger_reserved(db: &str, store: &str) -> i64 {
-    let pool = sqlx::PgPool::connect(db).await.unwrap();
-    let sum: i64 =
-        sqlx::query_scalar("SELECT CAST(COALESCE(SUM(d_reserved), 0) AS BIGINT) FROM stock_ledger WHERE store_id = $1")
-            .bind(store)
-            .fetch_one(&pool)
-            .await
-            .unwrap();
-    pool.close().await;
-    sum
 }
 
 async fn forwarding(db: &str, nats: &Nats) {

@@ -9,8 +9,8 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::{
-    Nats, STORE_LAT, STORE_LNG, Server, admin, database_away, eventually, libfaketime, mqtt_of, publish, rider_client,
-    token,
+    Nats, STORE_LAT, STORE_LNG, Server, admin, database_away, eventually, get_retried, ledger, libfaketime, mqtt_of,
+    publish, rider_client, token,
 };
 use darkstore::auth::Role;
 use darkstore_db::scratch::ScratchDb;
@@ -92,23 +92,11 @@ async fn place(server: &Server, key: &str, body: &Value, secs: u64) -> Result<St
     }
 }
 
-/// A GET through `server`, retried while a region changes owner (503; a GET is safe to repeat).
-async fn get(server: &Server, path: &str) -> (u16, Value) {
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        let (s, v) = server.call("GET", path, Some(&admin()), None).await;
-        if s != 503 || Instant::now() > deadline {
-            return (s, v);
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 /// The reserved units of every store, as `server` answers them (forwarded to each owner).
 async fn reserved(server: &Server) -> BTreeMap<String, (i64, i64)> {
     let mut out = BTreeMap::new();
     for (store, _, _) in stores() {
-        let (s, v) = get(server, &format!("/v1/stores/{store}/stock")).await;
+        let (s, v) = get_retried(server, &format!("/v1/stores/{store}/stock")).await;
         assert_eq!(s, 200, "{store}: {v}");
         let line = &v["lines"][0];
         out.insert(store, (line["on_hand"].as_i64().unwrap(), line["reserved"].as_i64().unwrap()));
@@ -116,18 +104,23 @@ async fn reserved(server: &Server) -> BTreeMap<String, (i64, i64)> {
     out
 }
 
-/// The ledger's sums per store, straight from PostgreSQL.
-async fn ledger(db_url: &str) -> BTreeMap<String, (i64, i64)> {
-    use sqlx::Row;
-    let pool = sqlx::PgPool::connect(db_url).await.unwrap();
-    let rows = sqlx::query(
-        "SELECT store_id, CAST(SUM(d_on_hand) AS BIGINT), CAST(SUM(d_reserved) AS BIGINT) FROM stock_ledger GROUP BY store_id",
-    )
-    .fetch_all(&pool)
-    .await
-    .unwrap();
-    pool.close().await;
-    rows.iter().map(|r| (r.get::<String, _>(0), (r.get::<i64, _>(1), r.get::<i64, _>(2)))).collect()
+/// Creates the six stores and the product through `via`.
+async fn seed(via: &Server) {
+    for (id, lat, lng) in stores() {
+        let body = json!({"name": id, "lat": lat, "lng": lng});
+        let (s, v) = via.call("PUT", &format!("/v1/stores/{id}"), Some(&admin()), Some(body)).await;
+        assert_eq!(s, 201, "{v}");
+    }
+    let product = json!({"name": "Milk", "category": "dairy", "price_minor": 4500});
+    assert_eq!(via.call("PUT", "/v1/catalog/milk", Some(&admin()), Some(product)).await.0, 201);
+}
+
+/// What `server` holds reserved is one unit for each of the `placed` orders, and the ledger
+/// agrees.
+async fn audit(server: &Server, db_url: &str, placed: i64) {
+    let now = reserved(server).await;
+    assert_eq!(now.values().map(|(_, r)| r).sum::<i64>(), placed, "{now:?}");
+    assert_eq!(now, ledger(db_url).await, "memory and the ledger agree");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -135,14 +128,7 @@ async fn three_nodes_share_regions_forward_requests_and_fail_over() {
     let Some((nats, scratch)) = setup("ds_cluster").await else { return };
     let a = node(&scratch.url, &nats, "a");
     let admin = admin();
-    for (id, lat, lng) in stores() {
-        let (s, v) = a
-            .call("PUT", &format!("/v1/stores/{id}"), Some(&admin), Some(json!({"name": id, "lat": lat, "lng": lng})))
-            .await;
-        assert_eq!(s, 201, "{v}");
-    }
-    let product = json!({"name": "Milk", "category": "dairy", "price_minor": 4500});
-    assert_eq!(a.call("PUT", "/v1/catalog/milk", Some(&admin), Some(product)).await.0, 201);
+    seed(&a).await;
     let b = node(&scratch.url, &nats, "b");
     let c = node(&scratch.url, &nats, "c");
     let nodes: HashMap<&str, &Server> = [("a", &a), ("b", &b), ("c", &c)].into();
@@ -218,7 +204,7 @@ async fn three_nodes_share_regions_forward_requests_and_fail_over() {
     let survivor = survivors[0];
     settled(survivor, 2).await;
     for (id, store) in &acknowledged {
-        let (s, v) = get(survivor, &format!("/v1/orders/{id}")).await;
+        let (s, v) = get_retried(survivor, &format!("/v1/orders/{id}")).await;
         assert_eq!((s, v["store_id"].as_str()), (200, Some(store.as_str())), "{id}: {v}");
     }
     let mut per_store: BTreeMap<String, i64> = BTreeMap::new();
@@ -464,7 +450,7 @@ async fn a_rolling_restart_fails_no_request_beyond_safe_retries() {
     }
     let cluster = settled(&nodes[0], 3).await;
     for (id, store) in &placed {
-        let (s, v) = get(&nodes[0], &format!("/v1/orders/{id}")).await;
+        let (s, v) = get_retried(&nodes[0], &format!("/v1/orders/{id}")).await;
         assert_eq!((s, v["store_id"].as_str()), (200, Some(store.as_str())), "{id}: {v}");
     }
     let stock = reserved(&nodes[1]).await;
@@ -507,7 +493,7 @@ async fn nats_down_stops_writes_and_its_return_resumes_them() {
     let id = place(&a, "while-down", &body, 30).await.expect("placed after NATS came back");
     let (s, again) = a.order(&admin, "while-down", body.clone()).await;
     assert_eq!((s, again["id"].as_str()), (201, Some(id.as_str())), "a replay, not a second order");
-    let stock = get(&a, "/v1/stores/s1/stock").await.1;
+    let stock = get_retried(&a, "/v1/stores/s1/stock").await.1;
     assert_eq!(stock["lines"][0]["reserved"], 2, "{stock}");
     drop(a);
     scratch.drop_database().await;
@@ -522,12 +508,7 @@ async fn postgres_away_is_503_on_every_node_and_its_return_resumes_writes() {
     let Some((nats, scratch)) = setup("ds_cluster_pg_away").await else { return };
     let admin = admin();
     let a = node(&scratch.url, &nats, "a");
-    for (id, lat, lng) in stores() {
-        let body = json!({"name": id, "lat": lat, "lng": lng});
-        assert_eq!(a.call("PUT", &format!("/v1/stores/{id}"), Some(&admin), Some(body)).await.0, 201);
-    }
-    let product = json!({"name": "Milk", "category": "dairy", "price_minor": 4500});
-    assert_eq!(a.call("PUT", "/v1/catalog/milk", Some(&admin), Some(product)).await.0, 201);
+    seed(&a).await;
     let mut b = node(&scratch.url, &nats, "b");
     settled(&a, 2).await;
     settled(&b, 2).await;
@@ -577,9 +558,7 @@ async fn postgres_away_is_503_on_every_node_and_its_return_resumes_writes() {
         assert_eq!((s, again["id"].as_str()), (201, Some(id.as_str())), "a replay, not a second order");
         placed += 1;
     }
-    let now = reserved(&a).await;
-    assert_eq!(now.values().map(|(_, r)| r).sum::<i64>(), placed, "{now:?}");
-    assert_eq!(now, ledger(&scratch.url).await, "memory and the ledger agree");
+    audit(&a, &scratch.url, placed).await;
     drop(a);
     scratch.drop_database().await;
 }
@@ -598,12 +577,7 @@ async fn clocks_skewed_between_nodes_change_nothing_in_ownership() {
     let Some((nats, scratch)) = setup("ds_cluster_skew").await else { return };
     let admin = admin();
     let mut a = node(&scratch.url, &nats, "a");
-    for (id, lat, lng) in stores() {
-        let body = json!({"name": id, "lat": lat, "lng": lng});
-        assert_eq!(a.call("PUT", &format!("/v1/stores/{id}"), Some(&admin), Some(body)).await.0, 201);
-    }
-    let product = json!({"name": "Milk", "category": "dairy", "price_minor": 4500});
-    assert_eq!(a.call("PUT", "/v1/catalog/milk", Some(&admin), Some(product)).await.0, 201);
+    seed(&a).await;
     let flags = ["--cluster-url", nats.url.as_str(), "--node-id", "b", "--lease-ttl-ms", "2000"];
     // The wall clock only: its monotonic clock is the machine's.
     let skew = [("LD_PRELOAD", faketime.as_str()), ("FAKETIME", "-20s"), ("FAKETIME_DONT_FAKE_MONOTONIC", "1")];
@@ -623,7 +597,7 @@ async fn clocks_skewed_between_nodes_change_nothing_in_ownership() {
             let id = place(via, &format!("{via_name}-{store}"), &order_body(lat, lng), 10).await.expect("placed");
             placed += 1;
             // The skewed node stamps what it commits with its own clock.
-            let (_, o) = get(&a, &format!("/v1/orders/{id}")).await;
+            let (_, o) = get_retried(&a, &format!("/v1/orders/{id}")).await;
             let created = humantime::parse_rfc3339(o["created_at"].as_str().unwrap()).unwrap();
             let behind =
                 std::time::SystemTime::now().duration_since(created).is_ok_and(|d| d > Duration::from_secs(10));
@@ -640,9 +614,7 @@ async fn clocks_skewed_between_nodes_change_nothing_in_ownership() {
     }
     let took = killed.elapsed();
     assert!(took < Duration::from_secs(15), "every region served again after {took:?}");
-    let now = reserved(&b).await;
-    assert_eq!(now.values().map(|(_, r)| r).sum::<i64>(), placed, "{now:?}");
-    assert_eq!(now, ledger(&scratch.url).await, "memory and the ledger agree");
+    audit(&b, &scratch.url, placed).await;
     drop(b);
     scratch.drop_database().await;
 }

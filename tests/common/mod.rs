@@ -357,3 +357,30 @@ pub fn libfaketime() -> Option<String> {
         .find(|p| p.exists())
         .map(|p| p.display().to_string())
 }
+
+/// A GET as admin, retried for up to 15 s while a region changes owner (503; a GET is safe to
+/// repeat).
+pub async fn get_retried(server: &Server, path: &str) -> (u16, Value) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let (s, v) = server.call("GET", path, Some(&admin()), None).await;
+        if s != 503 || Instant::now() > deadline {
+            return (s, v);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The ledger's sums per store (on hand, reserved), straight from PostgreSQL.
+pub async fn ledger(db_url: &str) -> std::collections::BTreeMap<String, (i64, i64)> {
+    use sqlx::Row;
+    let pool = sqlx::PgPool::connect(db_url).await.unwrap();
+    let rows = sqlx::query(
+        "SELECT store_id, CAST(SUM(d_on_hand) AS BIGINT), CAST(SUM(d_reserved) AS BIGINT) FROM stock_ledger GROUP BY store_id",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    pool.close().await;
+    rows.iter().map(|r| (r.get::<String, _>(0), (r.get::<i64, _>(1), r.get::<i64, _>(2)))).collect()
+}
