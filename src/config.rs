@@ -110,6 +110,13 @@ pub struct ServeConfig {
     #[arg(long, env = "DARKSTORE_LEASE_TTL_MS", default_value_t = 5_000)]
     pub lease_ttl_ms: u64,
 
+    /// Cluster mode: an idle rider of another region within this distance (m, straight line) of a
+    /// store of a region this node holds may be given that store's orders (the border rule; the
+    /// rider is claimed first, so it never has two tasks). 0: riders work for their home region
+    /// only, and riders without a store are not dispatched.
+    #[arg(long, env = "DARKSTORE_CLUSTER_BORDER_M", default_value_t = 2_000.0)]
+    pub cluster_border_m: f64,
+
     /// `darkstore demo` only: run the demo's own simulated traffic (24 riders, an order every five
     /// seconds). `false` leaves the city to an outside load generator.
     #[arg(long, env = "DARKSTORE_DEMO_TRAFFIC", default_value_t = true, action = clap::ArgAction::Set)]

@@ -19,6 +19,8 @@ use darkstore_geoinv::Millis;
 use darkstore_geoinv::order::OrderStatus;
 use darkstore_geoinv::quote::StoreLoad;
 use darkstore_geoinv::surge::{Demand, Surge, SurgeRule};
+use darkstore_geoinv::travel::distance_m;
+use futures_util::future::BoxFuture;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
@@ -55,8 +57,31 @@ struct Between {
 
 pub use crate::model::AreaState;
 
-/// Which riders a node may give tasks to (cluster mode).
-pub type RiderFilter = Box<dyn Fn(&str) -> bool + Send + Sync>;
+/// How a node may use a rider (cluster mode).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Usable {
+    /// Its own: the rider's home store is in a region held here, or its task is from here.
+    Home,
+    /// Another region's (or no region's) idle rider: usable within the border distance of a
+    /// store with orders here.
+    Border,
+    /// Not here: another node gives it tasks.
+    No,
+}
+
+/// Cluster mode: which riders a node may give tasks to, and the claim that makes a task its own
+/// (`cluster::claims`).
+pub trait RiderArbiter: Send + Sync {
+    fn usable(&self, rider: &crate::model::Rider) -> Usable;
+    /// How far from a store with orders here a border rider may be (m).
+    fn border_m(&self) -> f64;
+    /// Claims the rider for a task of `store_id`: false when another node has it.
+    fn claim<'a>(&'a self, rider: &'a str, store_id: &'a str) -> BoxFuture<'a, bool>;
+    /// Lets a claim go (its assignment did not happen).
+    fn release<'a>(&'a self, rider: &'a str) -> BoxFuture<'a, ()>;
+    /// Lets go the claims of riders whose tasks have ended.
+    fn release_idle<'a>(&'a self, riders: &'a Riders) -> BoxFuture<'a, ()>;
+}
 
 pub struct Dispatcher {
     pub state: Arc<State>,
@@ -73,8 +98,8 @@ pub struct Dispatcher {
     pub promise_ms: Millis,
     pub counters: DispatchCounters,
     next_task: AtomicU64,
-    /// Cluster mode: the riders this node may give tasks to (those of the regions it holds).
-    rider_filter: std::sync::OnceLock<RiderFilter>,
+    /// Cluster mode: the riders this node may give tasks to, and their claims.
+    arbiter: std::sync::OnceLock<Arc<dyn RiderArbiter>>,
 }
 
 /// An order the tick considers, with what the task needs of it.
@@ -102,13 +127,17 @@ impl Dispatcher {
             between: Mutex::new(Between::default()),
             counters: DispatchCounters::default(),
             next_task: AtomicU64::new(1),
-            rider_filter: std::sync::OnceLock::new(),
+            arbiter: std::sync::OnceLock::new(),
         }
     }
 
-    /// Cluster mode: only riders `mine` says are given tasks here (set once).
-    pub fn set_rider_filter(&self, mine: RiderFilter) {
-        let _ = self.rider_filter.set(mine);
+    /// Cluster mode: riders are given tasks here as `arbiter` says (set once).
+    pub fn set_arbiter(&self, arbiter: Arc<dyn RiderArbiter>) {
+        let _ = self.arbiter.set(arbiter);
+    }
+
+    fn usable(&self, rider: &crate::model::Rider) -> Usable {
+        self.arbiter.get().map_or(Usable::Home, |a| a.usable(rider))
     }
 
     /// One tick: hand back orders of silent riders, plan, commit and send tasks.
@@ -116,6 +145,9 @@ impl Dispatcher {
         let started = Instant::now();
         let now = self.state.now();
         self.ingest.retry_hand_backs().await;
+        if let Some(arbiter) = self.arbiter.get() {
+            arbiter.release_idle(&self.riders).await;
+        }
         for (rider, orders) in self.riders.sweep_silent(now) {
             for o in orders {
                 self.ingest.hand_back(&o, &rider).await;
@@ -182,8 +214,16 @@ impl Dispatcher {
             return;
         }
         let mut candidates = self.riders.candidates(&stores, now, self.horizon_ms);
-        if let Some(mine) = self.rider_filter.get() {
-            candidates.retain(|(id, _, _)| mine(id));
+        if let Some(arbiter) = self.arbiter.get() {
+            let mut pickups = stores.clone();
+            pickups.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
+            pickups.dedup();
+            let border_m = arbiter.border_m();
+            candidates.retain(|(id, pos, _)| match self.riders.get(id).map(|r| arbiter.usable(&r)) {
+                Some(Usable::Home) => true,
+                Some(Usable::Border) => pickups.iter().any(|s| distance_m(s.0, s.1, pos.0, pos.1) <= border_m),
+                Some(Usable::No) | None => false,
+            });
         }
         let riders_in: Vec<RiderIn> = candidates
             .iter()
@@ -218,7 +258,19 @@ impl Dispatcher {
             };
             let task_id = task.id.clone();
             let order_ids: Vec<String> = task.order_ids().map(str::to_owned).collect();
+            // Cluster mode: the rider is claimed first (one node's task at a time).
+            if let Some(arbiter) = self.arbiter.get() {
+                if self.riders.get(&rider).is_none_or(|r| r.task.is_some()) {
+                    continue;
+                }
+                if !arbiter.claim(&rider, &task.store_id).await {
+                    continue;
+                }
+            }
             if !self.riders.assign(&rider, task, now) {
+                if let Some(arbiter) = self.arbiter.get() {
+                    arbiter.release(&rider).await;
+                }
                 continue;
             }
             // All orders of the task move to `assigned` together (one group commit).
@@ -242,7 +294,12 @@ impl Dispatcher {
                 }
             }
             // What is left of the task (an order may also have been cancelled meanwhile).
-            let Some(sent) = self.riders.send_task(&rider, &task_id) else { continue };
+            let Some(sent) = self.riders.send_task(&rider, &task_id) else {
+                if let Some(arbiter) = self.arbiter.get() {
+                    arbiter.release(&rider).await;
+                }
+                continue;
+            };
             let n = sent.orders.len() as u64;
             self.counters.tasks.fetch_add(1, Ordering::Relaxed);
             self.counters.orders_assigned.fetch_add(n, Ordering::Relaxed);
@@ -264,7 +321,7 @@ impl Dispatcher {
     /// store it is registered with, else the store of its task, else the store serving where it is.
     fn riders_at_stores(&self, loads: &mut FastMap<u32, StoreLoad>, now: Millis) {
         for r in self.riders.all(None) {
-            if !r.on_shift || now - r.seen_at > self.riders.silence_ms {
+            if !r.on_shift || now - r.seen_at > self.riders.silence_ms || self.usable(&r) == Usable::No {
                 continue;
             }
             let (from, free_at) = match (&r.task, r.pos) {

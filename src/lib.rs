@@ -129,8 +129,14 @@ pub async fn start(config: &ServeConfig, listener: TcpListener, clock: Arc<dyn C
                 Some(url) => url.clone(),
                 None => format!("http://{}", listener.local_addr()?),
             };
-            let cluster =
-                cluster::Cluster::join(url, node_id, &advertise, Duration::from_millis(config.lease_ttl_ms)).await?;
+            let cluster = cluster::Cluster::join(
+                url,
+                node_id,
+                &advertise,
+                Duration::from_millis(config.lease_ttl_ms),
+                config.cluster_border_m,
+            )
+            .await?;
             committer.set_fencer(cluster.clone());
             Some(cluster)
         }
@@ -297,34 +303,39 @@ pub async fn start(config: &ServeConfig, listener: TcpListener, clock: Arc<dyn C
     let incoming = match &app.cluster {
         None => incoming,
         Some(cluster) => {
-            // Every node hears every rider; a rider is dispatched (and spoken for on the feeds)
-            // by the owner of its store's region. A rider with no store is not dispatched in
-            // cluster mode.
+            // Every node hears every rider; a rider is dispatched by the owner of its store's
+            // region, or lent to a neighbouring region's owner by the border rule, claimed in
+            // either case (`cluster::claims`). The node that gave a rider its task speaks for it
+            // on the feeds; an idle rider is spoken for by its home region's owner.
             ingest.cluster_mode.store(true, std::sync::atomic::Ordering::Relaxed);
             // By the rider's store: the publisher asks while the riders' map is locked for that
             // rider, so this must not look the rider up again.
             let serves = {
                 let (cluster, state) = (Arc::downgrade(cluster), Arc::downgrade(&state));
-                move |store: Option<&str>| -> bool {
-                    let (Some(cluster), Some(state), Some(store)) = (cluster.upgrade(), state.upgrade(), store) else {
+                move |r: &model::Rider| -> bool {
+                    let (Some(cluster), Some(state)) = (cluster.upgrade(), state.upgrade()) else { return false };
+                    if r.task.is_some() {
+                        return true;
+                    }
+                    if cluster.claims.held_elsewhere(&r.id) {
                         return false;
-                    };
-                    state.store(store).is_some_and(|s| cluster.serves_store(&s).is_ok())
+                    }
+                    let store = r.store_id.as_deref().and_then(|s| state.store(s));
+                    store.is_some_and(|s| cluster.serves_store(&s).is_ok())
                 }
             };
-            let serves = Arc::new(serves);
-            let (for_dispatch, riders) = (serves.clone(), Arc::downgrade(&app.riders));
-            dispatcher.set_rider_filter(Box::new(move |r| {
-                let store = riders.upgrade().and_then(|riders| riders.get(r)).and_then(|r| r.store_id);
-                for_dispatch(store.as_deref())
-            }));
+            dispatcher.set_arbiter(cluster.clone());
+            {
+                let (cluster, stopped) = (cluster.clone(), stopped.clone());
+                background.push(tokio::spawn(async move { cluster.claims.watch(stopped).await }));
+            }
             let (relay, handles) = cluster.start_relay(
                 app.publisher.clone() as Arc<dyn cluster::relay::Sink>,
                 broker.is_some(),
                 stopped.clone(),
             );
             background.extend(handles);
-            app.publisher.set_relay(relay, Box::new(move |r: &model::Rider| serves(r.store_id.as_deref())));
+            app.publisher.set_relay(relay, Box::new(serves));
             let (merged, handles) = cluster.relay_riders(incoming, stopped.clone());
             background.extend(handles);
             merged

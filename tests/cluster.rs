@@ -404,6 +404,157 @@ async fn riders_and_feeds_reach_every_node() {
     scratch.drop_database().await;
 }
 
+/// Two points about 900 m apart on either side of a region border (H3 resolution-5 cells), east
+/// of the usual store: (west, east, west's region, east's region).
+fn across_a_border() -> ((f64, f64), (f64, f64), String, String) {
+    let region = |lng: f64| darkstore::cluster::region_of(STORE_LAT, lng).unwrap();
+    let start = region(STORE_LNG);
+    let mut lng = STORE_LNG;
+    while region(lng) == start {
+        lng += 0.0005;
+        assert!(lng < STORE_LNG + 1.0, "no border found");
+    }
+    let (west, east) = ((STORE_LAT, lng - 0.0045), (STORE_LAT, lng + 0.0045));
+    let (rw, re) = (region(west.1), region(east.1));
+    assert_ne!(rw, re);
+    (west, east, rw, re)
+}
+
+/// The border rule: an idle rider of one region standing by a store of the neighbouring region,
+/// whose owner is another node, is lent to that owner and given its order; while it has that task
+/// its home region's owner cannot give it another (the claim in the `darkstore_riders` bucket);
+/// once it has delivered, it works for its home region again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_rider_near_a_border_is_lent_and_never_has_two_tasks() {
+    border_case(false).await;
+}
+
+/// The same, with the node the rider was lent to killed while the rider holds its task: the
+/// survivor takes the region, rebuilds the task and holds the rider's claim; the rider delivers
+/// through it, and only then gets its home store's order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_lent_riders_task_survives_its_lenders_death() {
+    border_case(true).await;
+}
+
+async fn border_case(kill_lender: bool) {
+    let Some((nats, scratch)) = setup(if kill_lender { "ds_cluster_border_kill" } else { "ds_cluster_border" }).await
+    else {
+        return;
+    };
+    let (west, east, r_west, r_east) = across_a_border();
+    // Two node ids whose owners of the two regions differ.
+    let names = ["a", "b", "c", "d", "e", "f", "g", "h"];
+    let (n1, n2) = names
+        .iter()
+        .flat_map(|x| names.iter().map(move |y| (*x, *y)))
+        .find(|(x, y)| {
+            let owner = |r: &str| darkstore::cluster::hash::owner(r, [*x, *y]).unwrap();
+            x != y && owner(&r_west) == *x && owner(&r_east) == *y
+        })
+        .expect("two node ids that split the regions");
+    let flags = |id: &'static str| {
+        vec!["--cluster-url", nats.url.as_str(), "--node-id", id, "--lease-ttl-ms", "2000", "--dispatch-tick-ms", "200"]
+    };
+    let (home, neighbour) = (Server::start(&scratch.url, &flags(n1)), Server::start(&scratch.url, &flags(n2)));
+    let admin = admin();
+    for (id, (lat, lng)) in [("west", west), ("east", east)] {
+        let body = json!({"name": id, "lat": lat, "lng": lng});
+        assert_eq!(home.call("PUT", &format!("/v1/stores/{id}"), Some(&admin), Some(body)).await.0, 201);
+    }
+    let product = json!({"name": "Milk", "category": "dairy", "price_minor": 4500});
+    assert_eq!(home.call("PUT", "/v1/catalog/milk", Some(&admin), Some(product)).await.0, 201);
+    let cluster = settled_with(&neighbour, 2, 2).await;
+    settled_with(&home, 2, 2).await;
+    assert_eq!((owner_of(&cluster, "west"), owner_of(&cluster, "east")), (n1.to_owned(), n2.to_owned()));
+    for store in ["west", "east"] {
+        let restock = json!({"sku": "milk", "delta": 10, "reason": "restock"});
+        let (s, v) = home.call("POST", &format!("/v1/stores/{store}/stock"), Some(&admin), Some(restock)).await;
+        assert_eq!(s, 200, "{v}");
+    }
+
+    // A rider of the west store, connected to its home owner's broker, idle at the east store.
+    let (s, v) =
+        home.call("PUT", "/v1/riders/r1", Some(&admin), Some(json!({"name": "Ravi", "store_id": "west"}))).await;
+    assert_eq!(s, 201, "{v}");
+    let (client, mut inbox, accepted) = rider_client(&mqtt_of(&home), "r1", Some(token(Role::Rider, "r1", None))).await;
+    assert!(accepted);
+    client.subscribe("riders/r1/tasks", QoS::AtLeastOnce).await.unwrap();
+    eventually("the neighbour knows the rider", 15, || async {
+        (neighbour.call("GET", "/v1/riders/r1", Some(&admin), None).await.0 == 200).then_some(())
+    })
+    .await;
+    publish(&client, "riders/r1/shift".into(), json!({"on_shift": true})).await;
+    let at_east = json!({"lat": east.0, "lng": east.1, "ts": common::now_ms()});
+    publish(&client, "riders/r1/location".into(), at_east).await;
+    for server in [&home, &neighbour] {
+        eventually("the rider on shift at the east store", 15, || async {
+            let (_, v) = server.call("GET", "/v1/riders/r1", Some(&admin), None).await;
+            (v["on_shift"] == true && v["lat"].is_number()).then_some(())
+        })
+        .await;
+    }
+
+    let alice = token(Role::Customer, "alice", None);
+    let order_at = |(lat, lng): (f64, f64), dlng: f64| json!({"lat": lat + 0.001, "lng": lng + dlng, "lines": [{"sku": "milk", "qty": 1}]});
+    // An order at the east store, which has no rider of its own: the neighbour borrows r1.
+    let (s, east_order) = neighbour.order(&alice, "east-1", order_at(east, 0.002)).await;
+    assert_eq!(s, 201, "{east_order}");
+    let east_id = east_order["id"].as_str().unwrap().to_owned();
+    let code = east_order["delivery_code"].as_str().unwrap().to_owned();
+    let east_staff = token(Role::Staff, "sue", Some("east"));
+    assert_eq!(neighbour.call("POST", &format!("/v1/orders/{east_id}/packed"), Some(&east_staff), None).await.0, 200);
+    let (_, task) = tokio::time::timeout(Duration::from_secs(20), inbox.recv()).await.expect("a task").unwrap();
+    assert_eq!(task["orders"][0]["id"], east_id.as_str(), "{task}");
+    let (_, v) = home.call("GET", "/v1/cluster", Some(&admin), None).await;
+    let claim = json!({"id": "r1", "node": n2, "region": r_east});
+    assert!(v["riders"].as_array().unwrap().contains(&claim), "{v}");
+
+    let mut neighbour = Some(neighbour);
+    if kill_lender {
+        // The lender dies with the task open; the home node takes its region and the claim.
+        signal(neighbour.as_ref().unwrap(), "-KILL");
+        neighbour = None;
+        eventually("the survivor holds the lent rider's claim", 30, || async {
+            let (_, v) = home.call("GET", "/v1/cluster", Some(&admin), None).await;
+            let claim = json!({"id": "r1", "node": n1, "region": r_east});
+            v["riders"].as_array()?.contains(&claim).then_some(())
+        })
+        .await;
+        let (_, o) = home.call("GET", &format!("/v1/orders/{east_id}"), Some(&admin), None).await;
+        assert_eq!((&o["status"], &o["rider_id"]), (&json!("assigned"), &json!("r1")), "{o}");
+    }
+    let survivor = neighbour.as_ref().unwrap_or(&home);
+
+    // While it rides for the neighbour, an order at its home store is not given to it: it waits.
+    let (s, west_order) = home.order(&alice, "west-1", order_at(west, -0.002)).await;
+    assert_eq!(s, 201, "{west_order}");
+    let west_id = west_order["id"].as_str().unwrap().to_owned();
+    let staff = token(Role::Staff, "sam", Some("west"));
+    assert_eq!(home.call("POST", &format!("/v1/orders/{west_id}/packed"), Some(&staff), None).await.0, 200);
+    let second = tokio::time::timeout(Duration::from_secs(4), inbox.recv()).await;
+    assert!(second.is_err(), "a second task while the first is open: {second:?}");
+    let (_, o) = home.call("GET", &format!("/v1/orders/{west_id}"), Some(&admin), None).await;
+    assert_eq!(o["status"], "packed", "{o}");
+
+    // It delivers the east order; its claim goes, and its home owner gives it the west order.
+    for kind in ["picked_up", "delivered"] {
+        publish(&client, "riders/r1/events".into(), json!({"type": kind, "order_id": east_id, "code": code})).await;
+    }
+    let (_, task) = tokio::time::timeout(Duration::from_secs(20), inbox.recv()).await.expect("the next task").unwrap();
+    assert_eq!(task["orders"][0]["id"], west_id.as_str(), "{task}");
+    let (_, o) = survivor.call("GET", &format!("/v1/orders/{east_id}"), Some(&admin), None).await;
+    assert_eq!(o["status"], "delivered", "{o}");
+    eventually("the claim is the home owner's", 10, || async {
+        let (_, v) = survivor.call("GET", "/v1/cluster", Some(&admin), None).await;
+        let claim = json!({"id": "r1", "node": n1, "region": r_west});
+        v["riders"].as_array()?.contains(&claim).then_some(())
+    })
+    .await;
+    drop((home, neighbour));
+    scratch.drop_database().await;
+}
+
 /// A rolling restart of all three nodes (SIGTERM: each hands its regions off first) while a client
 /// keeps ordering through whichever node answers, retrying with the same key: every order is
 /// placed once, and stock agrees with the ledger.

@@ -48,14 +48,18 @@ impl Cluster {
         state.load_region(snapshot);
         // The riders' tasks, from the orders they hold (as at start-up: counted as sent).
         let now = state.now();
+        let mut kept = HashSet::new();
         for held in state.orders_with_riders().await {
             if stores.contains(&held.order.store_id) {
                 let pickup =
                     state.store(&held.order.store_id).map_or((held.order.lat, held.order.lng), |s| (s.lat, s.lng));
                 riders.restore_task(&held.rider_id, &held.order, held.picked_up, pickup, now);
+                kept.insert(held.rider_id.clone());
             }
         }
         self.held.lock().expect("held lock").insert(region.to_owned(), Held { epoch, renewed: sent });
+        // The riders of the rebuilt tasks are this node's to speak for and to let go.
+        self.claims.take_region(region, &kept).await;
         tracing::info!(region, epoch, stores = stores.len(), orders, "took a region");
     }
 

@@ -17,6 +17,7 @@
 //!    the renewal was sent, on this node's monotonic clock: no clock is compared across nodes),
 //!    and PostgreSQL refuses any batch whose epoch a newer owner has passed.
 
+pub mod claims;
 pub mod forward;
 pub mod hash;
 mod lease;
@@ -92,18 +93,25 @@ pub struct Cluster {
     stopping: AtomicBool,
     /// The last owner seen of each region.
     last_owners: Mutex<HashMap<String, String>>,
+    /// Which node gives each rider its task (`claims.rs`).
+    pub claims: claims::Claims,
+    /// Idle riders of other regions within this distance of a store of a region held here may be
+    /// given its tasks (m).
+    pub border_m: f64,
     /// Called with the regions whose owner changed since the last round.
     on_moved: std::sync::OnceLock<Box<dyn Fn(Vec<String>) + Send + Sync>>,
 }
 
-async fn bucket(js: &async_nats::jetstream::Context, name: &str, ttl: Duration) -> Result<kv::Store, BoxError> {
+/// The bucket `name`, created if absent; its keys live `max_age` without an update (zero: until
+/// deleted).
+async fn bucket(js: &async_nats::jetstream::Context, name: &str, max_age: Duration) -> Result<kv::Store, BoxError> {
     if let Ok(store) = js.get_key_value(name).await {
         return Ok(store);
     }
     let config = kv::Config {
         bucket: name.to_owned(),
         history: 1,
-        max_age: ttl,
+        max_age,
         // On disk: a restarted NATS server keeps the buckets (stale leases lapse by their age).
         storage: async_nats::jetstream::stream::StorageType::File,
         ..Default::default()
@@ -120,7 +128,13 @@ async fn bucket(js: &async_nats::jetstream::Context, name: &str, ttl: Duration) 
 impl Cluster {
     /// Connects to NATS, makes sure the buckets exist, and registers this node (refused when a
     /// live node already has the id).
-    pub async fn join(url: &str, node_id: &str, advertise: &str, ttl: Duration) -> Result<Arc<Cluster>, BoxError> {
+    pub async fn join(
+        url: &str,
+        node_id: &str,
+        advertise: &str,
+        ttl: Duration,
+        border_m: f64,
+    ) -> Result<Arc<Cluster>, BoxError> {
         if node_id.is_empty()
             || node_id.len() > 64
             || !node_id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
@@ -139,6 +153,7 @@ impl Cluster {
         let js = async_nats::jetstream::new(client.clone());
         let members = bucket(&js, MEMBERS, ttl).await?;
         let leases = bucket(&js, LEASES, ttl).await?;
+        let riders = bucket(&js, claims::RIDERS, Duration::ZERO).await?;
         let value = json!({"advertise": advertise}).to_string();
         // A key left by this id's previous process (killed) lapses within the TTL; a live twin
         // keeps renewing it. So try until 1.5 TTL have passed before refusing.
@@ -173,6 +188,8 @@ impl Cluster {
             alive: Mutex::new(Some(Instant::now())),
             stopping: AtomicBool::new(false),
             on_moved: std::sync::OnceLock::new(),
+            claims: claims::Claims::new(node_id, riders),
+            border_m: if border_m.is_finite() { border_m.max(0.0) } else { 0.0 },
             last_owners: Mutex::new(HashMap::new()),
         }))
     }
@@ -219,6 +236,11 @@ impl Cluster {
         }
         out.values_mut().for_each(|v| v.sort());
         out
+    }
+
+    /// Whether this node holds the region's lease (trusted or not: it has not let it go).
+    pub(crate) fn has_region(&self, region: &str) -> bool {
+        self.held.lock().expect("held lock").contains_key(region)
     }
 
     fn holds(&self, region: &str) -> bool {
@@ -348,6 +370,9 @@ impl Cluster {
                 None => {}
             }
         }
+        // Claims of riders by nodes that are gone, in the regions held here.
+        let live: std::collections::HashSet<&str> = ids.iter().copied().collect();
+        self.claims.sweep(&live, |r| self.has_region(r)).await;
         // What the bucket says, for /v1/cluster and for pointing requests at owners.
         let mut owners = HashMap::new();
         for region in by_region.keys() {

@@ -33,7 +33,8 @@ pub async fn readyz(State(app): State<AppRef>) -> Response {
     (status, axum::Json(body)).into_response()
 }
 
-/// `GET /v1/cluster` (admin): the live nodes, and every region with its owner, epoch and stores.
+/// `GET /v1/cluster` (admin): the live nodes, every region with its owner, epoch and stores, and
+/// the riders claimed for a task with the node and region of the task.
 pub async fn cluster(
     State(app): State<AppRef>,
     caller: super::Caller,
@@ -53,7 +54,10 @@ pub async fn cluster(
         })
         .collect();
     regions.sort_by(|a, b| a["id"].as_str().cmp(&b["id"].as_str()));
-    Ok(axum::Json(json!({"node": cluster.node_id, "nodes": nodes, "regions": regions})))
+    // Which node gives each busy rider its task (the claims), and the region of that task.
+    let riders: Vec<_> =
+        cluster.claims.all().into_iter().map(|(id, c)| json!({"id": id, "node": c.node, "region": c.region})).collect();
+    Ok(axum::Json(json!({"node": cluster.node_id, "nodes": nodes, "regions": regions, "riders": riders})))
 }
 
 /// `GET /metrics`: admin only (or, with `--metrics-listen`, without a token on that address).
