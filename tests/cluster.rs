@@ -223,7 +223,14 @@ async fn three_nodes_share_regions_forward_requests_and_fail_over() {
     let paused = nodes[paused_name.as_str()];
     let other = survivors.iter().find(|s| s.base != paused.base).copied().unwrap();
     signal(paused, "-STOP");
-    tokio::time::sleep(Duration::from_millis(TTL_MS + 1_500)).await;
+    let stopped_at = Instant::now();
+    // A stock change forwarded to the paused owner gets no answer: it may have been received, and
+    // it carries no Idempotency-Key, so the client is told 504 (read back first), not "try again".
+    let restock = json!({"sku": "milk", "delta": 1, "reason": "restock"});
+    let (s, v) = other.call("POST", "/v1/stores/s1/stock", Some(&admin), Some(restock)).await;
+    assert_eq!((s, v["error"].as_str()), (504, Some("owner_timeout")), "{v}");
+    tokio::time::sleep((stopped_at + Duration::from_millis(TTL_MS + 1_500)).saturating_duration_since(Instant::now()))
+        .await;
     let (_, lat, lng) = stores()[1].clone();
     let id = place(other, "after-pause", &order_body(lat, lng), 30).await.expect("served by the other node");
     acknowledged.push((id, "s1".into()));

@@ -71,6 +71,19 @@ fn carried(name: &HeaderName) -> bool {
     !matches!(name.as_str(), "connection" | "keep-alive" | "transfer-encoding" | "upgrade" | "host" | "content-length")
 }
 
+/// Why a forward got no answer, and whether the owner may have run the request all the same.
+#[derive(Debug)]
+pub struct ForwardError {
+    pub why: String,
+    pub maybe_applied: bool,
+}
+
+impl ForwardError {
+    fn not_sent(why: String) -> ForwardError {
+        ForwardError { why, maybe_applied: false }
+    }
+}
+
 fn unavailable(message: String, region: &str) -> Response {
     let mut r = ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message)
         .with("region", serde_json::json!(region))
@@ -144,11 +157,29 @@ pub async fn to_owner(State(app): State<AppRef>, req: Request, next: Next) -> Re
     }
     match elsewhere.owner {
         Some((node, _)) if node != cluster.node_id => {
+            // A write the owner may have received and applied without answering must not be
+            // repeated blindly: unless it carries an Idempotency-Key (which makes a repeat safe),
+            // it is answered 504, not "try again".
+            let repeatable = matches!(parts.method, Method::GET | Method::HEAD | Method::OPTIONS)
+                || parts.headers.contains_key("idempotency-key");
             let started = std::time::Instant::now();
             let answer = cluster.forward(&node, parts, body, &app.jwt_secret).await;
             app.state.metrics.forward_latency.observe(started.elapsed().as_secs_f64());
             answer.unwrap_or_else(|e| {
-                tracing::warn!(owner = %node, error = %e, "forwarding failed");
+                tracing::warn!(owner = %node, error = %e.why, "forwarding failed");
+                if e.maybe_applied && !repeatable {
+                    return ApiError::new(
+                        StatusCode::GATEWAY_TIMEOUT,
+                        "owner_timeout",
+                        format!(
+                            "region {} is served by node {node}, which did not answer in time: the change may \
+                             have been applied; read it back before repeating it",
+                            elsewhere.region
+                        ),
+                    )
+                    .with("region", serde_json::json!(elsewhere.region))
+                    .into_response();
+                }
                 unavailable(
                     format!("region {} is served by node {node}, which did not answer; try again", elsewhere.region),
                     &elsewhere.region,
@@ -167,7 +198,7 @@ impl Cluster {
         parts: axum::http::request::Parts,
         body: Bytes,
         secret: &[u8],
-    ) -> Result<Response, String> {
+    ) -> Result<Response, ForwardError> {
         let method = parts.method.to_string();
         let uri = parts.uri.path_and_query().map(|p| p.to_string()).unwrap_or_else(|| parts.uri.path().to_owned());
         let headers: Vec<(String, String)> = parts
@@ -178,18 +209,26 @@ impl Cluster {
             .collect();
         let body = base64::engine::general_purpose::STANDARD.encode(&body);
         let sig = signature(secret, &method, &uri, &headers, &body);
-        let wire = serde_json::to_vec(&WireRequest { method, uri, headers, body, sig }).map_err(|e| e.to_string())?;
+        let wire = serde_json::to_vec(&WireRequest { method, uri, headers, body, sig })
+            .map_err(|e| ForwardError::not_sent(e.to_string()))?;
         let reply = tokio::time::timeout(FORWARD_TIMEOUT, self.client.request(subject(node), wire.into()))
             .await
-            .map_err(|_| "timed out".to_owned())?
-            .map_err(|e| e.to_string())?;
-        let answer: WireResponse = serde_json::from_slice(&reply.payload).map_err(|e| e.to_string())?;
-        let body = base64::engine::general_purpose::STANDARD.decode(answer.body).map_err(|e| e.to_string())?;
+            .map_err(|_| ForwardError { why: "timed out".into(), maybe_applied: true })?
+            .map_err(|e| ForwardError {
+                why: e.to_string(),
+                // No node listens (it left or died): nothing was delivered.
+                maybe_applied: e.kind() != async_nats::RequestErrorKind::NoResponders,
+            })?;
+        let answer: WireResponse = serde_json::from_slice(&reply.payload)
+            .map_err(|e| ForwardError { why: e.to_string(), maybe_applied: true })?;
+        let body = base64::engine::general_purpose::STANDARD
+            .decode(answer.body)
+            .map_err(|e| ForwardError { why: e.to_string(), maybe_applied: true })?;
         let mut response = Response::builder().status(answer.status);
         for (k, v) in &answer.headers {
             response = response.header(k, v);
         }
-        response.body(Body::from(body)).map_err(|e| e.to_string())
+        response.body(Body::from(body)).map_err(|e| ForwardError { why: e.to_string(), maybe_applied: true })
     }
 
     /// Answers the requests other nodes forward here, through `router`, until `stop`.
