@@ -1,9 +1,12 @@
 //! Cluster mode (issue #11): failover time over repeated kills of a busy owner (then an audit:
-//! every acknowledged order looked up, the region's reserved units against the ledger), the added latency
-//! of a forwarded request, and order throughput on disjoint regions with 1, 2 and 3 nodes.
+//! every acknowledged order looked up, the region's reserved units against the ledger, and what
+//! the region's riders were told: no rider given a second task while one was open, no order in
+//! two riders' tasks), the added latency of a forwarded request, and order throughput on disjoint
+//! regions with 1, 2 and 3 nodes.
 //!
-//! `cargo bench --bench cluster` with `DARKSTORE_TEST_POSTGRES` set and `nats-server` installed
-//! (the bench starts its own, with JetStream, in a temporary directory). `CLUSTER_KILLS` (default
+//! `cargo bench --bench cluster` with `DARKSTORE_TEST_POSTGRES` set, `nats-server` installed (the
+//! bench starts its own, with JetStream, in a temporary directory) and Mosquitto on
+//! 127.0.0.1:1883 (the failover's nodes share it, so riders stay connected through the kills). `CLUSTER_KILLS` (default
 //! 20) and `CLUSTER_SECS` (throughput seconds per size, default 10) shorten or lengthen it.
 
 #[path = "../tests/common/mod.rs"]
@@ -14,7 +17,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{Nats, Server, admin, get_retried, ledger};
+use common::{Nats, Server, admin, get_retried, ledger, publish, rider_client};
 use darkstore_db::scratch::ScratchDb;
 use serde_json::{Value, json};
 
@@ -22,6 +25,135 @@ const TTL_MS: u64 = 2_000;
 
 fn node(db: &str, nats: &Nats, id: &str) -> Server {
     Server::start(db, &["--cluster-url", &nats.url, "--node-id", id, "--lease-ttl-ms", &TTL_MS.to_string()])
+}
+
+/// The machine's Mosquitto, which the failover's nodes share.
+const MOSQUITTO: &str = "mqtt://127.0.0.1:1883";
+
+fn node_on_mosquitto(db: &str, nats: &Nats, id: &str) -> Server {
+    let log = std::env::var("CLUSTER_LOG").unwrap_or_else(|_| "warn,rumqttd=off".into());
+    Server::start_with_env(
+        db,
+        &[
+            "--cluster-url",
+            &nats.url,
+            "--node-id",
+            id,
+            "--lease-ttl-ms",
+            &TTL_MS.to_string(),
+            "--mqtt-url",
+            MOSQUITTO,
+            "--dispatch-tick-ms",
+            "200",
+            // Orders are ready within a couple of seconds, so riders ride through the kills.
+            "--picking-minutes",
+            "0.02",
+            "--pickers",
+            "50",
+        ],
+        &[("DARKSTORE_LOG", log.as_str())],
+    )
+}
+
+/// What the riders saw over the kills.
+#[derive(Default)]
+struct Seen {
+    tasks: AtomicU64,
+    delivered: AtomicU64,
+    /// A task (another task id) while the rider's last task was still open.
+    second_task: AtomicU64,
+    /// An order in the tasks of two riders.
+    two_riders: AtomicU64,
+}
+
+/// Riders of `store` on Mosquitto: each reports its position every second, takes its tasks, and
+/// a moment later picks up and delivers them (with their codes), counting what must never happen.
+async fn fleet(
+    n: usize,
+    prefix: &str,
+    store: (f64, f64),
+    codes: Arc<std::sync::Mutex<std::collections::HashMap<String, String>>>,
+    seen: Arc<Seen>,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    let holder: Arc<std::sync::Mutex<std::collections::HashMap<String, String>>> = Arc::default();
+    let mut handles = Vec::new();
+    for i in 0..n {
+        let id = format!("{prefix}-r{i}");
+        let (client, mut inbox, accepted) = rider_client(MOSQUITTO, &id, None).await;
+        assert!(accepted, "Mosquitto on 127.0.0.1:1883 accepts the bench's riders");
+        client.subscribe(format!("riders/{id}/tasks"), rumqttc::QoS::AtLeastOnce).await.unwrap();
+        publish(&client, format!("riders/{id}/shift"), json!({"on_shift": true})).await;
+        let positions = client.clone();
+        let me = id.clone();
+        handles.push(tokio::spawn(async move {
+            loop {
+                let at = json!({"lat": store.0, "lng": store.1, "ts": common::now_ms()});
+                publish(&positions, format!("riders/{me}/location"), at).await;
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }));
+        let (codes, seen, holder) = (codes.clone(), seen.clone(), holder.clone());
+        handles.push(tokio::spawn(async move {
+            // The task the rider is riding (set on receipt, cleared as it hands the last order over).
+            let open: Arc<std::sync::Mutex<Option<String>>> = Arc::default();
+            while let Some((_, task)) = inbox.recv().await {
+                let task_id = task["task_id"].as_str().unwrap_or_default().to_owned();
+                let orders: Vec<String> = task["orders"]
+                    .as_array()
+                    .map(|v| v.iter().filter_map(|o| o["id"].as_str().map(str::to_owned)).collect())
+                    .unwrap_or_default();
+                {
+                    let mut open = open.lock().unwrap();
+                    if orders.is_empty() {
+                        *open = None; // withdrawn
+                        continue;
+                    }
+                    if open.as_deref() == Some(task_id.as_str()) {
+                        continue; // the same task again (an order left it)
+                    }
+                    if let Some(t) = open.as_ref() {
+                        seen.second_task.fetch_add(1, Ordering::Relaxed);
+                        eprintln!("{id}: task {task_id} while {t} is open");
+                    }
+                    *open = Some(task_id.clone());
+                }
+                seen.tasks.fetch_add(1, Ordering::Relaxed);
+                {
+                    let mut holder = holder.lock().unwrap();
+                    for o in &orders {
+                        if let Some(other) = holder.insert(o.clone(), id.clone()).filter(|r| *r != id) {
+                            seen.two_riders.fetch_add(1, Ordering::Relaxed);
+                            eprintln!("order {o} in the tasks of {other} and {id}");
+                        }
+                    }
+                }
+                // The ride, while the inbox keeps being read.
+                let (client, codes, seen, open, id) =
+                    (client.clone(), codes.clone(), seen.clone(), open.clone(), id.clone());
+                tokio::spawn(async move {
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    for o in &orders {
+                        publish(&client, format!("riders/{id}/events"), json!({"type": "picked_up", "order_id": o}))
+                            .await;
+                    }
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    {
+                        let mut open = open.lock().unwrap();
+                        if open.as_deref() == Some(task_id.as_str()) {
+                            *open = None;
+                        }
+                    }
+                    for o in &orders {
+                        let code = codes.lock().unwrap().get(o).cloned();
+                        let event = json!({"type": "delivered", "order_id": o, "code": code});
+                        publish(&client, format!("riders/{id}/events"), event).await;
+                        seen.delivered.fetch_add(1, Ordering::Relaxed);
+                    }
+                });
+            }
+        }));
+    }
+    handles
 }
 
 fn stores() -> Vec<(String, f64, f64)> {
@@ -58,11 +190,21 @@ fn owner_of(view: &Value, store: &str) -> String {
 
 /// Places an order, retrying a 503 or 429 with the same key; the order's id once acknowledged.
 async fn place(server: &Server, key: &str, body: &Value) -> Option<String> {
+    place_coded(server, key, body).await.map(|(id, _)| id)
+}
+
+/// The same, with the order's delivery code.
+async fn place_coded(server: &Server, key: &str, body: &Value) -> Option<(String, String)> {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let (s, v) = server.order(&admin(), key, body.clone()).await;
         match s {
-            201 => return v["id"].as_str().map(str::to_owned),
+            201 => {
+                return Some((
+                    v["id"].as_str()?.to_owned(),
+                    v["delivery_code"].as_str().unwrap_or_default().to_owned(),
+                ));
+            }
             503 | 429 if Instant::now() < deadline => tokio::time::sleep(Duration::from_millis(20)).await,
             _ => return None,
         }
@@ -99,14 +241,24 @@ async fn restock(via: &Server) {
 
 async fn failover(db: &str, nats: &Nats, kills: usize) {
     let mut nodes: BTreeMap<String, Server> = BTreeMap::new();
-    nodes.insert("a".into(), node(db, nats, "a"));
+    nodes.insert("a".into(), node_on_mosquitto(db, nats, "a"));
     seed(&nodes["a"]).await;
     for id in ["b", "c"] {
-        nodes.insert(id.into(), node(db, nats, id));
+        nodes.insert(id.into(), node_on_mosquitto(db, nats, id));
     }
     let mut view = cluster_view(&nodes["a"], 3).await;
     restock(&nodes["a"]).await;
     let (_, lat, lng) = stores()[0].clone();
+    // Six riders of s0 (ids unique to this run: Mosquitto is shared).
+    let prefix = format!("bench{}", std::process::id());
+    for i in 0..6 {
+        let body = json!({"name": format!("rider {i}"), "store_id": "s0"});
+        let (s, v) = nodes["a"].call("PUT", &format!("/v1/riders/{prefix}-r{i}"), Some(&admin()), Some(body)).await;
+        assert_eq!(s, 201, "{v}");
+    }
+    let codes: Arc<std::sync::Mutex<std::collections::HashMap<String, String>>> = Arc::default();
+    let seen = Arc::new(Seen::default());
+    let riders = fleet(6, &prefix, (lat, lng), codes.clone(), seen.clone()).await;
     let mut times = Vec::new();
     let mut acknowledged: Vec<String> = Vec::new();
     let mut n = 0usize;
@@ -116,17 +268,22 @@ async fn failover(db: &str, nats: &Nats, kills: usize) {
         // Busy: orders for the victim's region through a survivor, until the kill.
         for _ in 0..20 {
             n += 1;
-            acknowledged.push(place(&nodes[&survivor], &format!("f{n}"), &order_body(lat, lng)).await.expect("placed"));
+            let (id, code) =
+                place_coded(&nodes[&survivor], &format!("f{n}"), &order_body(lat, lng)).await.expect("placed");
+            codes.lock().unwrap().insert(id.clone(), code);
+            acknowledged.push(id);
         }
         let mut killed = nodes.remove(&victim).unwrap();
         let t0 = Instant::now();
         killed.kill();
         // The first order sent after the kill that is placed: the region is served again.
         n += 1;
-        let id = place(&nodes[&survivor], &format!("f{n}"), &order_body(lat, lng)).await;
+        let placed = place_coded(&nodes[&survivor], &format!("f{n}"), &order_body(lat, lng)).await;
         times.push(t0.elapsed().as_secs_f64());
-        acknowledged.push(id.unwrap_or_else(|| panic!("round {round}: not placed")));
-        nodes.insert(victim.clone(), node(db, nats, &victim));
+        let (id, code) = placed.unwrap_or_else(|| panic!("round {round}: not placed"));
+        codes.lock().unwrap().insert(id.clone(), code);
+        acknowledged.push(id);
+        nodes.insert(victim.clone(), node_on_mosquitto(db, nats, &victim));
         view = cluster_view(&nodes[&survivor], 3).await;
     }
     let mut t = times.clone();
@@ -151,6 +308,38 @@ async fn failover(db: &str, nats: &Nats, kills: usize) {
         "failover audit: {} acknowledged, {lost} lost, {} distinct ids; s0 reserved {reserved} in memory, {ledger} in the ledger",
         acknowledged.len(),
         acknowledged.iter().collect::<std::collections::BTreeSet<_>>().len(),
+    );
+    // The riders' side: a few more seconds for the last tasks, then what they saw.
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    riders.iter().for_each(|h| h.abort());
+    let (mut delivered, mut picked) = (0i64, 0i64);
+    for id in &acknowledged {
+        let (_, o) = get_retried(any, &format!("/v1/orders/{id}")).await;
+        delivered += i64::from(o["status"] == "delivered");
+        picked += i64::from(o["status"] == "delivered" || o["status"] == "picked_up");
+        if o["status"] != "delivered" && std::env::var("CLUSTER_DEBUG").is_ok() {
+            eprintln!("not delivered: {id} {} {}", o["status"], o["rider_id"]);
+        }
+    }
+    // Stock: what left the shelf is what riders picked up, what is held is the rest, and the
+    // ledger says the same.
+    let (_, stock) = get_retried(any, "/v1/stores/s0/stock").await;
+    let line = &stock["lines"][0];
+    let (on_hand, reserved) = (line["on_hand"].as_i64().unwrap_or(-1), line["reserved"].as_i64().unwrap_or(-1));
+    let in_ledger = common::ledger(db).await.get("s0").copied().unwrap_or_default();
+    println!(
+        "failover stock: on hand {on_hand} (restocked 1000000, {picked} picked up: {}), reserved {reserved} \
+         ({} acknowledged not picked up), ledger (on hand, reserved) {in_ledger:?}",
+        if on_hand == 1_000_000 - picked { "agrees" } else { "DISAGREES" },
+        acknowledged.len() as i64 - picked,
+    );
+    println!(
+        "failover riders: 6 riders of s0, {} tasks received, {} deliveries sent, {delivered} orders delivered; \
+         a second task while one was open: {}; an order in two riders' tasks: {}",
+        seen.tasks.load(Ordering::Relaxed),
+        seen.delivered.load(Ordering::Relaxed),
+        seen.second_task.load(Ordering::Relaxed),
+        seen.two_riders.load(Ordering::Relaxed),
     );
 }
 

@@ -146,6 +146,8 @@ impl Dispatcher {
         let now = self.state.now();
         self.ingest.retry_hand_backs().await;
         if let Some(arbiter) = self.arbiter.get() {
+            // Events heard while an order's region had no owner here, now that it has.
+            self.ingest.replay_parked().await;
             arbiter.release_idle(&self.riders).await;
         }
         for (rider, orders) in self.riders.sweep_silent(now) {

@@ -90,7 +90,62 @@ pub struct Ingest {
     /// Cluster mode: every node hears every rider; an event about an order this node does not
     /// hold is for its owner, and is let be here.
     pub cluster_mode: std::sync::atomic::AtomicBool,
+    /// Cluster mode: events about orders this node did not hold, kept for [`PARK_MS`] (at most
+    /// [`PARK_MAX`]): if the order's region comes to this node meanwhile (a hand-off, a
+    /// failover), they are applied then. An event that arrives while a region has no owner is
+    /// so applied by the next one, instead of being lost.
+    parked: Mutex<ParkedEvents>,
+    pub replayed: std::sync::atomic::AtomicU64,
 }
+
+/// A rider event this node let be (cluster mode): (heard at, rider, kind, code).
+type Parked = (darkstore_geoinv::Millis, String, EventKind, Option<String>);
+
+/// Events about orders this node does not hold, by order, in the order they were heard.
+#[derive(Default)]
+struct ParkedEvents {
+    by_order: std::collections::HashMap<String, Vec<Parked>>,
+    /// (heard at, order) for each event kept, oldest first: what expires next.
+    heard: std::collections::VecDeque<(darkstore_geoinv::Millis, String)>,
+}
+
+impl ParkedEvents {
+    fn park(&mut self, now: darkstore_geoinv::Millis, rider: &str, kind: EventKind, order: &str, code: Option<&str>) {
+        let kept = self.by_order.entry(order.to_owned()).or_default();
+        // Every node hears an event once from its broker and again relayed by the others.
+        if kept.iter().any(|p| p.1 == rider && p.2 == kind && p.3.as_deref() == code) {
+            return;
+        }
+        kept.push((now, rider.to_owned(), kind, code.map(str::to_owned)));
+        self.heard.push_back((now, order.to_owned()));
+        while self.heard.len() > PARK_MAX {
+            self.expire_front();
+        }
+    }
+
+    /// Forgets events heard before `cutoff`.
+    fn expire(&mut self, cutoff: darkstore_geoinv::Millis) {
+        while self.heard.front().is_some_and(|(t, _)| *t < cutoff) {
+            self.expire_front();
+        }
+    }
+
+    fn expire_front(&mut self) {
+        let Some((t, order)) = self.heard.pop_front() else { return };
+        if let Some(kept) = self.by_order.get_mut(&order) {
+            kept.retain(|p| p.0 > t);
+            if kept.is_empty() {
+                self.by_order.remove(&order);
+            }
+        }
+    }
+}
+
+/// How long an event about an order held elsewhere (or nowhere) is kept for a new owner: longer
+/// than a failover (the lease TTL and the load).
+pub const PARK_MS: darkstore_geoinv::Millis = 60_000;
+/// The most such events kept (the oldest go first).
+const PARK_MAX: usize = 100_000;
 
 impl Ingest {
     pub fn new(state: Arc<State>, riders: Arc<Riders>, delivery_radius_m: f64) -> Ingest {
@@ -101,6 +156,8 @@ impl Ingest {
             retry: Mutex::new(Vec::new()),
             handed_back: Default::default(),
             cluster_mode: Default::default(),
+            parked: Mutex::new(ParkedEvents::default()),
+            replayed: Default::default(),
         }
     }
 
@@ -166,6 +223,21 @@ impl Ingest {
         self.riders.leave_task(rider, order_id, self.state.now());
     }
 
+    /// Cluster mode: applies the kept events whose orders this node now holds (in the order they
+    /// were heard) and forgets those past [`PARK_MS`]. Events the previous owner had already
+    /// applied are ignored again (the order has moved past them).
+    pub async fn replay_parked(&self) {
+        let due: Vec<(String, Vec<Parked>)> = {
+            let mut parked = self.parked.lock().expect("parked lock");
+            parked.expire(self.state.now() - PARK_MS);
+            let held: Vec<String> = parked.by_order.keys().filter(|o| self.state.order(o).is_some()).cloned().collect();
+            held.into_iter().filter_map(|o| parked.by_order.remove(&o).map(|events| (o, events))).collect()
+        };
+        for (order, events) in due {
+            self.replay(&order, events).await;
+        }
+    }
+
     /// Retries hand-backs that could not be stored.
     pub async fn retry_hand_backs(&self) {
         let due = std::mem::take(&mut *self.retry.lock().expect("retry lock"));
@@ -180,9 +252,42 @@ impl Ingest {
             return Err(Dropped::UnknownRider);
         }
         if self.cluster_mode.load(Ordering::Relaxed) && self.state.order(order_id).is_none() {
-            // Another node holds the order (it hears this event too), or none does.
+            // Another node holds the order (it hears this event too), or none does (its region is
+            // changing owner): kept in case the region comes here. A rejection is not kept: applied
+            // late it could hand back an order given to the same rider again since.
+            if kind != EventKind::Rejected {
+                self.parked.lock().expect("parked lock").park(self.state.now(), rider, kind, order_id, code);
+            }
             return Ok(());
         }
+        if self.cluster_mode.load(Ordering::Relaxed) {
+            // What was heard of this order before it was held here goes first.
+            let earlier = self.parked.lock().expect("parked lock").by_order.remove(order_id);
+            if let Some(earlier) = earlier {
+                self.replay(order_id, earlier).await;
+            }
+        }
+        self.apply(rider, kind, order_id, code).await
+    }
+
+    /// Applies events heard before this node held `order_id` (arrival only while the order still
+    /// waits at the store: replayed later it would put a riding rider back at the store).
+    async fn replay(&self, order_id: &str, events: Vec<Parked>) {
+        for (_, rider, kind, code) in events {
+            if kind == EventKind::ArrivedStore {
+                let Some(o) = self.state.order(order_id) else { continue };
+                if o.lock().await.status != OrderStatus::Assigned {
+                    continue;
+                }
+            }
+            self.replayed.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(%rider, order = %order_id, ?kind, "applying a rider event heard before this node held its order");
+            let _ = self.apply(&rider, kind, order_id, code.as_deref()).await;
+        }
+    }
+
+    /// Applies an event about an order this node holds (or that none holds, on one node).
+    async fn apply(&self, rider: &str, kind: EventKind, order_id: &str, code: Option<&str>) -> Result<(), Dropped> {
         self.riders.counters.events.fetch_add(1, Ordering::Relaxed);
         self.riders.seen(rider, self.state.now());
         let holds = |o: &Order| o.rider_id.as_deref() == Some(rider);
@@ -296,4 +401,26 @@ pub fn spawn(
         }
     }));
     handles
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{EventKind, ParkedEvents};
+
+    #[test]
+    fn parked_events_keep_their_order_drop_repeats_and_expire() {
+        let mut p = ParkedEvents::default();
+        p.park(1_000, "r1", EventKind::PickedUp, "o1", None);
+        p.park(1_001, "r1", EventKind::PickedUp, "o1", None); // the same event, relayed
+        p.park(1_002, "r1", EventKind::Delivered, "o1", Some("1234"));
+        p.park(5_000, "r2", EventKind::PickedUp, "o2", None);
+        let kinds: Vec<EventKind> = p.by_order["o1"].iter().map(|e| e.2).collect();
+        assert_eq!(kinds, [EventKind::PickedUp, EventKind::Delivered]);
+        p.expire(1_002);
+        assert_eq!(p.by_order["o1"].len(), 1, "the pickup expired, the delivery not yet");
+        p.expire(4_000);
+        assert!(!p.by_order.contains_key("o1"));
+        assert_eq!(p.by_order["o2"].len(), 1);
+        assert_eq!(p.heard.len(), 1);
+    }
 }

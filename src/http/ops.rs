@@ -133,6 +133,7 @@ pub fn metrics_response(app: &AppRef) -> Response {
     extra.push(("darkstore_dispatch_orders_assigned_total".into(), "counter", load(&d.orders_assigned)));
     extra.push(("darkstore_dispatch_orders_bundled_total".into(), "counter", load(&d.orders_bundled)));
     extra.push(("darkstore_dispatch_orders_handed_back_total".into(), "counter", load(&app.ingest.handed_back)));
+    extra.push(("darkstore_rider_events_replayed_total".into(), "counter", load(&app.ingest.replayed)));
     extra.push(("darkstore_dispatch_surge_changes_total".into(), "counter", load(&d.surge_changes)));
     // What the promises have learned, and how they are kept.
     let p = &app.promises.counters;
