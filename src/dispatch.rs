@@ -327,12 +327,7 @@ impl Dispatcher {
                 continue;
             }
             let (from, free_at) = match (&r.task, r.pos) {
-                // Free when its last drop is done: as planned, or later when its orders' live
-                // ETAs (from where the rider is now) say it runs late.
-                (Some(t), _) => {
-                    let live = t.orders.iter().filter_map(|o| self.promises.eta_at(&o.id)).max();
-                    (t.end, t.free_at.max(live.unwrap_or(now)).max(now))
-                }
+                (Some(t), _) => (t.end, t.free_at.max(now)),
                 (None, Some(pos)) => (pos, now),
                 (None, None) => continue,
             };

@@ -152,18 +152,23 @@ impl Claims {
     /// region's next owner, who rebuilds the task or deletes the key: deleting it here could free
     /// a rider that still has a task, for a moment, between two owners.
     pub async fn release_idle(&self, has_task: impl Fn(&str) -> bool, holds: impl Fn(&str) -> bool) {
-        let mut idle = Vec::new();
-        self.mine.lock().expect("claims lock").retain(|rider, (revision, region)| {
-            if !holds(region) {
-                return false;
+        // A copy: the riders and the leases are asked without this lock held.
+        let mine: Vec<(String, u64, String)> = self
+            .mine
+            .lock()
+            .expect("claims lock")
+            .iter()
+            .map(|(rider, (revision, region))| (rider.clone(), *revision, region.clone()))
+            .collect();
+        for (rider, revision, region) in mine {
+            if !holds(&region) {
+                let mut mine = self.mine.lock().expect("claims lock");
+                if mine.get(&rider).is_some_and(|(rev, _)| *rev == revision) {
+                    mine.remove(&rider);
+                }
+            } else if !has_task(&rider) {
+                self.delete(&rider, revision).await;
             }
-            if !has_task(rider) {
-                idle.push((rider.clone(), *revision));
-            }
-            true
-        });
-        for (rider, revision) in idle {
-            self.delete(&rider, revision).await;
         }
     }
 

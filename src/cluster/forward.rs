@@ -34,13 +34,43 @@ const FORWARD_TIMEOUT: Duration = Duration::from_secs(3);
 /// The largest answer sent back (NATS's default maximum payload is 1 MB).
 const MAX_ANSWER: usize = 900 * 1024;
 
+/// How far a forward's sending time may be from the owner's clock (either way: nodes' clocks may
+/// be seconds apart). Older forwards are refused, and a forward is run at most once within it.
+const FRESH_MS: i64 = 60_000;
+
 #[derive(Serialize, Deserialize)]
 struct WireRequest {
     method: String,
     uri: String,
     headers: Vec<(String, String)>,
     body: String,
+    /// The sender's wall clock (unix ms) and a random id, both signed: a forward captured on the
+    /// bus cannot be run again, nor late.
+    sent_at: i64,
+    id: String,
     sig: String,
+}
+
+/// The ids of the forwards run in the last [`FRESH_MS`] (and a little more).
+#[derive(Default)]
+pub struct Replays {
+    seen: std::collections::HashMap<String, i64>,
+    last_prune: i64,
+}
+
+impl Replays {
+    /// True the first time `id` is offered within the window.
+    fn first(&mut self, id: &str, now: i64) -> bool {
+        if now - self.last_prune > FRESH_MS {
+            self.seen.retain(|_, t| now - *t <= 2 * FRESH_MS);
+            self.last_prune = now;
+        }
+        self.seen.insert(id.to_owned(), now).is_none()
+    }
+}
+
+fn wall_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
 }
 
 #[derive(Serialize, Deserialize)]
@@ -54,8 +84,15 @@ fn subject(node: &str) -> String {
     format!("darkstore.http.{node}")
 }
 
-fn signature(secret: &[u8], method: &str, uri: &str, headers: &[(String, String)], body: &str) -> String {
-    let mut msg = format!("{method}\n{uri}\n");
+fn signature(
+    secret: &[u8],
+    (sent_at, id): (i64, &str),
+    method: &str,
+    uri: &str,
+    headers: &[(String, String)],
+    body: &str,
+) -> String {
+    let mut msg = format!("{sent_at}\n{id}\n{method}\n{uri}\n");
     for (k, v) in headers {
         msg.push_str(k);
         msg.push(':');
@@ -208,8 +245,13 @@ impl Cluster {
             .filter_map(|(k, v)| Some((k.as_str().to_owned(), v.to_str().ok()?.to_owned())))
             .collect();
         let body = base64::engine::general_purpose::STANDARD.encode(&body);
-        let sig = signature(secret, &method, &uri, &headers, &body);
-        let wire = serde_json::to_vec(&WireRequest { method, uri, headers, body, sig })
+        let (sent_at, id) = (wall_ms(), {
+            let mut bytes = [0u8; 16];
+            getrandom::fill(&mut bytes).map_err(|e| ForwardError::not_sent(e.to_string()))?;
+            hex::encode(bytes)
+        });
+        let sig = signature(secret, (sent_at, &id), &method, &uri, &headers, &body);
+        let wire = serde_json::to_vec(&WireRequest { method, uri, headers, body, sent_at, id, sig })
             .map_err(|e| ForwardError::not_sent(e.to_string()))?;
         let reply = tokio::time::timeout(FORWARD_TIMEOUT, self.client.request(subject(node), wire.into()))
             .await
@@ -245,14 +287,16 @@ impl Cluster {
                 return;
             }
         };
+        let replays = Arc::new(std::sync::Mutex::new(Replays::default()));
         loop {
             tokio::select! {
                 msg = sub.next() => {
                     let Some(msg) = msg else { break };
                     let (client, router, secret) = (self.client.clone(), router.clone(), secret.clone());
+                    let replays = replays.clone();
                     tokio::spawn(async move {
                         let Some(reply) = msg.reply else { return };
-                        let answer = answer(router, &secret, &msg.payload).await;
+                        let answer = answer(router, &secret, &replays, &msg.payload).await;
                         if let Err(e) = client.publish(reply, answer.into()).await {
                             tracing::warn!(error = %e, "could not answer a forwarded request");
                         }
@@ -319,16 +363,28 @@ impl Cluster {
     }
 }
 
-/// Runs one forwarded request through the router (a forged one is answered 403).
-async fn answer(router: axum::Router, secret: &[u8], payload: &[u8]) -> Vec<u8> {
+/// Runs one forwarded request through the router. A forged one (bad signature), a stale one
+/// (sent more than [`FRESH_MS`] away from this node's clock) and a replayed one (its id already
+/// run) are answered 403 and not run.
+async fn answer(router: axum::Router, secret: &[u8], replays: &std::sync::Mutex<Replays>, payload: &[u8]) -> Vec<u8> {
     let b64 = &base64::engine::general_purpose::STANDARD;
+    let now = wall_ms();
+    let signed = |w: &WireRequest| {
+        crate::auth::constant_time_eq(
+            signature(secret, (w.sent_at, &w.id), &w.method, &w.uri, &w.headers, &w.body).as_bytes(),
+            w.sig.as_bytes(),
+        )
+    };
     let response = match serde_json::from_slice::<WireRequest>(payload) {
-        Ok(w)
-            if crate::auth::constant_time_eq(
-                signature(secret, &w.method, &w.uri, &w.headers, &w.body).as_bytes(),
-                w.sig.as_bytes(),
-            ) =>
-        {
+        Ok(w) if signed(&w) && (now - w.sent_at).abs() > FRESH_MS => {
+            tracing::warn!(sent_at = w.sent_at, "a stale forwarded request was refused");
+            ApiError::forbidden("a forwarded request older than a minute is not run").into_response()
+        }
+        Ok(w) if signed(&w) && !replays.lock().expect("replays lock").first(&w.id, now) => {
+            tracing::warn!(id = %w.id, "a replayed forwarded request was refused");
+            ApiError::forbidden("a forwarded request is run once").into_response()
+        }
+        Ok(w) if signed(&w) => {
             let mut req = Request::builder().method(w.method.as_str()).uri(w.uri.as_str());
             for (k, v) in &w.headers {
                 req = req.header(k, v);
@@ -357,4 +413,50 @@ async fn answer(router: axum::Router, secret: &[u8], payload: &[u8]) -> Vec<u8> 
         .collect();
     serde_json::to_vec(&WireResponse { status: parts.status.as_u16(), headers, body: b64.encode(&body) })
         .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SECRET: &[u8] = b"the cluster's token secret";
+
+    fn wire(secret: &[u8], sent_at: i64, id: &str) -> Vec<u8> {
+        let (method, uri, headers, body) = ("POST".to_owned(), "/count".to_owned(), Vec::new(), String::new());
+        let sig = signature(secret, (sent_at, id), &method, &uri, &headers, &body);
+        serde_json::to_vec(&WireRequest { method, uri, headers, body, sent_at, id: id.into(), sig }).unwrap()
+    }
+
+    /// A forged, a stale and a replayed forward are refused without running; a fresh signed one
+    /// runs once.
+    #[tokio::test]
+    async fn forwards_run_only_when_signed_fresh_and_new() {
+        let runs = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counter = runs.clone();
+        let router = axum::Router::new().route(
+            "/count",
+            axum::routing::post(move || {
+                let counter = counter.clone();
+                async move {
+                    counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    "ran"
+                }
+            }),
+        );
+        let replays = std::sync::Mutex::new(Replays::default());
+        let status = |answer: Vec<u8>| serde_json::from_slice::<WireResponse>(&answer).unwrap().status;
+        let now = wall_ms();
+        let cases = [
+            ("forged: signed with another secret", wire(b"not the secret", now, "a"), 403, 0),
+            ("stale: sent two minutes ago", wire(SECRET, now - 2 * FRESH_MS, "b"), 403, 0),
+            ("from a clock 20 s behind", wire(SECRET, now - 20_000, "c"), 200, 1),
+            ("fresh", wire(SECRET, now, "d"), 200, 2),
+            ("the same again (replayed)", wire(SECRET, now, "d"), 403, 2),
+            ("not a forward at all", b"{}".to_vec(), 403, 2),
+        ];
+        for (what, payload, expected, ran) in cases {
+            let got = status(answer(router.clone(), SECRET, &replays, &payload).await);
+            assert_eq!((got, runs.load(std::sync::atomic::Ordering::SeqCst)), (expected, ran), "{what}");
+        }
+    }
 }
