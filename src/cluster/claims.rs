@@ -92,7 +92,8 @@ impl Claims {
     }
 
     /// Claims a rider for a task of `region`: true when this node now holds its key (created, or
-    /// already its own). False when another node holds it, or NATS did not answer.
+    /// this process's own). False when another node (or this node id's earlier run) holds it, or
+    /// NATS did not answer.
     pub async fn claim(&self, rider: &str, region: &str) -> bool {
         let key = key_of(rider);
         match self.kv.create(&key, self.value(region)).await {
@@ -103,8 +104,13 @@ impl Claims {
             Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {
                 let Ok(Some(entry)) = self.kv.entry(key.clone()).await else { return false };
                 let holder = serde_json::from_slice::<Claim>(&entry.value).ok();
+                // This process's own key (its task ended, the key not yet deleted) is taken over;
+                // a key naming this node id from an earlier run is not: its task may live on in a
+                // region no one has taken yet, whose next owner decides.
+                let ours =
+                    self.mine.lock().expect("claims lock").get(rider).is_some_and(|(rev, _)| *rev == entry.revision);
                 match holder {
-                    Some(c) if c.node == self.node_id => {
+                    Some(c) if c.node == self.node_id && ours => {
                         match self.kv.update(&key, self.value(region), entry.revision).await {
                             Ok(revision) => {
                                 self.note(rider, region, revision);
