@@ -6,8 +6,10 @@
 //!
 //! `cargo bench --bench cluster` with `DARKSTORE_TEST_POSTGRES` set, `nats-server` installed (the
 //! bench starts its own, with JetStream, in a temporary directory) and Mosquitto on
-//! 127.0.0.1:1883 (the failover's nodes share it, so riders stay connected through the kills). `CLUSTER_KILLS` (default
-//! 20) and `CLUSTER_SECS` (throughput seconds per size, default 10) shorten or lengthen it.
+//! 127.0.0.1:1883 (the failover's nodes share it, so riders stay connected through the kills).
+//! NATS's own costs (core messages, a rider's claim) are measured between the failover and the
+//! rest. `CLUSTER_KILLS` (default 20; 0 skips the failover) and `CLUSTER_SECS` (throughput
+//! seconds per size, default 10; 0 stops after NATS's costs) shorten or lengthen it.
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -343,6 +345,60 @@ async fn failover(db: &str, nats: &Nats, kills: usize) {
     );
 }
 
+/// NATS's own cost on this machine, for the model of N machines: core publish → subscribe of
+/// 300-byte messages (a relayed frame's size), and the claim of a rider (a key-value create and a
+/// delete at its revision, one after the other, as each task costs).
+async fn nats_costs(nats: &Nats) {
+    use futures_util::StreamExt;
+    let client = async_nats::connect(nats.url.as_str()).await.expect("NATS");
+    let mut sub = client.subscribe("bench.cost").await.unwrap();
+    client.flush().await.unwrap();
+    let n = 200_000usize;
+    let payload = bytes::Bytes::from(vec![b'x'; 300]);
+    let started = Instant::now();
+    let receiver = tokio::spawn(async move {
+        let mut got = 0usize;
+        while got < n {
+            if tokio::time::timeout(Duration::from_secs(5), sub.next()).await.ok().flatten().is_none() {
+                break;
+            }
+            got += 1;
+        }
+        got
+    });
+    for _ in 0..n {
+        client.publish("bench.cost", payload.clone()).await.unwrap();
+    }
+    client.flush().await.unwrap();
+    let got = receiver.await.unwrap();
+    let secs = started.elapsed().as_secs_f64();
+    println!(
+        "NATS core, one publisher and one subscriber in this process: {:.0} k msgs/s of 300 B ({got} of {n} received in {secs:.2} s)",
+        got as f64 / secs / 1e3
+    );
+    let js = async_nats::jetstream::new(client.clone());
+    let kv = js
+        .create_key_value(async_nats::jetstream::kv::Config {
+            bucket: "bench_claims".into(),
+            history: 1,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let mut times = Vec::new();
+    for i in 0..2_000 {
+        let t = Instant::now();
+        let rev = kv.create(format!("r{}", i % 100), "x".into()).await.unwrap();
+        kv.delete_expect_revision(format!("r{}", i % 100), Some(rev)).await.unwrap();
+        times.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    println!(
+        "a rider's claim (key-value create + delete at its revision), 2,000 in a row: p50 {:.2} ms, p99 {:.2} ms",
+        pct(&mut times, 0.5),
+        pct(&mut times, 0.99)
+    );
+}
+
 async fn forwarding(db: &str, nats: &Nats) {
     let a = node(db, nats, "fa");
     seed(&a).await;
@@ -434,10 +490,14 @@ async fn main() {
         std::thread::available_parallelism().map_or(0, |n| n.get()),
         nats.url
     );
-    {
+    if kills > 0 {
         let scratch = ScratchDb::postgres("ds_bench_failover").await.unwrap();
         failover(&scratch.url, &nats, kills).await;
         scratch.drop_database().await;
+    }
+    nats_costs(&nats).await;
+    if secs == 0 {
+        return;
     }
     {
         let scratch = ScratchDb::postgres("ds_bench_forward").await.unwrap();
