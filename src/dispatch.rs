@@ -243,7 +243,28 @@ impl Dispatcher {
             let mut b = self.between.lock().expect("between lock");
             b.bundle = Some(b.bundle.map_or(per_trip, |x| x + 0.1 * (per_trip - x)));
         }
-        for plan in plans {
+        // Cluster mode: each plan's rider is claimed first (one node's task at a time), all the
+        // tick's claims at once (a claim is a NATS round trip or two).
+        let claimed: Vec<bool> = match self.arbiter.get() {
+            None => vec![true; plans.len()],
+            Some(arbiter) => {
+                let claims = plans.iter().map(|plan| {
+                    let (rider, store) = (&candidates[plan.rider].0, &meta[plan.orders[0]].store_id);
+                    async move {
+                        // Busy here (a plan for when it is free): not now.
+                        if self.riders.get(rider).is_none_or(|r| r.task.is_some()) {
+                            return false;
+                        }
+                        arbiter.claim(rider, store).await
+                    }
+                });
+                futures_util::future::join_all(claims).await
+            }
+        };
+        for (plan, claimed) in plans.into_iter().zip(claimed) {
+            if !claimed {
+                continue;
+            }
             let rider = candidates[plan.rider].0.clone();
             let first = &meta[plan.orders[0]];
             let task = Task {
@@ -260,15 +281,6 @@ impl Dispatcher {
             };
             let task_id = task.id.clone();
             let order_ids: Vec<String> = task.order_ids().map(str::to_owned).collect();
-            // Cluster mode: the rider is claimed first (one node's task at a time).
-            if let Some(arbiter) = self.arbiter.get() {
-                if self.riders.get(&rider).is_none_or(|r| r.task.is_some()) {
-                    continue;
-                }
-                if !arbiter.claim(&rider, &task.store_id).await {
-                    continue;
-                }
-            }
             if !self.riders.assign(&rider, task, now) {
                 if let Some(arbiter) = self.arbiter.get() {
                     arbiter.release(&rider).await;
