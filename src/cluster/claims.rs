@@ -10,7 +10,7 @@
 //! - Every assignment in cluster mode first *claims* the rider: it creates the rider's key in the
 //!   JetStream key-value bucket `darkstore_riders` (value: the node and the task's region). The
 //!   create succeeds for one node only, so two nodes that both planned the same rider cannot both
-//!   give it a task; the loser's orders stay open for its next tick. One round trip per task, not
+//!   give it a task; the loser's orders stay open for its next tick. A tick's claims go out together;
 //!   per tick.
 //! - The claimant speaks for the rider while the key is its own; every other node leaves the rider
 //!   out of its plans and its feeds (each node watches the bucket).
