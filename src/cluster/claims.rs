@@ -10,8 +10,8 @@
 //! - Every assignment in cluster mode first *claims* the rider: it creates the rider's key in the
 //!   JetStream key-value bucket `darkstore_riders` (value: the node and the task's region). The
 //!   create succeeds for one node only, so two nodes that both planned the same rider cannot both
-//!   give it a task; the loser's orders stay open for its next tick. A tick's claims go out together;
-//!   per tick.
+//!   give it a task; the loser's orders stay open for its next tick. A round trip or two per
+//!   task, and a tick's claims go out together.
 //! - The claimant speaks for the rider while the key is its own; every other node leaves the rider
 //!   out of its plans and its feeds (each node watches the bucket).
 //! - The key goes when the task ends: its holder deletes it (at the revision it created, so a key
