@@ -96,7 +96,7 @@ fn main() {
     let (snap, sites) = snapshot(&mut rng);
     let n_lines = snap.lots.len();
     // Measured from here: the state is built while the snapshot it reads still lives.
-    let rss_before = rss_bytes();
+    let rss_before = common::rss_bytes();
     let scratch = ScratchDb::sqlite("ds_bench_avail");
     let state = runtime.block_on(async {
         let db = Db::connect(&scratch.url).await.unwrap();
@@ -120,7 +120,7 @@ fn main() {
     // What a stock line costs in memory: the resident size grown by building the whole state
     // (stores, catalog, every line with its lot, the service-area map) from the snapshot, over
     // the number of lines.
-    let grown = rss_bytes().saturating_sub(rss_before);
+    let grown = common::rss_bytes().saturating_sub(rss_before);
     println!(
         "memory: {:.0} bytes per stock line, whole state included ({:.1} MiB resident for {n_lines} lines in {N_STORES} stores)",
         grown as f64 / n_lines as f64,
@@ -268,14 +268,4 @@ fn kept(state: &State, pages: &Pages, lat: f64, lng: f64, limit: usize) -> (Stri
     let (store, quote) = state.serving(lat, lng).unwrap().expect("a serving store");
     let page = pages.page(state, &store, quote.eta_minutes(), None, None, limit);
     (store.id.clone(), page)
-}
-
-/// The process's resident set size (Linux), bytes.
-fn rss_bytes() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-        })
-        .map_or(0, |kib: u64| kib * 1024)
 }

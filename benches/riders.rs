@@ -28,7 +28,7 @@ fn in_process() -> Vec<(f64, f64)> {
     let t0 = common::now_ms();
     let names: Vec<String> = (0..N_RIDERS).map(|i| format!("r{i}")).collect();
     let mut pos: Vec<(f64, f64)> = Vec::with_capacity(N_RIDERS);
-    let rss_before = rss_bytes();
+    let rss_before = common::rss_bytes();
     for n in &names {
         fleet.upsert(n, n, None);
         fleet.shift(n, true, t0).unwrap();
@@ -44,7 +44,7 @@ fn in_process() -> Vec<(f64, f64)> {
     }
     // What a rider costs in memory: the process's resident size grown by registering, putting on
     // shift and placing every rider (the map, the index, the ids; allocator overhead included).
-    let grown = rss_bytes().saturating_sub(rss_before);
+    let grown = common::rss_bytes().saturating_sub(rss_before);
     println!(
         "memory: {:.0} bytes per rider ({:.1} MiB resident for {N_RIDERS} riders on shift with a position)",
         grown as f64 / N_RIDERS as f64,
@@ -367,14 +367,4 @@ fn main() {
         through_broker(secs, false).await;
     });
     redis_geo(&positions);
-}
-
-/// The process's resident set size (Linux), bytes.
-fn rss_bytes() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-        })
-        .map_or(0, |kib: u64| kib * 1024)
 }

@@ -1,5 +1,5 @@
 //! What the benchmarks share: a deterministic generator, starting the release server, tokens,
-//! and reading `/metrics`.
+//! reading `/metrics`, and the process's resident size.
 #![allow(dead_code)]
 
 use std::io::{BufRead, BufReader};
@@ -79,4 +79,14 @@ pub fn metric(text: &str, name: &str) -> f64 {
 /// Unix milliseconds by the system clock (the test harness reads its own clock).
 pub fn now_ms() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+}
+
+/// The process's resident set size (Linux), bytes.
+pub fn rss_bytes() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
+        .map_or(0, |kib: u64| kib * 1024)
 }
