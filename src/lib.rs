@@ -336,7 +336,7 @@ pub async fn start(config: &ServeConfig, listener: TcpListener, clock: Arc<dyn C
             );
             background.extend(handles);
             app.publisher.set_relay(relay, Box::new(serves));
-            let (merged, handles) = cluster.relay_riders(incoming, stopped.clone());
+            let (merged, handles) = cluster.relay_riders(incoming, broker.is_some(), stopped.clone());
             background.extend(handles);
             merged
         }

@@ -6,9 +6,10 @@
 //! frames of its own subscriptions, so `seq` stays gapless per subscription.
 //!
 //! In (`darkstore.rider`): what a rider says on the broker it is connected to (positions, shifts,
-//! events) reaches every node, so every node sees every rider (quotes, the index); a rider's
-//! home region's owner is the one that dispatches it, and an event changes an order only on the
-//! node that holds the order.
+//! events) reaches every node (relayed from a node's own embedded broker; a shared external
+//! broker reaches every node by itself), so every node sees every rider (quotes, the index); a
+//! rider is dispatched by its home region's owner or, lent by the border rule, a neighbour's
+//! (`claims.rs`), and an event changes an order only on the node that holds the order.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -130,9 +131,15 @@ impl Cluster {
 
     /// Rider messages: what arrives on this node's broker goes to every other node, and what
     /// arrives from the others joins it, into the one stream ingest reads.
+    /// `relay_out`: whether this node's riders' MQTT messages go on to the other nodes — only
+    /// when riders connect to this node's own embedded broker; with a broker all nodes share,
+    /// every node hears every rider there already (relaying would make each node handle each
+    /// message once per node). Messages relayed by others (and riders' HTTP fallbacks) are heard
+    /// either way.
     pub fn relay_riders(
         self: &Arc<Self>,
         mut local: mpsc::Receiver<Incoming>,
+        relay_out: bool,
         mut stop: watch::Receiver<bool>,
     ) -> (mpsc::Receiver<Incoming>, Vec<tokio::task::JoinHandle<()>>) {
         let (tx, rx) = mpsc::channel::<Incoming>(65_536);
@@ -144,12 +151,14 @@ impl Cluster {
                     msg = local.recv() => match msg { Some(m) => m, None => break },
                     _ = stop_in.changed() => break,
                 };
-                let relayed = RiderMessage {
-                    topic: msg.topic.clone(),
-                    payload: String::from_utf8_lossy(&msg.payload).into_owned(),
-                };
-                if let Ok(bytes) = serde_json::to_vec(&Envelope { from: me.clone(), item: relayed }) {
-                    let _ = client.publish(RIDER_SUBJECT, bytes.into()).await;
+                if relay_out {
+                    let relayed = RiderMessage {
+                        topic: msg.topic.clone(),
+                        payload: String::from_utf8_lossy(&msg.payload).into_owned(),
+                    };
+                    if let Ok(bytes) = serde_json::to_vec(&Envelope { from: me.clone(), item: relayed }) {
+                        let _ = client.publish(RIDER_SUBJECT, bytes.into()).await;
+                    }
                 }
                 if out.send(msg).await.is_err() {
                     break;
