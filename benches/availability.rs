@@ -79,6 +79,14 @@ fn snapshot(rng: &mut Rng) -> (Snapshot, Vec<(f64, f64)>) {
     (snap, sites)
 }
 
+/// Runs `f`, records how long it took (ns) in `h`, and returns what it made (for `black_box`).
+fn timed<T>(h: &mut Histogram<u64>, f: impl FnOnce() -> T) -> T {
+    let t = Instant::now();
+    let out = f();
+    h.record((t.elapsed().as_nanos() as u64).max(1)).unwrap();
+    out
+}
+
 fn report(name: &str, h: &Histogram<u64>) {
     println!(
         "{name:<44} p50 {:>6.2} µs  p99 {:>6.2} µs  p99.9 {:>6.2} µs  max {:>7.1} µs  ({} lookups)",
@@ -158,11 +166,7 @@ fn main() {
     // The serving store and its quote, as every availability request and placement computes it.
     let mut h = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3).unwrap();
     for &(lat, lng) in &points {
-        let t = Instant::now();
-        let q = state.serving(lat, lng).unwrap().expect("a serving store");
-        let elapsed = t.elapsed().as_nanos() as u64;
-        black_box(q);
-        h.record(elapsed.max(1)).unwrap();
+        black_box(timed(&mut h, || state.serving(lat, lng).unwrap().expect("a serving store")));
     }
     report("serving store and its quote (busy stores)", &h);
 
@@ -172,12 +176,9 @@ fn main() {
         let mut h = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3).unwrap();
         let mut served = 0usize;
         for &(lat, lng) in &points {
-            let t = Instant::now();
-            let page = kept(&state, &pages, lat, lng, limit);
-            let elapsed = t.elapsed().as_nanos() as u64;
+            let page = timed(&mut h, || kept(&state, &pages, lat, lng, limit));
             served += page.1.n_items;
             black_box(page);
-            h.record(elapsed.max(1)).unwrap();
         }
         report(name, &h);
         println!("{:<44} {:.1} items per page on average", "", served as f64 / N_LOOKUPS as f64);
@@ -190,11 +191,7 @@ fn main() {
         let store = state.store(&store_id).unwrap();
         let sku = format!("sku-{:05}", i % N_SKUS);
         let _ = store.stock.lock().unwrap().reserve(&[Want { sku: &sku, qty: 1 }], now);
-        let t = Instant::now();
-        let page = kept(&state, &pages, lat, lng, 200);
-        let elapsed = t.elapsed().as_nanos() as u64;
-        black_box(page);
-        h.record(elapsed.max(1)).unwrap();
+        black_box(timed(&mut h, || kept(&state, &pages, lat, lng, 200)));
     }
     report("kept page, limit 200, stock changed", &h);
 
@@ -215,11 +212,7 @@ fn main() {
             continue;
         }
         let (lat, lng) = near[i % near.len()];
-        let t = Instant::now();
-        let page = kept(&state, &pages, lat, lng, 200);
-        let elapsed = t.elapsed().as_nanos() as u64;
-        black_box(page);
-        h.record(elapsed.max(1)).unwrap();
+        black_box(timed(&mut h, || kept(&state, &pages, lat, lng, 200)));
     }
     report("kept page, limit 200, 50 lookups a change", &h);
 
@@ -228,12 +221,9 @@ fn main() {
         let mut h = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3).unwrap();
         let mut served = 0usize;
         for &(lat, lng) in &points {
-            let t = Instant::now();
-            let page = state.availability(lat, lng, None, None, limit).unwrap();
-            let elapsed = t.elapsed().as_nanos() as u64;
+            let page = timed(&mut h, || state.availability(lat, lng, None, None, limit).unwrap());
             served += page.items.len();
             black_box(page);
-            h.record(elapsed.max(1)).unwrap();
         }
         report(name, &h);
         println!("{:<44} {:.1} items per page on average", "", served as f64 / N_LOOKUPS as f64);

@@ -72,8 +72,10 @@ impl Replays {
     }
 }
 
+/// The wall clock a forward's freshness is judged by (each node its own).
 fn wall_ms() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+    use crate::clock::Clock;
+    crate::clock::SystemClock.now_ms()
 }
 
 #[derive(Serialize, Deserialize)]
