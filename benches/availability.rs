@@ -16,7 +16,7 @@ use std::time::Instant;
 
 use darkstore::changes::Changes;
 use darkstore::clock::SystemClock;
-use darkstore::http::pages::{PageJson, Pages};
+use darkstore::http::pages::{PageJson, Pages, serialize};
 use darkstore::state::{State, StateConfig};
 use darkstore_db::scratch::ScratchDb;
 use darkstore_db::{Committer, Db, LotSum, ProductRow, Snapshot, StoreRow};
@@ -183,17 +183,37 @@ fn main() {
         report(name, &h);
         println!("{:<44} {:.1} items per page on average", "", served as f64 / N_LOOKUPS as f64);
     }
-    // The worst case for the kept pages: the serving store's stock changed before every lookup
-    // (one unit of a SKU reserved, outside the timed part), so every page is built again.
-    let mut h = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3).unwrap();
-    for (i, &(lat, lng)) in points.iter().enumerate().take(N_LOOKUPS / 4) {
-        let store_id = kept(&state, &pages, lat, lng, 1).0;
-        let store = state.store(&store_id).unwrap();
-        let sku = format!("sku-{:05}", i % N_SKUS);
-        let _ = store.stock.lock().unwrap().reserve(&[Want { sku: &sku, qty: 1 }], now);
-        black_box(timed(&mut h, || kept(&state, &pages, lat, lng, 200)));
+    // The serving store's stock changed before every lookup (one unit of a SKU reserved, outside
+    // the timed part): any SKU of the store's 5,000, or always one on the page (the worst case:
+    // every lookup patches the kept page), or the page read again every time (the previous
+    // version's cost, as when an item sells out).
+    for (name, on_page, read_again) in [
+        ("kept page, limit 200, stock changed", false, false),
+        ("kept page, limit 200, an item on it changed", true, false),
+        ("page of 200 read again after each change", false, true),
+    ] {
+        let mut h = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3).unwrap();
+        for (i, &(lat, lng)) in points.iter().enumerate().take(N_LOOKUPS / 4) {
+            let store_id = kept(&state, &pages, lat, lng, 1).0;
+            let store = state.store(&store_id).unwrap();
+            // A SKU the store has (on the page: the first 150 SKUs are on a page of 200).
+            for j in i.. {
+                let sku = format!("sku-{:05}", if on_page { j % 150 } else { j % N_SKUS });
+                if store.stock.lock().unwrap().reserve(&[Want { sku: &sku, qty: 1 }], now).is_ok() {
+                    break;
+                }
+            }
+            if read_again {
+                black_box(timed(&mut h, || {
+                    let (store, quote) = state.serving(lat, lng).unwrap().expect("a serving store");
+                    serialize(&state.availability_at(&store, quote.eta_minutes(), None, None, 200))
+                }));
+            } else {
+                black_box(timed(&mut h, || kept(&state, &pages, lat, lng, 200)));
+            }
+        }
+        report(name, &h);
     }
-    report("kept page, limit 200, stock changed", &h);
 
     // A busy store as it is: 50 lookups for each stock change (an order placed there), all at
     // points the same store serves; only the lookups are timed.

@@ -121,6 +121,10 @@ pub fn metrics_response(app: &AppRef) -> Response {
     extra.push(("darkstore_ws_closed_total{reason=\"slow\"}".into(), "counter", load(&w.closed_slow)));
     extra.push(("darkstore_ws_closed_total{reason=\"silent\"}".into(), "counter", load(&w.closed_silent)));
     extra.push(("darkstore_ws_refused_total".into(), "counter", load(&w.refused)));
+    let pc = &app.pages.counters;
+    for (how, n) in [("kept", &pc.kept), ("patched", &pc.patched), ("read", &pc.read)] {
+        extra.push((format!("darkstore_availability_pages_total{{how=\"{how}\"}}"), "counter", load(n)));
+    }
     let f = &app.feeds.counters;
     extra.push(("darkstore_feed_published_total".into(), "counter", load(&f.published)));
     extra.push(("darkstore_feed_coalesced_total".into(), "counter", load(&f.coalesced)));

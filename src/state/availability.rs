@@ -31,6 +31,18 @@ pub struct PageStamp {
     pub valid_until: Millis,
 }
 
+/// What became of a kept first page since its stamp ([`State::page_now`]).
+#[derive(Debug, Clone, PartialEq)]
+pub enum PageNow {
+    /// Nothing on it moved: serve it as it is.
+    Holds,
+    /// Only the available units of some of its items moved (each still available): `(index on
+    /// the page, available now)`, and the stamp of the state they were read from.
+    Moved(PageStamp, Vec<(usize, i64)>),
+    /// Read it again.
+    Stale,
+}
+
 /// The answer to "what can I get here?".
 #[derive(Debug, Clone)]
 pub struct Availability {
@@ -40,6 +52,9 @@ pub struct Availability {
     pub next: Option<String>,
     pub stamp: Option<PageStamp>,
 }
+
+/// How many lines after a full page's last item [`State::page_now`] looks at for its next page.
+const NEXT_LOOKED_AT: usize = 16;
 
 impl State {
     /// The store that serves (lat, lng) (the one that reaches it soonest by the map, within the
@@ -178,13 +193,77 @@ impl State {
         items
     }
 
-    /// Whether a page read under `stamp` is still what [`State::availability_at`] would answer.
-    pub fn page_holds(&self, store: &Store, stamp: &PageStamp) -> bool {
+    /// What became of a kept first page (`items`: its products in order; `full`: it has a next page)
+    /// of `category` since it was read at `stamp`. The stock remembers the SKUs of its last few
+    /// changes: a change after the page's last SKU matters only to a full page's next cursor,
+    /// one on the page's items that leaves them available is patched, anything else (an item
+    /// gone, one come back, a change the stock no longer remembers, the catalog, an expiry)
+    /// reads the page again.
+    pub fn page_now(
+        &self,
+        store: &Store,
+        stamp: &PageStamp,
+        items: &[Arc<Product>],
+        full: bool,
+        category: Option<&str>,
+    ) -> PageNow {
         let now = self.now();
         let stock = store.stock.lock().expect("stock lock");
-        stamp.store == store.idx
-            && stamp.stock_version == stock.version()
-            && stamp.catalog_version == self.catalog_version.load(Ordering::Relaxed)
-            && now < stamp.valid_until
+        if stamp.store != store.idx
+            || stamp.catalog_version != self.catalog_version.load(Ordering::Relaxed)
+            || now >= stamp.valid_until
+        {
+            return PageNow::Stale;
+        }
+        if stamp.stock_version == stock.version() {
+            return PageNow::Holds;
+        }
+        let Some(touched) = stock.touched_since(stamp.stock_version) else { return PageNow::Stale };
+        let last = items.last().map(|p| &*p.sku);
+        let mut moved: Vec<(usize, i64)> = Vec::new();
+        let mut valid_until = stamp.valid_until;
+        let mut check_next = false;
+        for sku in touched {
+            let line = stock.line(sku);
+            let available = line.map_or(0, |l| l.available(now));
+            match items.binary_search_by(|p| (*p.sku).cmp(&**sku)) {
+                Ok(i) if available > 0 => {
+                    match moved.iter_mut().find(|(j, _)| *j == i) {
+                        Some(m) => m.1 = available,
+                        None => moved.push((i, available)),
+                    }
+                    if let Some(t) = line.and_then(|l| l.available_until(now)) {
+                        valid_until = valid_until.min(t);
+                    }
+                }
+                // An item gone from the page.
+                Ok(_) => return PageNow::Stale,
+                Err(_) if full && last.is_some_and(|l| &**sku > l) => check_next = true,
+                // Not on the page and within its range: it matters if it is now for sale here.
+                Err(_) => {
+                    if available > 0 && self.listed(sku, category) {
+                        return PageNow::Stale;
+                    }
+                }
+            }
+        }
+        // A full page's next cursor holds while something after it is still for sale (looked
+        // for among the next few lines only), and that line bounds how long the page is true.
+        if check_next {
+            let mut after = stock.available_lines_after(last, now).take(NEXT_LOOKED_AT);
+            match after.find(|(sku, _, _)| self.listed(sku, category)) {
+                Some((_, _, line)) => {
+                    valid_until = line.available_until(now).map_or(valid_until, |t| t.min(valid_until))
+                }
+                None => return PageNow::Stale,
+            }
+        }
+        PageNow::Moved(PageStamp { stock_version: stock.version(), valid_until, ..*stamp }, moved)
+    }
+
+    /// `sku` is in the catalog (and in `category`, when given).
+    fn listed(&self, sku: &str, category: Option<&str>) -> bool {
+        let catalog = self.catalog.read().expect("catalog lock");
+        catalog.get(sku).is_some_and(|p| category.is_none_or(|c| c == p.category))
     }
 }

@@ -187,3 +187,62 @@ async fn finished_orders_leave_memory_by_the_clock_and_are_read_back() {
     assert_eq!(stored.payment_status, "refunded");
     w.scratch.drop_database().await;
 }
+
+#[tokio::test]
+async fn a_kept_page_patched_or_read_again_is_always_a_fresh_read() {
+    use crate::http::pages::{Pages, serialize};
+    use darkstore_geoinv::stock::{LotId, Want};
+    let w = world("ds_state_pages").await;
+    let store = w.state.store("s1").unwrap();
+    let sku = |i: u64| format!("p{:02}", i % 30);
+    for i in 0..30 {
+        let category = if i % 3 == 0 { "fruit" } else { "dairy" };
+        w.state.put_product(Product::new(&sku(i), format!("P{i}"), category.into(), 100, 5)).await.unwrap();
+        if i % 4 != 3 {
+            let expires = (i % 5 == 0).then_some(T0 + (i as i64 + 1) * 60_000);
+            w.state.adjust_stock("s1", &sku(i), 3, "restock", expires).await.unwrap();
+        }
+    }
+    let pages = Pages::default();
+    // (category, limit): a full page, a full page of one category, a page with everything.
+    let keys = [(None, 10), (Some("fruit"), 4), (None, 200)];
+    let mut seed = 7u64;
+    let mut next = |n: u64| {
+        seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        (seed >> 33) % n
+    };
+    for step in 0..600 {
+        // The stock moves as orders, restocks, write-offs and time move it.
+        let (s, op) = (sku(next(30)), next(10));
+        if op == 8 {
+            w.clock.advance(60_000);
+        }
+        let now = w.state.now();
+        {
+            let mut stock = store.stock.lock().unwrap();
+            match op {
+                0..=4 => _ = stock.reserve(&[Want { sku: &s, qty: 1 }], now),
+                5..=6 => _ = stock.adjust(&s, 2, LotId(10_000 + step), None, now),
+                7 => _ = stock.adjust(&s, -1, LotId(0), None, now),
+                8 => _ = stock.expire(now),
+                _ => {}
+            }
+        }
+        if step == 300 {
+            w.state.put_product(Product::new("p05", "P5 renamed".into(), "fruit".into(), 120, 5)).await.unwrap();
+        }
+        for (category, limit) in keys {
+            let served = pages.page(&w.state, &store, 0, category, None, limit);
+            let fresh = serialize(&w.state.availability_at(&store, 0, category, None, limit));
+            assert_eq!(
+                (&*served.items, served.n_items, &served.next),
+                (&*fresh.items, fresh.n_items, &fresh.next),
+                "step {step}, {category:?} {limit}"
+            );
+        }
+    }
+    let c = &pages.counters;
+    let [kept, patched, read] = [&c.kept, &c.patched, &c.read].map(|n| n.load(std::sync::atomic::Ordering::Relaxed));
+    assert!(kept > 0 && patched > 100 && read > 0, "kept {kept}, patched {patched}, read {read}");
+    w.scratch.drop_database().await;
+}

@@ -161,6 +161,19 @@ pub struct StoreStock {
     lines: BTreeMap<Arc<str>, StockLine>,
     /// Bumped by every change, so a view built from this stock can tell whether it is current.
     version: u64,
+    /// Which lines the last changes touched, so a view can tell which of its lines moved.
+    touched: Touched,
+}
+
+/// Most (version, SKU) pairs [`StoreStock`] remembers.
+pub const TOUCHED_KEPT: usize = 32;
+
+/// The SKUs of the last changes, oldest first: `(version, sku)`, where `version` is the stock
+/// version the change made. Every change with a version above `floor` is in `log`.
+#[derive(Debug, Clone, Default)]
+struct Touched {
+    log: std::collections::VecDeque<(u64, Arc<str>)>,
+    floor: u64,
 }
 
 impl StoreStock {
@@ -173,6 +186,24 @@ impl StoreStock {
     /// [`StockLine::available_until`].
     pub fn version(&self) -> u64 {
         self.version
+    }
+
+    /// The SKUs changed since `version` (each change once per SKU it touched, oldest first), or
+    /// None when that goes back further than the last [`TOUCHED_KEPT`] it remembers.
+    pub fn touched_since(&self, version: u64) -> Option<impl Iterator<Item = &Arc<str>>> {
+        (version >= self.touched.floor && version <= self.version)
+            .then(|| self.touched.log.iter().filter(move |(v, _)| *v > version).map(|(_, sku)| sku))
+    }
+
+    /// Records that the change that made the current version touched `sku`.
+    fn touch(&mut self, sku: Arc<str>) {
+        let t = &mut self.touched;
+        if t.log.len() == TOUCHED_KEPT
+            && let Some((v, _)) = t.log.pop_front()
+        {
+            t.floor = t.floor.max(v);
+        }
+        t.log.push_back((self.version, sku));
     }
 
     /// SKUs strictly after `after` (all when None) with units available now, in SKU order, each
@@ -212,10 +243,9 @@ impl StoreStock {
 
     fn line_entry(&mut self, sku: &str) -> &mut StockLine {
         self.version += 1;
-        if !self.lines.contains_key(sku) {
-            self.lines.insert(Arc::from(sku), StockLine::default());
-        }
-        self.lines.get_mut(sku).expect("inserted above")
+        let key = self.sku_key(sku);
+        self.touch(key.clone());
+        self.lines.entry(key).or_default()
     }
 
     fn sku_key(&self, sku: &str) -> Arc<str> {
@@ -243,6 +273,7 @@ impl StoreStock {
         let mut deltas = Vec::new();
         for want in wants {
             let key = self.sku_key(want.sku);
+            self.touch(key.clone());
             let line = self.lines.get_mut(want.sku).expect("checked above");
             let mut left = want.qty;
             for lot in line.lots.iter_mut().filter(|l| !l.is_expired(now)) {
@@ -286,18 +317,19 @@ impl StoreStock {
             line.insert_lot(Lot { id: new_lot, expires_at, on_hand: delta, reserved: 0 });
             return Ok(vec![LotDelta { sku: key, lot: new_lot, expires_at, d_on_hand: delta, d_reserved: 0 }]);
         }
-        let line = match self.lines.get_mut(sku) {
-            Some(line) => line,
+        let totals = match self.lines.get(sku) {
+            Some(line) => line.totals(now),
             None => {
                 return Err(AdjustError::BelowReserved { on_hand: 0, reserved: 0 });
             }
         };
-        let totals = line.totals(now);
         let free: i64 = totals.on_hand - totals.reserved;
         if -delta > free {
             return Err(AdjustError::BelowReserved { on_hand: totals.on_hand, reserved: totals.reserved });
         }
         self.version += 1;
+        self.touch(key.clone());
+        let line = self.lines.get_mut(sku).expect("read above");
         let mut left = -delta;
         let mut deltas = Vec::new();
         // Expired lots first (their units cannot be sold anyway), then FEFO order.
@@ -327,7 +359,7 @@ impl StoreStock {
 
     /// Writes off the free units of every lot that has expired at `now`.
     pub fn expire(&mut self, now: Millis) -> Vec<LotDelta> {
-        let mut deltas = Vec::new();
+        let mut deltas: Vec<LotDelta> = Vec::new();
         for (sku, line) in self.lines.iter_mut() {
             for lot in line.lots.iter_mut().filter(|l| l.is_expired(now) && l.free() > 0) {
                 deltas.push(LotDelta {
@@ -343,6 +375,13 @@ impl StoreStock {
         }
         if !deltas.is_empty() {
             self.version += 1;
+            let mut last: Option<&Arc<str>> = None;
+            for d in &deltas {
+                if last != Some(&d.sku) {
+                    self.touch(d.sku.clone());
+                    last = Some(&d.sku);
+                }
+            }
         }
         deltas
     }
@@ -558,6 +597,32 @@ mod tests {
         assert_eq!(all, ["a", "b", "c"]);
         let after_a: Vec<&str> = s.available_after(Some("a"), T0).map(|(k, _)| &**k).collect();
         assert_eq!(after_a, ["b", "c"]);
+    }
+
+    #[test]
+    fn every_change_says_which_lines_it_touched() {
+        let mut s = store(&[("milk", 1, Some(2), 5), ("eggs", 2, None, 5), ("tea", 3, Some(2), 5)]);
+        let v0 = s.version();
+        let since = |s: &StoreStock, v| s.touched_since(v).map(|t| t.map(|k| k.to_string()).collect::<Vec<_>>());
+        assert_eq!(since(&s, v0), Some(vec![]));
+        s.reserve(&[Want { sku: "milk", qty: 1 }, Want { sku: "eggs", qty: 1 }], T0).unwrap();
+        let v1 = s.version();
+        assert!(s.reserve(&[Want { sku: "tea", qty: 9 }], T0).is_err());
+        s.adjust("tea", -1, LotId(0), None, T0).unwrap();
+        s.adjust("bread", 3, LotId(4), None, T0).unwrap();
+        assert_eq!(since(&s, v0), Some(vec!["milk".into(), "eggs".into(), "tea".into(), "bread".into()]));
+        assert_eq!(since(&s, v1), Some(vec!["tea".into(), "bread".into()]));
+        let v2 = s.version();
+        // Expiry touches each expired line once.
+        assert!(!s.expire(T0 + 3 * HOUR).is_empty());
+        assert_eq!(since(&s, v2), Some(vec!["milk".into(), "tea".into()]));
+        // Older than it remembers: unknown, never a wrong "nothing".
+        for i in 0..TOUCHED_KEPT as i64 {
+            s.adjust("eggs", 1, LotId(10 + i), None, T0).unwrap();
+        }
+        assert_eq!(since(&s, v2), None);
+        assert_eq!(since(&s, s.version()), Some(vec![]));
+        assert_eq!(since(&s, s.version() + 1), None);
     }
 
     #[test]
