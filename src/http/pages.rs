@@ -2,11 +2,12 @@
 //! once per change of a store's stock instead of once per request.
 //!
 //! A page is kept with the [`PageStamp`] of the state it was read from and served again while
-//! [`State::page_now`] says nothing on it moved. When only the available units of some of its
-//! items moved (an order reserved one of them), the kept page is patched: those items are written
-//! again and the rest copied, instead of reading and writing 200 items. Anything else (an item
-//! sold out or back, the catalog, a lot expiring) reads the page again. Only first pages (no
-//! `after`) are kept, at most [`PAGES_PER_STORE`] per store.
+//! [`State::page_now`] says nothing on it moved. When lines moved since (an order took units of
+//! an item, an item sold out or came back, a full page needs refilling), the kept page is
+//! patched from those lines alone: a page is kept in pieces of [`PIECE`] items, and a patch
+//! writes again only the items that moved and the pieces they are in, copying every other item's
+//! bytes. A change the stock no longer remembers, the catalog or a lot expiring reads the page
+//! again. Only first pages (no `after`) are kept, at most [`PAGES_PER_STORE`] per store.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -15,23 +16,45 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use dashmap::DashMap;
 
 use crate::model::Product;
-use crate::state::{Availability, PageNow, PageStamp, State, Store};
+use crate::state::{Availability, AvailableItem, PageNow, PagePatch, PageStamp, State, Store};
 use crate::views;
 
 /// Most availability pages kept per store; the store's pages are dropped when it is full.
 pub const PAGES_PER_STORE: usize = 16;
 
+/// Items per piece of a serialized page: a patch writes again only the pieces it touches.
+pub const PIECE: usize = 32;
+
 /// (category, limit) of a first page.
 type PageKey = (Option<Box<str>>, usize);
 
 /// A page of available items, serialized.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct PageJson {
-    /// The items, comma-separated JSON objects (without the enclosing brackets).
-    pub items: Arc<str>,
+    /// The items as comma-separated JSON objects (without the enclosing brackets), in pieces of
+    /// [`PIECE`] items: the pieces one after another are the list.
+    pub pieces: Arc<[Arc<String>]>,
     pub n_items: usize,
     /// The cursor for the next page, when there is one.
     pub next: Option<String>,
+}
+
+impl PageJson {
+    /// Bytes of the items.
+    pub fn len(&self) -> usize {
+        self.pieces.iter().map(|p| p.len()).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.n_items == 0
+    }
+
+    /// Appends the items to `out`.
+    pub fn write_to(&self, out: &mut String) {
+        for piece in self.pieces.iter() {
+            out.push_str(piece);
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -40,15 +63,102 @@ struct Kept {
     page: PageJson,
     /// The page's items, in order.
     products: Arc<[Arc<Product>]>,
-    /// Where each item starts in `page.items` (with the comma before it), and the end.
-    starts: Arc<[u32]>,
+    /// Per piece, where each of its items starts in it (with the comma before it, which every
+    /// item but the page's first has), and the piece's end.
+    starts: Arc<[Arc<[u32]>]>,
+}
+
+/// Writes a page's items into pieces of [`PIECE`].
+struct Writer {
+    pieces: Vec<Arc<String>>,
+    starts: Vec<Arc<[u32]>>,
+    piece: String,
+    piece_starts: Vec<u32>,
+    n: usize,
+}
+
+impl Writer {
+    fn new() -> Writer {
+        Writer::after(&[], &[])
+    }
+
+    /// A writer that goes on after these whole pieces.
+    fn after(pieces: &[Arc<String>], starts: &[Arc<[u32]>]) -> Writer {
+        Writer {
+            pieces: pieces.to_vec(),
+            starts: starts.to_vec(),
+            piece: String::new(),
+            piece_starts: Vec::new(),
+            n: pieces.len() * PIECE,
+        }
+    }
+
+    /// Starts the next item (its comma written): write it into what this returns.
+    fn item(&mut self) -> &mut String {
+        if self.n.is_multiple_of(PIECE) && !self.piece_starts.is_empty() {
+            self.cut();
+        }
+        if self.piece.capacity() == 0 {
+            self.piece.reserve(PIECE * 128);
+        }
+        self.piece_starts.push(self.piece.len() as u32);
+        if self.n > 0 {
+            self.piece.push(',');
+        }
+        self.n += 1;
+        &mut self.piece
+    }
+
+    fn cut(&mut self) {
+        self.piece_starts.push(self.piece.len() as u32);
+        self.pieces.push(Arc::new(std::mem::take(&mut self.piece)));
+        self.starts.push(Arc::from(std::mem::take(&mut self.piece_starts)));
+    }
+
+    fn finish(mut self, next: Option<String>) -> (PageJson, Arc<[Arc<[u32]>]>) {
+        if !self.piece_starts.is_empty() {
+            self.cut();
+        }
+        (PageJson { pieces: Arc::from(self.pieces), n_items: self.n, next }, Arc::from(self.starts))
+    }
+}
+
+/// An item of a patched page: copied from the kept page, or written.
+enum Entry<'a> {
+    Kept(usize),
+    Written(&'a Arc<Product>, i64),
+}
+
+impl Entry<'_> {
+    fn sku<'k>(&'k self, kept: &'k Kept) -> &'k str {
+        match self {
+            Entry::Kept(i) => &kept.products[*i].sku,
+            Entry::Written(p, _) => &p.sku,
+        }
+    }
 }
 
 impl Kept {
-    /// The page with the items in `moved` (index, available; ascending) written again and the
-    /// others copied.
-    fn patched(&self, stamp: PageStamp, moved: &[(usize, i64)]) -> Kept {
-        if moved.is_empty() {
+    /// Item `i`'s bytes, without its comma.
+    fn item(&self, i: usize) -> &str {
+        let (k, j) = (i / PIECE, i % PIECE);
+        let starts = &self.starts[k];
+        let bytes = &self.page.pieces[k][starts[j] as usize..starts[j + 1] as usize];
+        if i > 0 { &bytes[1..] } else { bytes }
+    }
+
+    /// The page with `patch` applied: items whose units moved written again, sold-out ones left
+    /// out, new ones written in SKU order, a full page refilled from the items after it, at most
+    /// `limit`; every other item's bytes copied.
+    fn patched(&self, patch: &PagePatch, limit: usize) -> Kept {
+        let stamp = patch.stamp;
+        let mut moved = patch.moved.clone();
+        moved.sort_unstable();
+        // The same items (none sold out, none new, the next page still there or still not).
+        let same_items = moved.iter().all(|(_, a)| *a > 0)
+            && patch.added.is_empty()
+            && (self.page.next.is_none() || !patch.after.is_empty());
+        if same_items && moved.is_empty() {
             return Kept {
                 stamp,
                 page: self.page.clone(),
@@ -56,31 +166,86 @@ impl Kept {
                 starts: self.starts.clone(),
             };
         }
-        let (old, starts) = (&*self.page.items, &self.starts);
-        let mut out = String::with_capacity(old.len() + 8 * moved.len());
-        let mut new_starts = Vec::with_capacity(starts.len());
-        let mut next = 0;
-        let copy = |out: &mut String, new_starts: &mut Vec<u32>, from: usize, to: usize| {
-            let shift = out.len() as i64 - i64::from(starts[from]);
-            new_starts.extend(starts[from..to].iter().map(|&s| (i64::from(s) + shift) as u32));
-            out.push_str(&old[starts[from] as usize..starts[to] as usize]);
-        };
-        for &(i, available) in moved {
-            copy(&mut out, &mut new_starts, next, i);
-            new_starts.push(out.len() as u32);
-            if i > 0 {
-                out.push(',');
-            }
-            views::write_item(&mut out, &self.products[i], available);
-            next = i + 1;
+        if same_items {
+            return self.rewritten(stamp, &moved);
         }
-        copy(&mut out, &mut new_starts, next, self.products.len());
-        new_starts.push(out.len() as u32);
+        // The items in order: the kept ones (moved or not, sold-out ones left out) merged with
+        // the added ones, then the refill.
+        let mut entries: Vec<Entry<'_>> =
+            Vec::with_capacity(self.products.len() + patch.added.len() + patch.after.len());
+        let mut added = patch.added.iter().peekable();
+        let mut m = moved.iter().peekable();
+        for (i, p) in self.products.iter().enumerate() {
+            while let Some(a) = added.next_if(|a| a.product.sku < p.sku) {
+                entries.push(Entry::Written(&a.product, a.available));
+            }
+            match m.next_if(|(j, _)| *j == i) {
+                Some(&(_, available)) if available > 0 => entries.push(Entry::Written(p, available)),
+                Some(_) => {}
+                None => entries.push(Entry::Kept(i)),
+            }
+        }
+        entries.extend(added.map(|a| Entry::Written(&a.product, a.available)));
+        entries.extend(patch.after.iter().map(|a| Entry::Written(&a.product, a.available)));
+        let next = (entries.len() > limit).then(|| entries[limit - 1].sku(self).to_owned());
+        entries.truncate(limit);
+        // Whole pieces before the first entry that differs are shared.
+        let same = entries.iter().enumerate().position(|(at, e)| !matches!(*e, Entry::Kept(i) if i == at));
+        let shared = same.unwrap_or(entries.len()).min(self.products.len()) / PIECE;
+        let mut w = Writer::after(&self.page.pieces[..shared], &self.starts[..shared]);
+        let mut products = Vec::with_capacity(entries.len());
+        products.extend_from_slice(&self.products[..shared * PIECE]);
+        for e in &entries[shared * PIECE..] {
+            match *e {
+                Entry::Kept(i) => {
+                    products.push(self.products[i].clone());
+                    w.item().push_str(self.item(i));
+                }
+                Entry::Written(p, available) => {
+                    products.push(p.clone());
+                    views::write_item(w.item(), p, available);
+                }
+            }
+        }
+        let (page, starts) = w.finish(next);
+        Kept { stamp, page, products: Arc::from(products), starts }
+    }
+
+    /// The same items with those in `moved` (index, available; ascending) written again: only
+    /// their pieces are written, the others shared.
+    fn rewritten(&self, stamp: PageStamp, moved: &[(usize, i64)]) -> Kept {
+        let mut pieces: Vec<Arc<String>> = self.page.pieces.to_vec();
+        let mut starts: Vec<Arc<[u32]>> = self.starts.to_vec();
+        let mut m = moved.iter().peekable();
+        while let Some(&&(first, _)) = m.peek() {
+            let k = first / PIECE;
+            let (old, old_starts) = (&self.page.pieces[k], &self.starts[k]);
+            let mut piece = String::with_capacity(old.len() + 16);
+            let mut piece_starts = Vec::with_capacity(old_starts.len());
+            for j in 0..old_starts.len() - 1 {
+                let i = k * PIECE + j;
+                piece_starts.push(piece.len() as u32);
+                match m.next_if(|(at, _)| *at == i) {
+                    Some(&(_, available)) => {
+                        if i > 0 {
+                            piece.push(',');
+                        }
+                        views::write_item(&mut piece, &self.products[i], available);
+                    }
+                    None => piece.push_str(&old[old_starts[j] as usize..old_starts[j + 1] as usize]),
+                }
+            }
+            piece_starts.push(piece.len() as u32);
+            // Every index of this piece was met above (unique, ascending); never loop on one.
+            while m.next_if(|(at, _)| at / PIECE == k).is_some() {}
+            pieces[k] = Arc::new(piece);
+            starts[k] = Arc::from(piece_starts);
+        }
         Kept {
             stamp,
-            page: PageJson { items: Arc::from(out), ..self.page.clone() },
+            page: PageJson { pieces: Arc::from(pieces), ..self.page.clone() },
             products: self.products.clone(),
-            starts: Arc::from(new_starts),
+            starts: Arc::from(starts),
         }
     }
 }
@@ -96,7 +261,7 @@ pub struct Pages {
 pub struct PageCounters {
     /// Served as kept (nothing on it moved).
     pub kept: AtomicU64,
-    /// Kept, with some items' units written again.
+    /// Kept, with some items written again.
     pub patched: AtomicU64,
     /// Read from the stock and written (first pages only).
     pub read: AtomicU64,
@@ -107,19 +272,22 @@ pub fn serialize(found: &Availability) -> PageJson {
     serialize_at(found).0
 }
 
-/// Serializes a page, with where each item starts (and the end).
-fn serialize_at(found: &Availability) -> (PageJson, Vec<u32>) {
-    let mut items = String::with_capacity(found.items.len() * 120);
-    let mut starts = Vec::with_capacity(found.items.len() + 1);
-    for (i, item) in found.items.iter().enumerate() {
-        starts.push(items.len() as u32);
-        if i > 0 {
-            items.push(',');
-        }
-        views::write_item(&mut items, &item.product, item.available);
+/// Serializes `items` as a page (no next page).
+pub fn serialize_items<'a>(items: impl IntoIterator<Item = &'a AvailableItem>) -> PageJson {
+    let mut w = Writer::new();
+    for item in items {
+        views::write_item(w.item(), &item.product, item.available);
     }
-    starts.push(items.len() as u32);
-    (PageJson { items: Arc::from(items), n_items: found.items.len(), next: found.next.clone() }, starts)
+    w.finish(None).0
+}
+
+/// Serializes a page, with where each item starts in its piece.
+fn serialize_at(found: &Availability) -> (PageJson, Arc<[Arc<[u32]>]>) {
+    let mut w = Writer::new();
+    for item in &found.items {
+        views::write_item(w.item(), &item.product, item.available);
+    }
+    w.finish(found.next.clone())
 }
 
 impl Pages {
@@ -137,17 +305,17 @@ impl Pages {
         if after.is_none()
             && let Some(kept) = self.by_store.get(&store.idx.0).and_then(|p| p.get(&key).cloned())
         {
-            match state.page_now(store, &kept.stamp, &kept.products, kept.page.next.is_some(), category) {
+            match state.page_now(store, &kept.stamp, &kept.products, limit, kept.page.next.is_some(), category) {
                 PageNow::Holds => {
                     self.counters.kept.fetch_add(1, Ordering::Relaxed);
                     return kept.page.clone();
                 }
-                PageNow::Moved(stamp, mut moved) => {
-                    // Nothing on it moved (only lines past it): kept, with the newer stamp.
-                    let counter = if moved.is_empty() { &self.counters.kept } else { &self.counters.patched };
+                PageNow::Moved(patch) => {
+                    let patched = kept.patched(&patch, limit);
+                    // Lines past it moved, nothing on it: kept, with the newer stamp.
+                    let same = Arc::ptr_eq(&patched.page.pieces, &kept.page.pieces);
+                    let counter = if same { &self.counters.kept } else { &self.counters.patched };
                     counter.fetch_add(1, Ordering::Relaxed);
-                    moved.sort_unstable();
-                    let patched = kept.patched(stamp, &moved);
                     let page = patched.page.clone();
                     self.keep(store, key, patched);
                     return page;
@@ -162,7 +330,7 @@ impl Pages {
         {
             self.counters.read.fetch_add(1, Ordering::Relaxed);
             let products = found.items.iter().map(|i| i.product.clone()).collect();
-            self.keep(store, key, Kept { stamp, page: page.clone(), products, starts: Arc::from(starts) });
+            self.keep(store, key, Kept { stamp, page: page.clone(), products, starts });
         }
         page
     }

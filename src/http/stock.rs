@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 use super::{AppRef, Caller, JsonBody, bounded, check_point, detached};
 use crate::error::ApiError;
 use crate::model::OpenState;
-use crate::state::StockError;
+use crate::state::{AvailableItem, StockError};
 
 /// Largest stock delta accepted in one adjustment.
 const MAX_DELTA: i64 = 1_000_000;
@@ -132,26 +132,17 @@ pub async fn availability(
             let page = match &search {
                 // A name search: ranked by relevance, one page (next is null).
                 Some(text) => {
-                    let mut items = String::new();
                     let found = app.state.search(&store, text, limit);
-                    for (i, item) in found
-                        .iter()
-                        .filter(|i| q.category.as_deref().is_none_or(|c| c == i.product.category))
-                        .enumerate()
-                    {
-                        if i > 0 {
-                            items.push(',');
-                        }
-                        crate::views::write_item(&mut items, &item.product, item.available);
-                    }
-                    crate::http::pages::PageJson { n_items: found.len(), items: items.into(), next: None }
+                    let in_category =
+                        |i: &&AvailableItem| q.category.as_deref().is_none_or(|c| c == i.product.category);
+                    crate::http::pages::serialize_items(found.iter().filter(in_category))
                 }
                 None => app.pages.page(&app.state, &store, eta, q.category.as_deref(), q.after.as_deref(), limit),
             };
             let open = app.state.open_state(&store);
             (Some(store.id.clone()), Some(quote), Some(app.state.delivery_fee(&store)), Some(open), page)
         }
-        None => (None, None, None, None, crate::http::pages::PageJson { items: "".into(), n_items: 0, next: None }),
+        None => (None, None, None, None, crate::http::pages::PageJson::default()),
     };
     let eta_minutes = quote.map(|q| q.eta_minutes());
     let within_promise = quote.is_some_and(|q| app.state.within_promise(&q));
@@ -169,7 +160,7 @@ pub async fn availability(
     // Built as text around the page's items, which are serialized once per change of the store's
     // stock (see `pages`): this is the hottest read of the server.
     let cell = darkstore_geoinv::area::cell_of(lat, lng).map(|c| c.to_string()).ok();
-    let mut body = String::with_capacity(192 + page.items.len());
+    let mut body = String::with_capacity(192 + page.len());
     body.push_str(&format!(
         "{{\"serviceable\":{},\"store_id\":{},\"eta_minutes\":{},\"delivery_fee_minor\":{},\"within_promise\":{},\"accepting\":{},\"open\":{},{}\"h3_cell\":{},\"next\":{},\"items\":[",
         store_id.is_some(),
@@ -183,7 +174,7 @@ pub async fn availability(
         json!(cell),
         json!(page.next),
     ));
-    body.push_str(&page.items);
+    page.write_to(&mut body);
     body.push_str("]}");
     Ok(([(axum::http::header::CONTENT_TYPE, "application/json")], body).into_response())
 }

@@ -32,15 +32,28 @@ pub struct PageStamp {
 }
 
 /// What became of a kept first page since its stamp ([`State::page_now`]).
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub enum PageNow {
     /// Nothing on it moved: serve it as it is.
     Holds,
-    /// Only the available units of some of its items moved (each still available): `(index on
-    /// the page, available now)`, and the stamp of the state they were read from.
-    Moved(PageStamp, Vec<(usize, i64)>),
+    /// Some lines moved: what they are now.
+    Moved(PagePatch),
     /// Read it again.
     Stale,
+}
+
+/// The lines of a kept page that moved since its stamp, read from the stock at `stamp`.
+#[derive(Debug, Clone)]
+pub struct PagePatch {
+    pub stamp: PageStamp,
+    /// Items of the page whose line moved: (index on the page, available now; 0 or less: no
+    /// longer for sale).
+    pub moved: Vec<(usize, i64)>,
+    /// Items for sale now within the page's range that were not on it, in SKU order.
+    pub added: Vec<AvailableItem>,
+    /// For a full page: the items after its last one, in SKU order, as many as it takes to fill
+    /// it again and to tell whether a next page follows.
+    pub after: Vec<AvailableItem>,
 }
 
 /// The answer to "what can I get here?".
@@ -53,7 +66,8 @@ pub struct Availability {
     pub stamp: Option<PageStamp>,
 }
 
-/// How many lines after a full page's last item [`State::page_now`] looks at for its next page.
+/// How many lines more than it needs [`State::page_now`] looks at to refill a full page before it
+/// gives up and has the page read again (lines of other categories are skipped).
 const NEXT_LOOKED_AT: usize = 16;
 
 impl State {
@@ -193,17 +207,18 @@ impl State {
         items
     }
 
-    /// What became of a kept first page (`items`: its products in order; `full`: it has a next page)
-    /// of `category` since it was read at `stamp`. The stock remembers the SKUs of its last few
-    /// changes: a change after the page's last SKU matters only to a full page's next cursor,
-    /// one on the page's items that leaves them available is patched, anything else (an item
-    /// gone, one come back, a change the stock no longer remembers, the catalog, an expiry)
-    /// reads the page again.
+    /// What became of a kept first page (`items`: its products in order; `full`: it has a next
+    /// page) of `category` since it was read at `stamp`. The stock remembers the SKUs of its last
+    /// few changes, so only those lines are read again: an item's units moved, an item sold out,
+    /// one came back within the page's range, and for a full page the lines after its last item
+    /// that refill it. A change the stock no longer remembers, the catalog or an expiry reads the
+    /// page again ([`PageNow::Stale`]).
     pub fn page_now(
         &self,
         store: &Store,
         stamp: &PageStamp,
         items: &[Arc<Product>],
+        limit: usize,
         full: bool,
         category: Option<&str>,
     ) -> PageNow {
@@ -219,51 +234,62 @@ impl State {
             return PageNow::Holds;
         }
         let Some(touched) = stock.touched_since(stamp.stock_version) else { return PageNow::Stale };
+        let catalog = self.catalog.read().expect("catalog lock");
+        let listed = |sku: &str| catalog.get(sku).filter(|p| category.is_none_or(|c| c == p.category));
         let last = items.last().map(|p| &*p.sku);
-        let mut moved: Vec<(usize, i64)> = Vec::new();
+        let mut patch = PagePatch { stamp: *stamp, moved: Vec::new(), added: Vec::new(), after: Vec::new() };
         let mut valid_until = stamp.valid_until;
-        let mut check_next = false;
+        let mut until = |line: Option<&darkstore_geoinv::stock::StockLine>| {
+            if let Some(t) = line.and_then(|l| l.available_until(now)) {
+                valid_until = valid_until.min(t);
+            }
+        };
+        let mut seen: Vec<&Arc<str>> = Vec::new();
         for sku in touched {
+            if seen.contains(&sku) {
+                continue;
+            }
+            seen.push(sku);
             let line = stock.line(sku);
             let available = line.map_or(0, |l| l.available(now));
             match items.binary_search_by(|p| (*p.sku).cmp(&**sku)) {
-                Ok(i) if available > 0 => {
-                    match moved.iter_mut().find(|(j, _)| *j == i) {
-                        Some(m) => m.1 = available,
-                        None => moved.push((i, available)),
-                    }
-                    if let Some(t) = line.and_then(|l| l.available_until(now)) {
-                        valid_until = valid_until.min(t);
-                    }
+                Ok(i) => {
+                    patch.moved.push((i, available));
+                    until(line);
                 }
-                // An item gone from the page.
-                Ok(_) => return PageNow::Stale,
-                Err(_) if full && last.is_some_and(|l| &**sku > l) => check_next = true,
-                // Not on the page and within its range: it matters if it is now for sale here.
+                // Past a full page's last item: only the refill below can see it.
+                Err(_) if full && last.is_some_and(|l| &**sku > l) => {}
+                // Within the page's range and not on it: on it now if it is for sale here.
                 Err(_) => {
-                    if available > 0 && self.listed(sku, category) {
-                        return PageNow::Stale;
+                    if let Some(product) = listed(sku).filter(|_| available > 0) {
+                        patch.added.push(AvailableItem { product: product.clone(), available });
+                        until(line);
                     }
                 }
             }
         }
-        // A full page's next cursor holds while something after it is still for sale (looked
-        // for among the next few lines only), and that line bounds how long the page is true.
-        if check_next {
-            let mut after = stock.available_lines_after(last, now).take(NEXT_LOOKED_AT);
-            match after.find(|(sku, _, _)| self.listed(sku, category)) {
-                Some((_, _, line)) => {
-                    valid_until = line.available_until(now).map_or(valid_until, |t| t.min(valid_until))
+        patch.added.sort_unstable_by(|a, b| a.product.sku.cmp(&b.product.sku));
+        // A full page refills from the lines after its last item: enough to fill it again and to
+        // tell whether a next page follows (looked for among a few lines only).
+        let gone = patch.moved.iter().filter(|(_, a)| *a <= 0).count();
+        let have = items.len() - gone + patch.added.len();
+        if full && have <= limit {
+            let need = limit + 1 - have;
+            let mut after = stock.available_lines_after(last, now);
+            let mut looked = 0;
+            while patch.after.len() < need {
+                let Some((sku, available, line)) = after.next() else { break };
+                looked += 1;
+                if looked > need + NEXT_LOOKED_AT {
+                    return PageNow::Stale;
                 }
-                None => return PageNow::Stale,
+                if let Some(product) = listed(sku) {
+                    patch.after.push(AvailableItem { product: product.clone(), available });
+                    until(Some(line));
+                }
             }
         }
-        PageNow::Moved(PageStamp { stock_version: stock.version(), valid_until, ..*stamp }, moved)
-    }
-
-    /// `sku` is in the catalog (and in `category`, when given).
-    fn listed(&self, sku: &str, category: Option<&str>) -> bool {
-        let catalog = self.catalog.read().expect("catalog lock");
-        catalog.get(sku).is_some_and(|p| category.is_none_or(|c| c == p.category))
+        patch.stamp = PageStamp { stock_version: stock.version(), valid_until, ..*stamp };
+        PageNow::Moved(patch)
     }
 }

@@ -44,7 +44,7 @@ use darkstore_geoinv::stock::{AdjustError, LotDelta, Shortfall};
 use darkstore_geoinv::travel::TravelModel;
 use dashmap::DashMap;
 
-pub use availability::{Availability, AvailableItem, PageNow, PageStamp};
+pub use availability::{Availability, AvailableItem, PageNow, PagePatch, PageStamp};
 pub use catalog::Store;
 pub use orders::{PlaceOrder, Placed};
 
