@@ -134,6 +134,12 @@ pub struct Params {
     /// Weight of the time an order has already waited, when it is left unassigned: older orders
     /// go first when riders are scarce.
     pub age_weight: f64,
+    /// How much more than an order it costs to leave one unassigned once more than half of the
+    /// time from its placement to its promise has passed: `urgency_weight × (share − ½)`, in
+    /// orders, capped at half the weight. With riders scarce, leaving a bundle of `n` costs `n`
+    /// orders, so a lone order near its promise outranks a pair (at 6: from three quarters of
+    /// its time on) and ties a triple at its promise. 0 turns it off (the replay's default).
+    pub urgency_weight: f64,
 }
 
 impl Default for Params {
@@ -150,6 +156,7 @@ impl Default for Params {
             rider_time_weight: 0.5,
             hold_back: true,
             age_weight: 5.0,
+            urgency_weight: 0.0,
         }
     }
 }
@@ -221,6 +228,16 @@ pub fn cost(params: &Params, plan: &Plan, orders: &[&OrderIn]) -> i64 {
 /// The cost of leaving an order without a rider this tick: more than any route costs, so the
 /// assignment serves as many orders as riders allow.
 const UNASSIGNED_COST: i64 = 1_000_000_000;
+
+/// How many orders' worth more it costs to leave `o` unassigned now ([`Params::urgency_weight`]).
+fn urgency(params: &Params, o: &OrderIn, now: Millis) -> f64 {
+    let span = o.promise - o.placed_at;
+    if params.urgency_weight <= 0.0 || span <= 0 {
+        return 0.0;
+    }
+    let share = (now - o.placed_at) as f64 / span as f64;
+    params.urgency_weight * (share - 0.5).clamp(0.0, 0.5)
+}
 
 struct RiderPoint {
     idx: usize,
@@ -384,7 +401,12 @@ pub fn plan_tick(
         // Staying unassigned costs more than any route (so as many orders as possible leave), and
         // more the longer the orders have waited (so the oldest are not starved by newer ones).
         let waited: f64 = bundle.iter().map(|o| (now - o.placed_at).max(0) as f64).sum();
-        unassigned.push(UNASSIGNED_COST * bundle.len() as i64 + (params.age_weight * waited) as i64);
+        let urgent: f64 = bundle.iter().map(|o| urgency(params, o, now)).sum();
+        unassigned.push(
+            UNASSIGNED_COST * bundle.len() as i64
+                + (UNASSIGNED_COST as f64 * urgent) as i64
+                + (params.age_weight * waited) as i64,
+        );
         edges.push(row);
     }
     let solution = assign::solve(riders.len(), &edges, &unassigned);

@@ -155,6 +155,28 @@ fn decisions_table() {
 }
 
 #[test]
+fn a_lone_order_near_its_promise_outranks_a_pair_with_slack() {
+    // One rider between two stores: a pair at store 0 promised at 60 minutes, a lone order at
+    // store 1 promised at 30; at 23 minutes more than three quarters of the lone order's time
+    // has passed, under half of the pair's.
+    let orders = vec![
+        promised(order(1, 1000.0, 0.0, 0), 60),
+        promised(order(2, 1300.0, 0.0, 0), 60),
+        at_store(promised(order(3, 600.0, 500.0, 0), 30), 1, 600.0),
+    ];
+    let riders = vec![rider(10, 300.0, 0.0, 23)];
+    let now = 23 * MIN;
+    let plain = plan_tick(now, &orders, &riders, &params(), &travel());
+    assert_eq!(keys(&plain), vec![(10, vec![1, 2])], "without urgency the pair wins the rider");
+    let urgent = Params { urgency_weight: 6.0, ..params() };
+    let plans = plan_tick(now, &orders, &riders, &urgent, &travel());
+    assert_eq!(keys(&plans), vec![(10, vec![3])], "the lone order near its promise goes first");
+    // Early in its time it does not: the pair still wins.
+    let early = plan_tick(10 * MIN, &orders, &[rider(10, 300.0, 0.0, 10)], &urgent, &travel());
+    assert_eq!(keys(&early), vec![(10, vec![1, 2])]);
+}
+
+#[test]
 fn bundling_and_holding_back_can_be_turned_off() {
     let orders = vec![order(1, 1000.0, 0.0, 20), order(2, 1300.0, 0.0, 20)];
     let riders = vec![rider(10, 0.0, 0.0, 0), rider(11, 0.0, 0.0, 0)];
