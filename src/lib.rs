@@ -141,7 +141,10 @@ pub async fn start(config: &ServeConfig, listener: TcpListener, clock: Arc<dyn C
             Some(cluster)
         }
     };
-    let mut snapshot = db.load().await?;
+    let order_retention_ms = (config.order_retention_minutes.max(0.0) * 60_000.0) as i64;
+    let key_retention_ms = (config.idempotency_key_hours.max(0.0) * 3_600_000.0) as i64;
+    // Finished orders older than both retentions would leave memory at once: not read at all.
+    let mut snapshot = db.load_since(clock.now_ms().saturating_sub(order_retention_ms.max(key_retention_ms))).await?;
     if cluster.is_some() {
         // The catalog only: a region's stock and orders are loaded when its lease is taken.
         snapshot.retain_stores(|_| false);
@@ -155,8 +158,6 @@ pub async fn start(config: &ServeConfig, listener: TcpListener, clock: Arc<dyn C
     );
     let payment_hold_ms =
         config.payment_webhook_secret.as_ref().map(|_| (config.payment_hold_minutes.max(0.0) * 60_000.0) as i64);
-    let order_retention_ms = (config.order_retention_minutes.max(0.0) * 60_000.0) as i64;
-    let key_retention_ms = (config.idempotency_key_hours.max(0.0) * 3_600_000.0) as i64;
     let quote = darkstore_geoinv::quote::QuoteParams {
         pick_ms: (travel.picking_minutes * 60_000.0) as i64,
         pickers: config.pickers.max(1),
@@ -199,8 +200,8 @@ pub async fn start(config: &ServeConfig, listener: TcpListener, clock: Arc<dyn C
     promises.set_state(Arc::downgrade(&state));
     let picks = Arc::new(picks::TopPicks::new(config.top_picks_days));
     let now = clock.now_ms();
-    for (store, sku, qty, at) in state.db.lines_since(picks.since(now)).await? {
-        picks.add(&store, &sku, qty, at);
+    for (store, sku, day, units) in state.db.units_per_day_since(picks.since(now), picks::MAX_UNITS_PER_LINE).await? {
+        picks.add_day(&store, &sku, units, day);
     }
     // Riders first: an order leaving a task changes the task before the order's feed hears of it;
     // then the promises, whose ETAs the publisher tells.

@@ -43,13 +43,18 @@ impl TopPicks {
 
     /// Counts `qty` units of `sku` ordered at `store` at `at`.
     pub fn add(&self, store: &str, sku: &str, qty: i64, at: Millis) {
-        let units = qty.clamp(0, MAX_UNITS_PER_LINE) as u64;
-        if units == 0 {
+        self.add_day(store, sku, qty.clamp(0, MAX_UNITS_PER_LINE), at.div_euclid(DAY_MS));
+    }
+
+    /// Counts `units` of `sku` ordered at `store` on `day` (days since the epoch), each line's
+    /// units already capped (start-up reads them summed per day).
+    pub fn add_day(&self, store: &str, sku: &str, units: i64, day: i64) {
+        if units <= 0 {
             return;
         }
         let mut stores = self.stores.lock().expect("picks lock");
-        let day = stores.entry(store.to_owned()).or_default().days.entry(at.div_euclid(DAY_MS)).or_default();
-        *day.entry(sku.to_owned()).or_default() += units;
+        let counts = stores.entry(store.to_owned()).or_default().days.entry(day).or_default();
+        *counts.entry(sku.to_owned()).or_default() += units as u64;
     }
 
     /// The store's SKUs by units ordered within the window, most first (ties by SKU).

@@ -83,7 +83,12 @@ pub fn now_ms() -> i64 {
 
 /// The process's resident set size (Linux), bytes.
 pub fn rss_bytes() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
+    rss_bytes_of("self")
+}
+
+/// The resident set size of process `pid` (Linux; "self" for this one), bytes.
+pub fn rss_bytes_of(pid: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
         .and_then(|s| {
             s.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)?.parse().ok())

@@ -30,7 +30,7 @@ impl Cluster {
             let _ = self.leases.delete_expect_revision(region, Some(epoch)).await;
             return;
         }
-        let snapshot = match state.db.load().await {
+        let snapshot = match state.db.load_since(state.history_since()).await {
             Ok(mut snap) => {
                 let keep: HashSet<&str> = stores.iter().map(String::as_str).collect();
                 snap.retain_stores(|s| keep.contains(s));

@@ -242,6 +242,12 @@ impl State {
     /// in the database, and [`State::find_order`] reads them back), and of idempotency keys older
     /// than theirs (a retried placement within it still answers with its order; past it, the
     /// database refuses the key and the client gets 409). Returns how many orders were let go.
+    /// Finished orders last changed before this time have left memory, and so have their
+    /// idempotency keys: a load from the database need not read them.
+    pub fn history_since(&self) -> Millis {
+        self.now().saturating_sub(self.config.order_retention_ms.max(self.config.key_retention_ms))
+    }
+
     pub fn evict_finished_orders(&self) -> usize {
         let now = self.now();
         let key_cutoff = now.saturating_sub(self.config.key_retention_ms);

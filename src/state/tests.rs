@@ -256,3 +256,27 @@ async fn a_kept_page_patched_or_read_again_is_always_a_fresh_read() {
     );
     w.scratch.drop_database().await;
 }
+
+#[tokio::test]
+async fn a_restart_reads_open_orders_and_recent_ones_not_the_whole_history() {
+    let w = world("ds_state_history").await;
+    let old = w.place("h1", 1).await;
+    w.state.transition(&old.id, OrderStatus::Cancelled, None, |_| true).await.unwrap();
+    let open = w.place("h2", 1).await;
+    // A day and an hour later: past the key retention (24 h) and the order retention (1 h).
+    w.clock.advance(25 * 3_600_000);
+    let recent = w.place("h3", 1).await;
+    w.state.transition(&recent.id, OrderStatus::Cancelled, None, |_| true).await.unwrap();
+    let snap = w.state.db.load_since(w.state.history_since()).await.unwrap();
+    let ids: Vec<&str> = snap.orders.iter().map(|o| o.id.as_str()).collect();
+    assert!(ids.contains(&open.id.as_str()), "an open order is read back however old");
+    assert!(ids.contains(&recent.id.as_str()), "a finished order within the retention is read back");
+    assert!(!ids.contains(&old.id.as_str()), "a finished order past both retentions is not");
+    assert_eq!(snap.orders.iter().find(|o| o.id == open.id).unwrap().lines.len(), 1, "with its lines");
+    // What the whole history would give after the first eviction is what the bounded read gives.
+    let all = w.state.db.load().await.unwrap();
+    assert_eq!(all.orders.len(), ids.len() + 1);
+    // The old one is still in the database for whoever asks.
+    assert_eq!(w.state.db.order(&old.id).await.unwrap().unwrap().status, "cancelled");
+    w.scratch.drop_database().await;
+}

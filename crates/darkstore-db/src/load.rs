@@ -99,7 +99,7 @@ pub struct Snapshot {
     pub holds: Vec<OrderHold>,
     /// The largest lot id ever used (0 when none).
     pub max_lot_id: i64,
-    /// When each order that was ever packed was last packed.
+    /// When each order read back that was ever packed was last packed.
     pub packed_at: std::collections::HashMap<String, i64>,
 }
 
@@ -112,6 +112,10 @@ pub struct OrderFilter<'a> {
     /// Only orders strictly before this `(created_at, id)`.
     pub before: Option<(i64, &'a str)>,
 }
+
+/// The orders (`o`) start-up reads: open, or finished and last changed at or after `$1`.
+const LOADED: &str =
+    "(o.status IN ('pending_payment', 'confirmed', 'packed', 'assigned', 'picked_up') OR o.updated_at >= $1)";
 
 /// The columns `order_row` reads, in its order.
 const ORDER_COLUMNS: &str = "id, customer_id, idempotency_key, request_hash, store_id, lat, lng, status, rider_id, \
@@ -188,8 +192,15 @@ impl Db {
         Ok(snap)
     }
 
-    /// Reads the whole state back.
+    /// Reads the whole state back, every order included.
     pub async fn load(&self) -> Result<Snapshot, DbError> {
+        self.load_since(i64::MIN).await
+    }
+
+    /// Reads the state back with the orders that are still open and those finished orders last
+    /// changed at or after `finished_since` (older ones are read from the database when asked
+    /// for): start-up does not grow with the history of finished orders.
+    pub async fn load_since(&self, finished_since: i64) -> Result<Snapshot, DbError> {
         let mut snap = self.load_catalog().await?;
         for r in sqlx::query(
             "SELECT store_id, sku, lot_id, MAX(expires_at), CAST(SUM(d_on_hand) AS BIGINT), CAST(SUM(d_reserved) AS BIGINT) \
@@ -212,9 +223,13 @@ impl Db {
             }
         }
         let mut lines: std::collections::HashMap<String, Vec<OrderLineRow>> = std::collections::HashMap::new();
-        for r in sqlx::query("SELECT order_id, sku, qty, price_minor FROM order_lines ORDER BY order_id, line_no")
-            .fetch_all(&self.pool)
-            .await?
+        for r in sqlx::query(&format!(
+            "SELECT l.order_id, l.sku, l.qty, l.price_minor FROM order_lines l JOIN orders o ON o.id = l.order_id \
+             WHERE {LOADED} ORDER BY l.order_id, l.line_no"
+        ))
+        .bind(finished_since)
+        .fetch_all(&self.pool)
+        .await?
         {
             let order_id: String = r.try_get(0)?;
             lines.entry(order_id).or_default().push(OrderLineRow {
@@ -223,7 +238,8 @@ impl Db {
                 price_minor: r.try_get(3)?,
             });
         }
-        for r in sqlx::query(&format!("SELECT {ORDER_COLUMNS} FROM orders ORDER BY created_at, id"))
+        for r in sqlx::query(&format!("SELECT {ORDER_COLUMNS} FROM orders o WHERE {LOADED} ORDER BY created_at, id"))
+            .bind(finished_since)
             .fetch_all(&self.pool)
             .await?
         {
@@ -248,9 +264,13 @@ impl Db {
                 reserved: r.try_get(4)?,
             });
         }
-        for r in sqlx::query("SELECT order_id, MAX(ts) FROM order_events WHERE status = 'packed' GROUP BY order_id")
-            .fetch_all(&self.pool)
-            .await?
+        for r in sqlx::query(&format!(
+            "SELECT e.order_id, MAX(e.ts) FROM order_events e JOIN orders o ON o.id = e.order_id \
+             WHERE e.status = 'packed' AND ({LOADED}) GROUP BY e.order_id"
+        ))
+        .bind(finished_since)
+        .fetch_all(&self.pool)
+        .await?
         {
             snap.packed_at.insert(r.try_get(0)?, r.try_get(1)?);
         }
@@ -330,14 +350,18 @@ impl Db {
         Ok(out)
     }
 
-    /// Order lines of orders placed at or after `since` (ms), with their store and placement time:
-    /// (store id, sku, qty, created_at). For what sells where recently (top picks).
-    pub async fn lines_since(&self, since: i64) -> Result<Vec<(String, String, i64, i64)>, DbError> {
+    /// Units ordered per store, SKU and day (days since the epoch, UTC) by orders placed at or
+    /// after `since` (ms), each line counting at most `cap` units: (store, sku, day, units), summed
+    /// in the database (start-up reads a row per store, SKU and day, not one per order line).
+    pub async fn units_per_day_since(&self, since: i64, cap: i64) -> Result<Vec<(String, String, i64, i64)>, DbError> {
         let rows = sqlx::query(
-            "SELECT o.store_id, l.sku, l.qty, o.created_at FROM order_lines l JOIN orders o ON o.id = l.order_id \
-             WHERE o.created_at >= $1",
+            "SELECT o.store_id, l.sku, o.created_at / 86400000 AS day, \
+             CAST(SUM(CASE WHEN l.qty > $2 THEN $2 WHEN l.qty < 0 THEN 0 ELSE l.qty END) AS BIGINT) \
+             FROM order_lines l JOIN orders o ON o.id = l.order_id WHERE o.created_at >= $1 \
+             GROUP BY o.store_id, l.sku, o.created_at / 86400000",
         )
         .bind(since)
+        .bind(cap)
         .fetch_all(&self.pool)
         .await?;
         rows.into_iter().map(|r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?, r.try_get(3)?))).collect()
