@@ -302,7 +302,9 @@ impl Pages {
         limit: usize,
     ) -> PageJson {
         let key = (category.map(Box::from), limit);
+        // Pages of nothing (limit 0: HTTP refuses it) are never kept.
         if after.is_none()
+            && limit > 0
             && let Some(kept) = self.by_store.get(&store.idx.0).and_then(|p| p.get(&key).cloned())
         {
             match state.page_now(store, &kept.stamp, &kept.products, limit, kept.page.next.is_some(), category) {
@@ -326,6 +328,7 @@ impl Pages {
         let found = state.availability_at(store, eta_minutes, category, after, limit);
         let (page, starts) = serialize_at(&found);
         if after.is_none()
+            && limit > 0
             && let Some(stamp) = found.stamp
         {
             self.counters.read.fetch_add(1, Ordering::Relaxed);
