@@ -380,6 +380,21 @@ pub async fn start(config: &ServeConfig, listener: TcpListener, clock: Arc<dyn C
             }
         }
     }));
+    // One node: each lot's ledger sums are checkpointed as the ledger grows, so a start sums only
+    // the rows after the checkpoint. Cluster nodes write the ledger side by side and never do.
+    if app.cluster.is_none() {
+        background.push(every(Duration::from_secs(LEDGER_CHECKPOINT_SECS), stopped.clone(), {
+            let state = state.clone();
+            move || {
+                let state = state.clone();
+                async move {
+                    if let Err(e) = state.committer().commit(vec![darkstore_db::Write::Checkpoint]).await {
+                        tracing::warn!(error = %e, "ledger checkpoint failed; the next one tries again");
+                    }
+                }
+            }
+        }));
+    }
     if let Some(addr) = config.metrics_listen {
         let listener = TcpListener::bind(addr).await.map_err(|e| format!("--metrics-listen {addr}: {e}"))?;
         tracing::info!(addr = %listener.local_addr()?, "metrics served without a token");
@@ -452,6 +467,10 @@ where
         }
     })
 }
+
+/// How often a single node checkpoints the ledger's sums (each checkpoint sums at most
+/// `darkstore_db::CHECKPOINT_MAX_ROWS` rows).
+const LEDGER_CHECKPOINT_SECS: u64 = 30;
 
 impl Server {
     /// The line a launcher waits for on stdout.

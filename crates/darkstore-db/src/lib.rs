@@ -25,7 +25,7 @@ use sqlx::{AnyPool, Executor};
 
 pub use committer::{CommitStats, Committer, Fencer};
 pub use load::{LotSum, OrderFilter, OrderHold, OrderLineRow, OrderRow, ProductRow, RiderRow, Snapshot, StoreRow};
-pub use write::{LedgerRow, NewOrder, OrderStatusChange, Write};
+pub use write::{CHECKPOINT_MAX_ROWS, LedgerRow, NewOrder, OrderStatusChange, Write};
 
 /// How long a caller waits for a connection before its work fails as unavailable.
 pub const ACQUIRE_TIMEOUT: Duration = Duration::from_millis(1500);

@@ -202,10 +202,16 @@ impl Db {
     /// for): start-up does not grow with the history of finished orders.
     pub async fn load_since(&self, finished_since: i64) -> Result<Snapshot, DbError> {
         let mut snap = self.load_catalog().await?;
+        // Each lot: its sums up to the checkpoint plus the ledger rows after it.
+        let checkpoint = crate::write::ledger_checkpoint(&mut *self.pool.acquire().await?).await?;
         for r in sqlx::query(
-            "SELECT store_id, sku, lot_id, MAX(expires_at), CAST(SUM(d_on_hand) AS BIGINT), CAST(SUM(d_reserved) AS BIGINT) \
-             FROM stock_ledger GROUP BY store_id, sku, lot_id ORDER BY lot_id",
+            "SELECT store_id, sku, lot_id, MAX(expires_at), CAST(SUM(on_hand) AS BIGINT), CAST(SUM(reserved) AS BIGINT) \
+             FROM (SELECT store_id, sku, lot_id, expires_at, on_hand, reserved FROM lot_sums \
+                   UNION ALL \
+                   SELECT store_id, sku, lot_id, expires_at, d_on_hand, d_reserved FROM stock_ledger WHERE id > $1) AS t \
+             GROUP BY store_id, sku, lot_id ORDER BY lot_id",
         )
+        .bind(checkpoint)
         .fetch_all(&self.pool)
         .await?
         {

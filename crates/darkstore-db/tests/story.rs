@@ -272,3 +272,78 @@ async fn fencing_on_postgres() {
     fencing(&scratch.url).await;
     scratch.drop_database().await;
 }
+
+/// A start reads the same lots whether the ledger was checkpointed or not, however the rows fall
+/// around the checkpoints; the full ledger still sums to the same (the audit).
+async fn checkpoints(url: &str) {
+    let db = Db::connect(url).await.unwrap();
+    db.write_batch(&[Write::Store {
+        id: "s1".into(),
+        name: "S".into(),
+        lat: 12.97,
+        lng: 77.64,
+        timezone: None,
+        hours: None,
+        paused: None,
+        ts: 0,
+    }])
+    .await
+    .unwrap();
+    let lots = |snap: darkstore_db::Snapshot| {
+        let mut l: Vec<(i64, i64, i64, Option<i64>)> =
+            snap.lots.iter().map(|l| (l.lot_id, l.on_hand, l.reserved, l.expires_at)).collect();
+        l.sort();
+        (l, snap.max_lot_id)
+    };
+    let mut seed = 11u64;
+    for round in 0..6 {
+        // Restocks, reservations and sales over a few lots, with and without an expiry.
+        let mut writes = Vec::new();
+        for i in 0..40 {
+            seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            let lot = (seed >> 40) as i64 % 5 + 1;
+            let (kind, d_on_hand, d_reserved) = match (seed >> 20) % 3 {
+                0 => ("restock", 10, 0),
+                1 => ("reserve", 0, 1),
+                _ => ("sale", -1, -1),
+            };
+            writes.push(ledger("s1", &format!("sku{lot}"), lot, kind, d_on_hand + i % 2, d_reserved, None));
+        }
+        if round % 2 == 1 {
+            writes.push(Write::Checkpoint);
+        }
+        db.write_batch(&writes).await.unwrap();
+        let checkpointed = lots(db.load().await.unwrap());
+        // The same lots summed from the whole ledger, as before there were checkpoints.
+        let mut whole: Vec<(i64, i64, i64, Option<i64>)> = Vec::new();
+        for (store, sku, on_hand, reserved) in db.ledger_totals().await.unwrap() {
+            assert_eq!(store, "s1");
+            let lot: i64 = sku.trim_start_matches("sku").parse().unwrap();
+            whole.push((lot, on_hand, reserved, if lot == 2 { Some(1_900_000_000_000) } else { None }));
+        }
+        whole.retain(|l| l.1 != 0 || l.2 != 0);
+        whole.sort();
+        assert_eq!(checkpointed.0, whole, "round {round}");
+        assert_eq!(checkpointed.1, 5, "round {round}");
+        // A checkpoint with nothing new changes nothing.
+        db.write_batch(&[Write::Checkpoint]).await.unwrap();
+        assert_eq!(lots(db.load().await.unwrap()), checkpointed, "round {round}");
+    }
+}
+
+#[tokio::test]
+async fn checkpoints_on_sqlite() {
+    let scratch = ScratchDb::sqlite("darkstore_checkpoint");
+    checkpoints(&scratch.url).await;
+    scratch.drop_database().await;
+}
+
+#[tokio::test]
+async fn checkpoints_on_postgres() {
+    let Some(scratch) = ScratchDb::postgres("darkstore_checkpoint").await else {
+        eprintln!("DARKSTORE_TEST_POSTGRES is not set: PostgreSQL checkpoints skipped");
+        return;
+    };
+    checkpoints(&scratch.url).await;
+    scratch.drop_database().await;
+}
