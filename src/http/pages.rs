@@ -274,20 +274,23 @@ pub fn serialize(found: &Availability) -> PageJson {
 
 /// Serializes `items` as a page (no next page).
 pub fn serialize_items<'a>(items: impl IntoIterator<Item = &'a AvailableItem>) -> PageJson {
-    let mut w = Writer::new();
-    for item in items {
-        views::write_item(w.item(), &item.product, item.available);
-    }
-    w.finish(None).0
+    write_items(items, None).0
 }
 
 /// Serializes a page, with where each item starts in its piece.
 fn serialize_at(found: &Availability) -> (PageJson, Arc<[Arc<[u32]>]>) {
+    write_items(&found.items, found.next.clone())
+}
+
+fn write_items<'a>(
+    items: impl IntoIterator<Item = &'a AvailableItem>,
+    next: Option<String>,
+) -> (PageJson, Arc<[Arc<[u32]>]>) {
     let mut w = Writer::new();
-    for item in &found.items {
+    for item in items {
         views::write_item(w.item(), &item.product, item.available);
     }
-    w.finish(found.next.clone())
+    w.finish(next)
 }
 
 impl Pages {
