@@ -143,8 +143,12 @@ pub async fn start(config: &ServeConfig, listener: TcpListener, clock: Arc<dyn C
     };
     let order_retention_ms = (config.order_retention_minutes.max(0.0) * 60_000.0) as i64;
     let key_retention_ms = (config.idempotency_key_hours.max(0.0) * 3_600_000.0) as i64;
-    // Finished orders older than both retentions would leave memory at once: not read at all.
-    let mut snapshot = db.load_since(clock.now_ms().saturating_sub(order_retention_ms.max(key_retention_ms))).await?;
+    // Finished orders past the orders' retention would leave memory at once: only the keys of
+    // those within the keys' retention are read.
+    let now = clock.now_ms();
+    let since =
+        darkstore_db::Since { orders: now.saturating_sub(order_retention_ms), keys: now.saturating_sub(key_retention_ms) };
+    let mut snapshot = db.load_since(since).await?;
     if cluster.is_some() {
         // The catalog only: a region's stock and orders are loaded when its lease is taken.
         snapshot.retain_stores(|_| false);

@@ -238,16 +238,21 @@ impl State {
         Ok(out)
     }
 
+    /// What a load from the database reads of finished orders: whole, those last changed within
+    /// the orders' retention (older ones have left memory); their idempotency keys only, those
+    /// placed within the keys' retention (older keys have been forgotten too).
+    pub fn history_since(&self) -> darkstore_db::Since {
+        let now = self.now();
+        darkstore_db::Since {
+            orders: now.saturating_sub(self.config.order_retention_ms),
+            keys: now.saturating_sub(self.config.key_retention_ms),
+        }
+    }
+
     /// Lets go of finished orders whose last change is older than the retention window (they stay
     /// in the database, and [`State::find_order`] reads them back), and of idempotency keys older
     /// than theirs (a retried placement within it still answers with its order; past it, the
     /// database refuses the key and the client gets 409). Returns how many orders were let go.
-    /// Finished orders last changed before this time have left memory, and so have their
-    /// idempotency keys: a load from the database need not read them.
-    pub fn history_since(&self) -> Millis {
-        self.now().saturating_sub(self.config.order_retention_ms.max(self.config.key_retention_ms))
-    }
-
     pub fn evict_finished_orders(&self) -> usize {
         let now = self.now();
         let key_cutoff = now.saturating_sub(self.config.key_retention_ms);

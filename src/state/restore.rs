@@ -144,6 +144,13 @@ impl State {
             }
             self.insert_order(order);
         }
+        // Finished orders not read back whole still answer a retried placement.
+        for k in snap.keys {
+            self.idempotency.insert(
+                (k.customer_id, k.idempotency_key),
+                IdemState::Done { request_hash: k.request_hash, order_id: k.order_id, placed_at: k.created_at },
+            );
+        }
         // Pages built before are stale now.
         self.catalog_version.fetch_add(1, Ordering::Relaxed);
     }

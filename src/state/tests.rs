@@ -22,6 +22,15 @@ struct World {
 }
 
 async fn state_on(url: &str, clock: Arc<ManualClock>) -> State {
+    state_loading(url, clock, |_| darkstore_db::Since::ALL).await
+}
+
+/// A state started from the database, reading back what `since` says of its finished orders.
+async fn state_loading(
+    url: &str,
+    clock: Arc<ManualClock>,
+    since: impl FnOnce(&StateConfig) -> darkstore_db::Since,
+) -> State {
     let db = Db::connect(url).await.unwrap();
     let (committer, _task) = Committer::spawn(db.clone(), 64, 1024);
     let config = StateConfig {
@@ -33,7 +42,7 @@ async fn state_on(url: &str, clock: Arc<ManualClock>) -> State {
         max_eta_minutes: None,
         delivery_fee_minor: 0,
     };
-    let snapshot = db.load().await.unwrap();
+    let snapshot = db.load_since(since(&config)).await.unwrap();
     State::from_snapshot(config, db, committer, snapshot, clock, Arc::new(Changes::new()))
 }
 
@@ -265,18 +274,43 @@ async fn a_restart_reads_open_orders_and_recent_ones_not_the_whole_history() {
     let open = w.place("h2", 1).await;
     // A day and an hour later: past the key retention (24 h) and the order retention (1 h).
     w.clock.advance(25 * 3_600_000);
-    let recent = w.place("h3", 1).await;
+    let mid = w.place("h3", 1).await;
+    w.state.transition(&mid.id, OrderStatus::Cancelled, None, |_| true).await.unwrap();
+    // Two hours later: `mid` is past the order retention, within the key retention.
+    w.clock.advance(2 * 3_600_000);
+    let recent = w.place("h4", 1).await;
     w.state.transition(&recent.id, OrderStatus::Cancelled, None, |_| true).await.unwrap();
-    let snap = w.state.db.load_since(w.state.history_since()).await.unwrap();
+    let since = w.state.history_since();
+    let snap = w.state.db.load_since(since).await.unwrap();
     let ids: Vec<&str> = snap.orders.iter().map(|o| o.id.as_str()).collect();
     assert!(ids.contains(&open.id.as_str()), "an open order is read back however old");
     assert!(ids.contains(&recent.id.as_str()), "a finished order within the retention is read back");
     assert!(!ids.contains(&old.id.as_str()), "a finished order past both retentions is not");
+    assert!(!ids.contains(&mid.id.as_str()), "nor one past the order retention");
+    let keys: Vec<&str> = snap.keys.iter().map(|k| k.order_id.as_str()).collect();
+    assert_eq!(keys, vec![mid.id.as_str()], "only the key of the one within the key retention");
     assert_eq!(snap.orders.iter().find(|o| o.id == open.id).unwrap().lines.len(), 1, "with its lines");
-    // What the whole history would give after the first eviction is what the bounded read gives.
     let all = w.state.db.load().await.unwrap();
-    assert_eq!(all.orders.len(), ids.len() + 1);
+    assert_eq!(all.orders.len(), ids.len() + 2);
+    assert!(all.keys.is_empty(), "a whole read has every order whole");
     // The old one is still in the database for whoever asks.
     assert_eq!(w.state.db.order(&old.id).await.unwrap().unwrap().status, "cancelled");
+
+    // A restart that reads only that: a retried placement of `mid` still answers with its order
+    // (read from the database), and its key with another body is still refused.
+    let restarted = state_loading(&w.scratch.url, w.clock.clone(), |_| since).await;
+    assert!(restarted.order(&mid.id).is_none(), "not in memory");
+    let retry = |key: &str, hash: &str| PlaceOrder {
+        customer_id: "alice".into(),
+        idempotency_key: key.into(),
+        request_hash: hash.into(),
+        lat: 12.9729,
+        lng: 77.6412,
+        lines: vec![("milk".into(), 1)],
+    };
+    let again = restarted.place_order(retry("h3", "h3")).await.unwrap();
+    assert!(again.replayed);
+    assert_eq!((again.order.id.as_str(), again.order.status), (mid.id.as_str(), OrderStatus::Cancelled));
+    assert!(matches!(restarted.place_order(retry("h3", "other")).await, Err(PlaceError::KeyReused)));
     w.scratch.drop_database().await;
 }

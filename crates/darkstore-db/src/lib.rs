@@ -24,7 +24,9 @@ use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::{AnyPool, Executor};
 
 pub use committer::{CommitStats, Committer, Fencer};
-pub use load::{LotSum, OrderFilter, OrderHold, OrderLineRow, OrderRow, ProductRow, RiderRow, Snapshot, StoreRow};
+pub use load::{
+    KeyRow, LotSum, OrderFilter, OrderHold, OrderLineRow, OrderRow, ProductRow, RiderRow, Since, Snapshot, StoreRow,
+};
 pub use write::{CHECKPOINT_MAX_ROWS, LedgerRow, NewOrder, OrderStatusChange, Write};
 
 /// How long a caller waits for a connection before its work fails as unavailable.

@@ -85,6 +85,32 @@ pub struct OrderHold {
     pub reserved: i64,
 }
 
+/// The idempotency key of a finished order that start-up does not read back whole: a retried
+/// placement still answers with its order (read from the database when asked for).
+#[derive(Debug, Clone, PartialEq)]
+pub struct KeyRow {
+    pub customer_id: String,
+    pub idempotency_key: String,
+    pub request_hash: String,
+    pub order_id: String,
+    pub store_id: String,
+    pub created_at: i64,
+}
+
+/// Which finished orders a start-up reads back (open ones always are).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Since {
+    /// Whole, with their lines: finished orders last changed at or after this.
+    pub orders: i64,
+    /// Their idempotency keys only: finished orders placed at or after this.
+    pub keys: i64,
+}
+
+impl Since {
+    /// Every order, whole.
+    pub const ALL: Since = Since { orders: i64::MIN, keys: i64::MIN };
+}
+
 /// Everything the server keeps in memory, as stored.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Snapshot {
@@ -101,6 +127,8 @@ pub struct Snapshot {
     pub max_lot_id: i64,
     /// When each order read back that was ever packed was last packed.
     pub packed_at: std::collections::HashMap<String, i64>,
+    /// Idempotency keys of finished orders placed within the keys' retention and not in `orders`.
+    pub keys: Vec<KeyRow>,
 }
 
 /// Which orders [`Db::list_orders`] returns.
@@ -113,9 +141,17 @@ pub struct OrderFilter<'a> {
     pub before: Option<(i64, &'a str)>,
 }
 
-/// The orders (`o`) start-up reads: open, or finished and last changed at or after `$1`.
-const LOADED: &str =
-    "(o.status IN ('pending_payment', 'confirmed', 'packed', 'assigned', 'picked_up') OR o.updated_at >= $1)";
+macro_rules! open_statuses {
+    () => {
+        "('pending_payment', 'confirmed', 'packed', 'assigned', 'picked_up')"
+    };
+}
+
+/// The statuses of an open order.
+const OPEN: &str = open_statuses!();
+
+/// The orders (`o`) start-up reads whole: open, or finished and last changed at or after `$1`.
+const LOADED: &str = concat!("(o.status IN ", open_statuses!(), " OR o.updated_at >= $1)");
 
 /// The columns `order_row` reads, in its order.
 const ORDER_COLUMNS: &str = "id, customer_id, idempotency_key, request_hash, store_id, lat, lng, status, rider_id, \
@@ -155,6 +191,7 @@ impl Snapshot {
         let kept: std::collections::HashSet<&str> = self.orders.iter().map(|o| o.id.as_str()).collect();
         self.holds.retain(|h| kept.contains(h.order_id.as_str()));
         self.packed_at.retain(|id, _| kept.contains(id.as_str()));
+        self.keys.retain(|k| keep(&k.store_id));
     }
 }
 
@@ -194,13 +231,15 @@ impl Db {
 
     /// Reads the whole state back, every order included.
     pub async fn load(&self) -> Result<Snapshot, DbError> {
-        self.load_since(i64::MIN).await
+        self.load_since(Since::ALL).await
     }
 
     /// Reads the state back with the orders that are still open and those finished orders last
-    /// changed at or after `finished_since` (older ones are read from the database when asked
-    /// for): start-up does not grow with the history of finished orders.
-    pub async fn load_since(&self, finished_since: i64) -> Result<Snapshot, DbError> {
+    /// changed at or after `since.orders` (older ones are read from the database when asked
+    /// for), and only the idempotency keys of finished orders placed at or after `since.keys`:
+    /// start-up does not grow with the history of finished orders.
+    pub async fn load_since(&self, since: Since) -> Result<Snapshot, DbError> {
+        let finished_since = since.orders;
         let mut snap = self.load_catalog().await?;
         // Each lot: its sums up to the checkpoint plus the ledger rows after it.
         let checkpoint = crate::write::ledger_checkpoint(&mut *self.pool.acquire().await?).await?;
@@ -279,6 +318,25 @@ impl Db {
         .await?
         {
             snap.packed_at.insert(r.try_get(0)?, r.try_get(1)?);
+        }
+        // The complement of LOADED among orders placed within the keys' retention.
+        for r in sqlx::query(&format!(
+            "SELECT customer_id, idempotency_key, request_hash, id, store_id, created_at FROM orders o \
+             WHERE o.created_at >= $1 AND o.updated_at < $2 AND o.status NOT IN {OPEN}"
+        ))
+        .bind(since.keys)
+        .bind(finished_since)
+        .fetch_all(&self.pool)
+        .await?
+        {
+            snap.keys.push(KeyRow {
+                customer_id: r.try_get(0)?,
+                idempotency_key: r.try_get(1)?,
+                request_hash: r.try_get(2)?,
+                order_id: r.try_get(3)?,
+                store_id: r.try_get(4)?,
+                created_at: r.try_get(5)?,
+            });
         }
         Ok(snap)
     }
