@@ -312,10 +312,17 @@ fn bundle_store(
     let at_store = RiderIn { key: usize::MAX, pos: group[0].pickup, free_at: rider_at.max(now), off_at: Millis::MAX };
     let scarce = group.len() > riders_in_time;
     let target = if scarce { (group.len().div_ceil(riders_in_time.max(1))).clamp(1, params.max_bundle) } else { 1 };
+    // Each order alone: its route's time, and when it would be dropped.
+    let alone: Vec<Option<(Millis, Millis)>> = group
+        .iter()
+        .map(|o| {
+            best_sequence(travel, params, &at_store, &[o], now)
+                .map(|(_, plan, _)| (plan.free_at - plan.start_at, plan.drop_at[0]))
+        })
+        .collect();
     let mut bundles: Vec<Vec<usize>> = Vec::new();
     for i in order {
         let o = group[i];
-        let alone = best_sequence(travel, params, &at_store, &[o], now).map(|b| b.1.free_at - b.1.start_at);
         let mut best: Option<(usize, i64)> = None;
         for (b, members) in bundles.iter().enumerate() {
             if members.len() >= params.max_bundle {
@@ -325,12 +332,18 @@ fn bundle_store(
             let before = best_sequence(travel, params, &at_store, &with, now);
             with.push(o);
             let Some((seq, plan, c)) = best_sequence(travel, params, &at_store, &with, now) else { continue };
-            // A bundle never breaks a promise.
-            if seq.iter().zip(&plan.drop_at).any(|(s, &d)| d > s.promise) {
+            // A bundle never breaks a promise, nor makes an order that is late whatever happens
+            // later than it would be alone: such an order may join a bundle (first), else it would
+            // always take a rider to itself and, with riders scarce, wait ever longer.
+            let alone_drop = |s: &OrderIn| {
+                let j = members.iter().copied().chain([i]).find(|&j| std::ptr::eq(group[j], s));
+                j.and_then(|j| alone[j]).map_or(Millis::MIN, |(_, drop)| drop)
+            };
+            if seq.iter().zip(&plan.drop_at).any(|(s, &d)| d > s.promise.max(alone_drop(s))) {
                 continue;
             }
             let extra_time = plan.free_at - plan.start_at - before.map_or(0, |b| b.1.free_at - b.1.start_at);
-            let pays = alone.is_some_and(|a| (extra_time as f64) < params.bundle_saving * a as f64);
+            let pays = alone[i].is_some_and(|(a, _)| (extra_time as f64) < params.bundle_saving * a as f64);
             let wanted = members.len() < target;
             if (pays || wanted) && best.is_none_or(|(_, bc)| c < bc) {
                 best = Some((b, c));

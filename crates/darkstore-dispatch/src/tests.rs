@@ -91,6 +91,27 @@ fn decisions_table() {
             vec![(10, vec![1])],
         ),
         (
+            "an order late whatever happens may join a bundle, first: promised 3 minutes, 6 alone",
+            0,
+            vec![promised(order(1, 1000.0, 0.0, 0), 3), order(2, 1300.0, 0.0, 0)],
+            vec![rider(10, 0.0, 0.0, 0)],
+            vec![(10, vec![1, 2])],
+        ),
+        (
+            "nor goes behind another, later than alone: the near drop first would be cheaper",
+            0,
+            vec![promised(order(1, 3000.0, 0.0, 0), 3), order(2, 300.0, 0.0, 0)],
+            vec![rider(10, 0.0, 0.0, 0)],
+            vec![(10, vec![2])],
+        ),
+        (
+            "but it never breaks another's promise: the second drop at 9 minutes, 8 promised, 7 alone",
+            0,
+            vec![promised(order(1, 1000.0, 0.0, 0), 3), promised(order(2, 1300.0, 0.0, 0), 8)],
+            vec![rider(10, 0.0, 0.0, 0)],
+            vec![(10, vec![1])],
+        ),
+        (
             "a bundle is judged from when a rider can be at the store: 10 minutes away, both promised 18",
             0,
             vec![promised(order(1, 1000.0, 0.0, 0), 18), promised(order(2, 1300.0, 0.0, 0), 18)],
