@@ -204,7 +204,7 @@ pub async fn start(config: &ServeConfig, listener: TcpListener, clock: Arc<dyn C
     promises.set_state(Arc::downgrade(&state));
     let picks = Arc::new(picks::TopPicks::new(config.top_picks_days));
     let now = clock.now_ms();
-    for (store, sku, day, units) in state.db.units_per_day_since(picks.since(now), picks::MAX_UNITS_PER_LINE).await? {
+    for (store, sku, day, units) in state.db.units_per_day_since(picks.since(now)).await? {
         picks.add_day(&store, &sku, units, day);
     }
     // Riders first: an order leaving a task changes the task before the order's feed hears of it;
@@ -385,14 +385,18 @@ pub async fn start(config: &ServeConfig, listener: TcpListener, clock: Arc<dyn C
         }
     }));
     // One node: each lot's ledger sums are checkpointed as the ledger grows, so a start sums only
-    // the rows after the checkpoint. Cluster nodes write the ledger side by side and never do.
+    // the rows after the checkpoint; and the units ordered per day are rolled up a day at a time
+    // once the day has been over for an hour (no order of it commits later), so a start sums only
+    // the orders since. Cluster nodes write side by side and never do either.
     if app.cluster.is_none() {
         background.push(every(Duration::from_secs(LEDGER_CHECKPOINT_SECS), stopped.clone(), {
             let state = state.clone();
             move || {
                 let state = state.clone();
                 async move {
-                    if let Err(e) = state.committer().commit(vec![darkstore_db::Write::Checkpoint]).await {
+                    let complete_before = (state.now() - ROLL_UP_SETTLE_MS).div_euclid(86_400_000);
+                    let writes = vec![darkstore_db::Write::Checkpoint, darkstore_db::Write::RollUp { complete_before }];
+                    if let Err(e) = state.committer().commit(writes).await {
                         tracing::warn!(error = %e, "ledger checkpoint failed; the next one tries again");
                     }
                 }
@@ -475,6 +479,9 @@ where
 /// How often a single node checkpoints the ledger's sums (each checkpoint sums at most
 /// `darkstore_db::CHECKPOINT_MAX_ROWS` rows).
 const LEDGER_CHECKPOINT_SECS: u64 = 30;
+/// How long after a day is over its units are rolled up: an order placed that day has long
+/// committed by then.
+const ROLL_UP_SETTLE_MS: i64 = 3_600_000;
 
 impl Server {
     /// The line a launcher waits for on stdout.

@@ -16,8 +16,8 @@ use crate::changes::{Change, Changes, Observer};
 
 type FastMap<K, V> = std::collections::HashMap<K, V, ahash::RandomState>;
 
-/// The most units one order line adds to an item's count.
-pub const MAX_UNITS_PER_LINE: i64 = 5;
+/// The most units one order line adds to an item's count (the database's roll-up caps so too).
+pub const MAX_UNITS_PER_LINE: i64 = darkstore_db::MAX_UNITS_PER_LINE;
 const DAY_MS: Millis = 86_400_000;
 
 #[derive(Debug, Default)]

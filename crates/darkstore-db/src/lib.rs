@@ -27,7 +27,7 @@ pub use committer::{CommitStats, Committer, Fencer};
 pub use load::{
     KeyRow, LotSum, OrderFilter, OrderHold, OrderLineRow, OrderRow, ProductRow, RiderRow, Since, Snapshot, StoreRow,
 };
-pub use write::{CHECKPOINT_MAX_ROWS, LedgerRow, NewOrder, OrderStatusChange, Write};
+pub use write::{CHECKPOINT_MAX_ROWS, LedgerRow, MAX_UNITS_PER_LINE, NewOrder, OrderStatusChange, Write};
 
 /// How long a caller waits for a connection before its work fails as unavailable.
 pub const ACQUIRE_TIMEOUT: Duration = Duration::from_millis(1500);

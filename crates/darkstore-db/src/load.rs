@@ -321,8 +321,9 @@ impl Db {
         }
         // The complement of LOADED among orders placed within the keys' retention.
         for r in sqlx::query(&format!(
-            "SELECT customer_id, idempotency_key, request_hash, id, store_id, created_at FROM orders o \
-             WHERE o.created_at >= $1 AND o.updated_at < $2 AND o.status NOT IN {OPEN}"
+            "SELECT customer_id, idempotency_key, request_hash, id, store_id, created_at FROM {} \
+             WHERE o.created_at >= $1 AND o.updated_at < $2 AND o.status NOT IN {OPEN}",
+            crate::write::orders_by_created(self.backend == crate::Backend::Sqlite)
         ))
         .bind(since.keys)
         .bind(finished_since)
@@ -415,20 +416,39 @@ impl Db {
     }
 
     /// Units ordered per store, SKU and day (days since the epoch, UTC) by orders placed at or
-    /// after `since` (ms), each line counting at most `cap` units: (store, sku, day, units), summed
-    /// in the database (start-up reads a row per store, SKU and day, not one per order line).
-    pub async fn units_per_day_since(&self, since: i64, cap: i64) -> Result<Vec<(String, String, i64, i64)>, DbError> {
-        let rows = sqlx::query(
+    /// after `since` (ms; a day rolled up counts whole), each line counting at most
+    /// [`crate::MAX_UNITS_PER_LINE`] units: (store, sku, day, units). Days rolled up
+    /// (`Write::RollUp`) are read from `units_by_day`, the days after them summed from the orders.
+    pub async fn units_per_day_since(&self, since: i64) -> Result<Vec<(String, String, i64, i64)>, DbError> {
+        let mut conn = self.pool.acquire().await?;
+        let since_day = since.div_euclid(crate::write::DAY_MS);
+        // Whole days rolled up by the commit task, then the orders of the days after them.
+        let rolled = crate::write::rolled_up_to(&mut conn).await?.unwrap_or(since_day).max(since_day);
+        let mut out: Vec<(String, String, i64, i64)> = Vec::new();
+        for r in sqlx::query("SELECT store_id, sku, day, units FROM units_by_day WHERE day >= $1 AND day < $2")
+            .bind(since_day)
+            .bind(rolled)
+            .fetch_all(&mut *conn)
+            .await?
+        {
+            out.push((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?, r.try_get(3)?));
+        }
+        let from = since.max(rolled.saturating_mul(crate::write::DAY_MS));
+        for r in sqlx::query(&format!(
             "SELECT o.store_id, l.sku, o.created_at / 86400000 AS day, \
              CAST(SUM(CASE WHEN l.qty > $2 THEN $2 WHEN l.qty < 0 THEN 0 ELSE l.qty END) AS BIGINT) \
-             FROM order_lines l JOIN orders o ON o.id = l.order_id WHERE o.created_at >= $1 \
+             FROM {} JOIN order_lines l ON l.order_id = o.id WHERE o.created_at >= $1 \
              GROUP BY o.store_id, l.sku, o.created_at / 86400000",
-        )
-        .bind(since)
-        .bind(cap)
-        .fetch_all(&self.pool)
-        .await?;
-        rows.into_iter().map(|r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?, r.try_get(3)?))).collect()
+            crate::write::orders_by_created(self.backend == crate::Backend::Sqlite)
+        ))
+        .bind(from)
+        .bind(crate::write::MAX_UNITS_PER_LINE)
+        .fetch_all(&mut *conn)
+        .await?
+        {
+            out.push((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?, r.try_get(3)?));
+        }
+        Ok(out)
     }
 
     /// A store's orders per hour (hours since the epoch) placed at or after `since` (ms):

@@ -102,6 +102,10 @@ pub enum Write {
     /// transaction (so after its own rows). Single-node only: every ledger row is written by the
     /// one commit task, so none can commit below the checkpoint later.
     Checkpoint,
+    /// Sums the units ordered on the next day not yet rolled up into `units_by_day`, if that day
+    /// is before `complete_before` (days since the epoch; the caller's clock says which days are
+    /// over). One day a write, so a long history catches up a slice at a time. Single-node only.
+    RollUp { complete_before: i64 },
 }
 
 impl Write {
@@ -115,7 +119,8 @@ impl Write {
             | Write::Product { .. }
             | Write::Rider { .. }
             | Write::Fence { .. }
-            | Write::Checkpoint => None,
+            | Write::Checkpoint
+            | Write::RollUp { .. } => None,
         }
     }
 }
@@ -194,10 +199,14 @@ impl Db {
         let mut statuses: Vec<&OrderStatusChange> = Vec::new();
         let mut fences: Vec<(String, i64)> = Vec::new();
         let mut checkpoint = false;
+        let mut roll_up: Option<i64> = None;
         for w in writes {
             match w {
                 Write::Fence { region, epoch } => fences.push((region.clone(), *epoch)),
                 Write::Checkpoint => checkpoint = true,
+                Write::RollUp { complete_before } => {
+                    roll_up = Some(roll_up.map_or(*complete_before, |d| d.max(*complete_before)))
+                }
                 Write::Store { id, .. } => {
                     replace_or_push(&mut stores, w, |o| matches!(o, Write::Store { id: i, .. } if i == id))
                 }
@@ -348,6 +357,9 @@ impl Db {
             .execute(&mut *conn)
             .await?;
         }
+        if let Some(complete_before) = roll_up {
+            roll_up_day(conn, complete_before).await?;
+        }
         if checkpoint {
             checkpoint_ledger(conn).await?;
         }
@@ -404,6 +416,69 @@ async fn checkpoint_ledger(conn: &mut sqlx::AnyConnection) -> Result<(), DbError
     .bind(upto.to_string())
     .execute(&mut *conn)
     .await?;
+    Ok(())
+}
+
+/// The most units one order line counts for in the top picks (so a single bulk order cannot make
+/// an item a top pick); `units_by_day` holds sums capped so.
+pub const MAX_UNITS_PER_LINE: i64 = 5;
+pub(crate) const DAY_MS: i64 = 86_400_000;
+/// Settings key: the first day (since the epoch) not rolled up into `units_by_day`.
+pub(crate) const ROLLED_UP_KEY: &str = "units_rolled_up_to";
+
+/// The first day not rolled up into `units_by_day` (None: none ever was).
+pub(crate) async fn rolled_up_to(conn: &mut sqlx::AnyConnection) -> Result<Option<i64>, DbError> {
+    let value: Option<String> = sqlx::query_scalar("SELECT value FROM settings WHERE key = $1")
+        .bind(ROLLED_UP_KEY)
+        .fetch_optional(&mut *conn)
+        .await?;
+    Ok(value.and_then(|v| v.parse().ok()))
+}
+
+/// `orders o` read through its index on `created_at`: SQLite's planner, without statistics,
+/// otherwise scans another index (or `order_lines`) whole.
+pub(crate) fn orders_by_created(sqlite: bool) -> &'static str {
+    if sqlite { "orders o INDEXED BY orders_by_created" } else { "orders o" }
+}
+
+fn is_sqlite(conn: &sqlx::AnyConnection) -> bool {
+    conn.backend_name().eq_ignore_ascii_case("sqlite")
+}
+
+/// Rolls up the next day not yet in `units_by_day`, if it is before `complete_before` (a first
+/// roll-up starts at the day of the first order).
+async fn roll_up_day(conn: &mut sqlx::AnyConnection, complete_before: i64) -> Result<(), DbError> {
+    let day = match rolled_up_to(conn).await? {
+        Some(day) => day,
+        None => {
+            let first: Option<i64> = sqlx::query_scalar("SELECT MIN(created_at) FROM orders").fetch_one(&mut *conn).await?;
+            first.map_or(complete_before, |t| t.div_euclid(DAY_MS)).min(complete_before)
+        }
+    };
+    let next = if day < complete_before {
+        sqlx::query(&format!(
+            "INSERT INTO units_by_day (store_id, sku, day, units) \
+             SELECT o.store_id, l.sku, $1, CAST(SUM(CASE WHEN l.qty > $4 THEN $4 WHEN l.qty < 0 THEN 0 ELSE l.qty END) AS BIGINT) \
+             FROM {} JOIN order_lines l ON l.order_id = o.id \
+             WHERE o.created_at >= $2 AND o.created_at < $3 GROUP BY o.store_id, l.sku \
+             ON CONFLICT (store_id, sku, day) DO UPDATE SET units = excluded.units",
+            orders_by_created(is_sqlite(conn))
+        ))
+        .bind(day)
+        .bind(day.saturating_mul(DAY_MS))
+        .bind(day.saturating_add(1).saturating_mul(DAY_MS))
+        .bind(MAX_UNITS_PER_LINE)
+        .execute(&mut *conn)
+        .await?;
+        day + 1
+    } else {
+        day
+    };
+    sqlx::query("INSERT INTO settings (key, value) VALUES ($1, $2) ON CONFLICT (key) DO UPDATE SET value = excluded.value")
+        .bind(ROLLED_UP_KEY)
+        .bind(next.to_string())
+        .execute(&mut *conn)
+        .await?;
     Ok(())
 }
 

@@ -347,3 +347,92 @@ async fn checkpoints_on_postgres() {
     checkpoints(&scratch.url).await;
     scratch.drop_database().await;
 }
+
+/// Top picks' units per day read the same whether the days were rolled up or not; a day rolled
+/// up is read from the roll-up (an order of it committed later is not counted), the days after
+/// from the orders; a roll-up moves a day at a time and never past the days that are over.
+async fn roll_ups(url: &str) {
+    const DAY: i64 = 86_400_000;
+    let db = Db::connect(url).await.unwrap();
+    let mut catalog = vec![Write::Store {
+        id: "s1".into(),
+        name: "S".into(),
+        lat: 12.97,
+        lng: 77.64,
+        timezone: None,
+        hours: None,
+        paused: None,
+        ts: 0,
+    }];
+    for sku in ["milk", "bread"] {
+        catalog.push(Write::Product {
+            sku: sku.into(),
+            name: sku.into(),
+            category: "c".into(),
+            price_minor: 100,
+            low_stock_threshold: 0,
+            ts: 0,
+        });
+    }
+    db.write_batch(&catalog).await.unwrap();
+    let d0 = 20_000;
+    let placed = |n: usize, day: i64, milk: i64| {
+        let mut o = order(&format!("o{day}-{n}"), &format!("k{day}-{n}"));
+        o.created_at = day * DAY + 1_000 * n as i64;
+        o.lines = vec![("milk".into(), milk, 100), ("bread".into(), 1, 100)];
+        Write::Order(o)
+    };
+    // Three days of orders; a line of 9 milk counts as 5.
+    let mut writes = Vec::new();
+    for day in d0..d0 + 3 {
+        for n in 0..4 {
+            writes.push(placed(n, day, if n == 0 { 9 } else { 2 }));
+        }
+    }
+    db.write_batch(&writes).await.unwrap();
+    let sorted = |mut v: Vec<(String, String, i64, i64)>| {
+        v.sort();
+        v
+    };
+    let live = sorted(db.units_per_day_since(d0 * DAY).await.unwrap());
+    let expected: Vec<(String, String, i64, i64)> = (d0..d0 + 3)
+        .flat_map(|d| [("s1".to_owned(), "bread".to_owned(), d, 4), ("s1".to_owned(), "milk".to_owned(), d, 11)])
+        .collect();
+    assert_eq!(live, sorted(expected.clone()));
+    // Days d0 and d0 + 1 are over: a roll-up a write, never past them.
+    for _ in 0..4 {
+        db.write_batch(&[Write::RollUp { complete_before: d0 + 2 }]).await.unwrap();
+    }
+    assert_eq!(db.setting("units_rolled_up_to").await.unwrap().as_deref(), Some("20002"));
+    assert_eq!(sorted(db.units_per_day_since(d0 * DAY).await.unwrap()), live, "the same, rolled up");
+    // Only days from `since` on.
+    let later = sorted(db.units_per_day_since((d0 + 1) * DAY).await.unwrap());
+    assert_eq!(later, live.iter().filter(|r| r.2 > d0).cloned().collect::<Vec<_>>());
+    // An order of a rolled-up day committed after its roll-up is not read; one of a later day is.
+    db.write_batch(&[placed(7, d0, 1), placed(8, d0 + 2, 1)]).await.unwrap();
+    let after = sorted(db.units_per_day_since(d0 * DAY).await.unwrap());
+    let bump = |mut v: Vec<(String, String, i64, i64)>| {
+        for r in v.iter_mut().filter(|r| r.2 == d0 + 2) {
+            r.3 += 1;
+        }
+        v
+    };
+    assert_eq!(after, bump(live.clone()));
+}
+
+#[tokio::test]
+async fn roll_ups_on_sqlite() {
+    let scratch = ScratchDb::sqlite("darkstore_roll_up");
+    roll_ups(&scratch.url).await;
+    scratch.drop_database().await;
+}
+
+#[tokio::test]
+async fn roll_ups_on_postgres() {
+    let Some(scratch) = ScratchDb::postgres("darkstore_roll_up").await else {
+        eprintln!("DARKSTORE_TEST_POSTGRES is not set: PostgreSQL roll-ups skipped");
+        return;
+    };
+    roll_ups(&scratch.url).await;
+    scratch.drop_database().await;
+}
