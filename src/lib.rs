@@ -146,8 +146,10 @@ pub async fn start(config: &ServeConfig, listener: TcpListener, clock: Arc<dyn C
     // Finished orders past the orders' retention would leave memory at once: only the keys of
     // those within the keys' retention are read.
     let now = clock.now_ms();
-    let since =
-        darkstore_db::Since { orders: now.saturating_sub(order_retention_ms), keys: now.saturating_sub(key_retention_ms) };
+    let since = darkstore_db::Since {
+        orders: now.saturating_sub(order_retention_ms),
+        keys: now.saturating_sub(key_retention_ms),
+    };
     let mut snapshot = db.load_since(since).await?;
     if cluster.is_some() {
         // The catalog only: a region's stock and orders are loaded when its lease is taken.

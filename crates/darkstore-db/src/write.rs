@@ -105,7 +105,9 @@ pub enum Write {
     /// Sums the units ordered on the next day not yet rolled up into `units_by_day`, if that day
     /// is before `complete_before` (days since the epoch; the caller's clock says which days are
     /// over). One day a write, so a long history catches up a slice at a time. Single-node only.
-    RollUp { complete_before: i64 },
+    RollUp {
+        complete_before: i64,
+    },
 }
 
 impl Write {
@@ -451,7 +453,8 @@ async fn roll_up_day(conn: &mut sqlx::AnyConnection, complete_before: i64) -> Re
     let day = match rolled_up_to(conn).await? {
         Some(day) => day,
         None => {
-            let first: Option<i64> = sqlx::query_scalar("SELECT MIN(created_at) FROM orders").fetch_one(&mut *conn).await?;
+            let first: Option<i64> =
+                sqlx::query_scalar("SELECT MIN(created_at) FROM orders").fetch_one(&mut *conn).await?;
             first.map_or(complete_before, |t| t.div_euclid(DAY_MS)).min(complete_before)
         }
     };
@@ -474,11 +477,13 @@ async fn roll_up_day(conn: &mut sqlx::AnyConnection, complete_before: i64) -> Re
     } else {
         day
     };
-    sqlx::query("INSERT INTO settings (key, value) VALUES ($1, $2) ON CONFLICT (key) DO UPDATE SET value = excluded.value")
-        .bind(ROLLED_UP_KEY)
-        .bind(next.to_string())
-        .execute(&mut *conn)
-        .await?;
+    sqlx::query(
+        "INSERT INTO settings (key, value) VALUES ($1, $2) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+    )
+    .bind(ROLLED_UP_KEY)
+    .bind(next.to_string())
+    .execute(&mut *conn)
+    .await?;
     Ok(())
 }
 
