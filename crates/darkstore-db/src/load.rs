@@ -254,8 +254,8 @@ impl Db {
         let mut snap = self.load_catalog().await?;
         // Each lot: its sums up to the checkpoint plus the ledger rows after it.
         let checkpoint = crate::write::ledger_checkpoint(&mut *self.pool.acquire().await?).await?;
-        // The checkpoint's sums and the ledger rows after it, added up here: a `UNION ALL … GROUP
-        // BY` in SQL sorted every lot again in a temporary B-tree (a second a start on SQLite).
+        // The checkpoint's sums and the ledger rows after it, added up here on SQLite: a `UNION
+        // ALL … GROUP BY` there sorted every lot again in a temporary B-tree (a second a start).
         let mut sums: std::collections::HashMap<LotKey, LotTotals> = std::collections::HashMap::new();
         let mut add = |r: sqlx::any::AnyRow| -> Result<(), DbError> {
             let key = (r.try_get(0)?, r.try_get(1)?, r.try_get(2)?);
@@ -267,23 +267,42 @@ impl Db {
             sum.2 += reserved;
             Ok(())
         };
-        for r in sqlx::query("SELECT store_id, sku, lot_id, expires_at, on_hand, reserved FROM lot_sums")
-            .fetch_all(&self.pool)
-            .await?
-        {
-            add(r)?;
-        }
-        // SQLite would otherwise walk the ledger through its (store, SKU, lot) index to group it,
-        // a row lookup per ledger row: the id range and one sort are much cheaper.
-        let ledger = if self.backend == crate::Backend::Sqlite { "stock_ledger NOT INDEXED" } else { "stock_ledger" };
-        for r in sqlx::query(&format!(
-            "SELECT store_id, sku, lot_id, MAX(expires_at), CAST(SUM(d_on_hand) AS BIGINT), CAST(SUM(d_reserved) AS BIGINT) \
-             FROM {ledger} WHERE id > $1 GROUP BY store_id, sku, lot_id"
-        ))
-        .bind(checkpoint)
-        .fetch_all(&self.pool)
-        .await?
-        {
+        let rows = match self.backend {
+            // The checkpoint's rows as they are, and the tail grouped over its id range: SQLite
+            // would otherwise walk the ledger through its (store, SKU, lot) index to group it, a
+            // row lookup per ledger row (27.8 s for an unsummed 10 M rows).
+            crate::Backend::Sqlite => {
+                let mut rows = sqlx::query("SELECT store_id, sku, lot_id, expires_at, on_hand, reserved FROM lot_sums")
+                    .fetch_all(&self.pool)
+                    .await?;
+                rows.extend(
+                    sqlx::query(
+                        "SELECT store_id, sku, lot_id, MAX(expires_at), CAST(SUM(d_on_hand) AS BIGINT), \
+                         CAST(SUM(d_reserved) AS BIGINT) FROM stock_ledger NOT INDEXED WHERE id > $1 \
+                         GROUP BY store_id, sku, lot_id",
+                    )
+                    .bind(checkpoint)
+                    .fetch_all(&self.pool)
+                    .await?,
+                );
+                rows
+            }
+            // PostgreSQL groups both at once: over the union it never walks the ledger's index
+            // (grouping the ledger alone did: 30 s for an unsummed 10 M rows against 3 s).
+            crate::Backend::Postgres => {
+                sqlx::query(
+                    "SELECT store_id, sku, lot_id, MAX(expires_at), CAST(SUM(on_hand) AS BIGINT), CAST(SUM(reserved) AS BIGINT) \
+                     FROM (SELECT store_id, sku, lot_id, expires_at, on_hand, reserved FROM lot_sums \
+                           UNION ALL \
+                           SELECT store_id, sku, lot_id, expires_at, d_on_hand, d_reserved FROM stock_ledger WHERE id > $1) AS t \
+                     GROUP BY store_id, sku, lot_id",
+                )
+                .bind(checkpoint)
+                .fetch_all(&self.pool)
+                .await?
+            }
+        };
+        for r in rows {
             add(r)?;
         }
         let mut lots: Vec<LotSum> = sums
@@ -320,10 +339,11 @@ impl Db {
                 price_minor: r.try_get(3)?,
             });
         }
-        for r in sqlx::query(&format!("SELECT {ORDER_COLUMNS} FROM orders o WHERE o.id IN {LOADED} ORDER BY created_at, id"))
-            .bind(finished_since)
-            .fetch_all(&self.pool)
-            .await?
+        for r in
+            sqlx::query(&format!("SELECT {ORDER_COLUMNS} FROM orders o WHERE o.id IN {LOADED} ORDER BY created_at, id"))
+                .bind(finished_since)
+                .fetch_all(&self.pool)
+                .await?
         {
             let id: String = r.try_get(0)?;
             let order_lines = lines.remove(&id).unwrap_or_default();
