@@ -378,11 +378,26 @@ pub(crate) const CHECKPOINT_KEY: &str = "ledger_checkpoint";
 
 /// The last ledger id summed into `lot_sums` (0: none).
 pub(crate) async fn ledger_checkpoint(conn: &mut sqlx::AnyConnection) -> Result<i64, DbError> {
-    let value: Option<String> = sqlx::query_scalar("SELECT value FROM settings WHERE key = $1")
-        .bind(CHECKPOINT_KEY)
-        .fetch_optional(&mut *conn)
-        .await?;
-    Ok(value.and_then(|v| v.parse().ok()).unwrap_or(0))
+    Ok(number_setting(conn, CHECKPOINT_KEY).await?.unwrap_or(0))
+}
+
+/// A settings value that is a number, read in the caller's transaction (None: unset).
+async fn number_setting(conn: &mut sqlx::AnyConnection, key: &str) -> Result<Option<i64>, DbError> {
+    let value: Option<String> =
+        sqlx::query_scalar("SELECT value FROM settings WHERE key = $1").bind(key).fetch_optional(&mut *conn).await?;
+    Ok(value.and_then(|v| v.parse().ok()))
+}
+
+/// Sets a settings value to a number, in the caller's transaction.
+async fn set_number_setting(conn: &mut sqlx::AnyConnection, key: &str, value: i64) -> Result<(), DbError> {
+    sqlx::query(
+        "INSERT INTO settings (key, value) VALUES ($1, $2) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+    )
+    .bind(key)
+    .bind(value.to_string())
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
 }
 
 /// Adds the ledger rows after the last checkpoint to `lot_sums` and moves the checkpoint to the
@@ -411,14 +426,7 @@ async fn checkpoint_ledger(conn: &mut sqlx::AnyConnection) -> Result<(), DbError
     .bind(upto)
     .execute(&mut *conn)
     .await?;
-    sqlx::query(
-        "INSERT INTO settings (key, value) VALUES ($1, $2) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-    )
-    .bind(CHECKPOINT_KEY)
-    .bind(upto.to_string())
-    .execute(&mut *conn)
-    .await?;
-    Ok(())
+    set_number_setting(conn, CHECKPOINT_KEY, upto).await
 }
 
 /// The most units one order line counts for in the top picks (so a single bulk order cannot make
@@ -430,11 +438,7 @@ pub(crate) const ROLLED_UP_KEY: &str = "units_rolled_up_to";
 
 /// The first day not rolled up into `units_by_day` (None: none ever was).
 pub(crate) async fn rolled_up_to(conn: &mut sqlx::AnyConnection) -> Result<Option<i64>, DbError> {
-    let value: Option<String> = sqlx::query_scalar("SELECT value FROM settings WHERE key = $1")
-        .bind(ROLLED_UP_KEY)
-        .fetch_optional(&mut *conn)
-        .await?;
-    Ok(value.and_then(|v| v.parse().ok()))
+    number_setting(conn, ROLLED_UP_KEY).await
 }
 
 /// `orders o` read through its index on `created_at`: SQLite's planner, without statistics,
@@ -477,14 +481,7 @@ async fn roll_up_day(conn: &mut sqlx::AnyConnection, complete_before: i64) -> Re
     } else {
         day
     };
-    sqlx::query(
-        "INSERT INTO settings (key, value) VALUES ($1, $2) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-    )
-    .bind(ROLLED_UP_KEY)
-    .bind(next.to_string())
-    .execute(&mut *conn)
-    .await?;
-    Ok(())
+    set_number_setting(conn, ROLLED_UP_KEY, next).await
 }
 
 /// Moves `region`'s epoch to `epoch` unless a newer owner already moved it further.
