@@ -399,7 +399,7 @@ pub async fn start(config: &ServeConfig, listener: TcpListener, clock: Arc<dyn C
                     let complete_before = (state.now() - ROLL_UP_SETTLE_MS).div_euclid(86_400_000);
                     let writes = vec![darkstore_db::Write::Checkpoint, darkstore_db::Write::RollUp { complete_before }];
                     if let Err(e) = state.committer().commit(writes).await {
-                        tracing::warn!(error = %e, "ledger checkpoint failed; the next one tries again");
+                        tracing::warn!(error = %e, "ledger checkpoint or roll-up failed; the next one tries again");
                     }
                 }
             }

@@ -3,6 +3,29 @@
 use darkstore_db::scratch::ScratchDb;
 use darkstore_db::{Committer, Db, LedgerRow, NewOrder, OrderStatusChange, Write};
 
+/// The two tests of one scenario: on SQLite always, on PostgreSQL when `DARKSTORE_TEST_POSTGRES`
+/// is set (each on a scratch database of its own, dropped after).
+macro_rules! on_both_databases {
+    ($sqlite:ident, $postgres:ident, $scenario:ident, $prefix:literal, $what:literal) => {
+        #[tokio::test]
+        async fn $sqlite() {
+            let scratch = ScratchDb::sqlite($prefix);
+            $scenario(&scratch.url).await;
+            scratch.drop_database().await;
+        }
+
+        #[tokio::test]
+        async fn $postgres() {
+            let Some(scratch) = ScratchDb::postgres($prefix).await else {
+                eprintln!(concat!("DARKSTORE_TEST_POSTGRES is not set: PostgreSQL ", $what, " skipped"));
+                return;
+            };
+            $scenario(&scratch.url).await;
+            scratch.drop_database().await;
+        }
+    };
+}
+
 fn ledger(
     store: &str,
     sku: &str,
@@ -23,6 +46,20 @@ fn ledger(
         order_id: order.map(str::to_owned),
         ts: 1_000,
     })
+}
+
+/// Store `s1`, plainly.
+fn store_s1() -> Write {
+    Write::Store {
+        id: "s1".into(),
+        name: "S".into(),
+        lat: 12.97,
+        lng: 77.64,
+        timezone: None,
+        hours: None,
+        paused: None,
+        ts: 0,
+    }
 }
 
 fn order(id: &str, key: &str) -> NewOrder {
@@ -205,22 +242,7 @@ async fn story(url: &str) {
     db.close().await;
 }
 
-#[tokio::test]
-async fn storage_story_on_sqlite() {
-    let scratch = ScratchDb::sqlite("darkstore_story");
-    story(&scratch.url).await;
-    scratch.drop_database().await;
-}
-
-#[tokio::test]
-async fn storage_story_on_postgres() {
-    let Some(scratch) = ScratchDb::postgres("darkstore_story").await else {
-        eprintln!("DARKSTORE_TEST_POSTGRES is not set: PostgreSQL story skipped");
-        return;
-    };
-    story(&scratch.url).await;
-    scratch.drop_database().await;
-}
+on_both_databases!(storage_story_on_sqlite, storage_story_on_postgres, story, "darkstore_story", "story");
 
 #[tokio::test]
 async fn a_bad_url_is_a_clear_error() {
@@ -256,39 +278,13 @@ async fn fencing(url: &str) {
     db.close().await;
 }
 
-#[tokio::test]
-async fn fencing_on_sqlite() {
-    let scratch = ScratchDb::sqlite("darkstore_fence");
-    fencing(&scratch.url).await;
-    scratch.drop_database().await;
-}
-
-#[tokio::test]
-async fn fencing_on_postgres() {
-    let Some(scratch) = ScratchDb::postgres("darkstore_fence").await else {
-        eprintln!("DARKSTORE_TEST_POSTGRES is not set: PostgreSQL fencing skipped");
-        return;
-    };
-    fencing(&scratch.url).await;
-    scratch.drop_database().await;
-}
+on_both_databases!(fencing_on_sqlite, fencing_on_postgres, fencing, "darkstore_fence", "fencing");
 
 /// A start reads the same lots whether the ledger was checkpointed or not, however the rows fall
 /// around the checkpoints; the full ledger still sums to the same (the audit).
 async fn checkpoints(url: &str) {
     let db = Db::connect(url).await.unwrap();
-    db.write_batch(&[Write::Store {
-        id: "s1".into(),
-        name: "S".into(),
-        lat: 12.97,
-        lng: 77.64,
-        timezone: None,
-        hours: None,
-        paused: None,
-        ts: 0,
-    }])
-    .await
-    .unwrap();
+    db.write_batch(&[store_s1()]).await.unwrap();
     let lots = |snap: darkstore_db::Snapshot| {
         let mut l: Vec<(i64, i64, i64, Option<i64>)> =
             snap.lots.iter().map(|l| (l.lot_id, l.on_hand, l.reserved, l.expires_at)).collect();
@@ -331,22 +327,7 @@ async fn checkpoints(url: &str) {
     }
 }
 
-#[tokio::test]
-async fn checkpoints_on_sqlite() {
-    let scratch = ScratchDb::sqlite("darkstore_checkpoint");
-    checkpoints(&scratch.url).await;
-    scratch.drop_database().await;
-}
-
-#[tokio::test]
-async fn checkpoints_on_postgres() {
-    let Some(scratch) = ScratchDb::postgres("darkstore_checkpoint").await else {
-        eprintln!("DARKSTORE_TEST_POSTGRES is not set: PostgreSQL checkpoints skipped");
-        return;
-    };
-    checkpoints(&scratch.url).await;
-    scratch.drop_database().await;
-}
+on_both_databases!(checkpoints_on_sqlite, checkpoints_on_postgres, checkpoints, "darkstore_checkpoint", "checkpoints");
 
 /// Top picks' units per day read the same whether the days were rolled up or not; a day rolled
 /// up is read from the roll-up (an order of it committed later is not counted), the days after
@@ -354,16 +335,7 @@ async fn checkpoints_on_postgres() {
 async fn roll_ups(url: &str) {
     const DAY: i64 = 86_400_000;
     let db = Db::connect(url).await.unwrap();
-    let mut catalog = vec![Write::Store {
-        id: "s1".into(),
-        name: "S".into(),
-        lat: 12.97,
-        lng: 77.64,
-        timezone: None,
-        hours: None,
-        paused: None,
-        ts: 0,
-    }];
+    let mut catalog = vec![store_s1()];
     for sku in ["milk", "bread"] {
         catalog.push(Write::Product {
             sku: sku.into(),
@@ -420,19 +392,4 @@ async fn roll_ups(url: &str) {
     assert_eq!(after, bump(live.clone()));
 }
 
-#[tokio::test]
-async fn roll_ups_on_sqlite() {
-    let scratch = ScratchDb::sqlite("darkstore_roll_up");
-    roll_ups(&scratch.url).await;
-    scratch.drop_database().await;
-}
-
-#[tokio::test]
-async fn roll_ups_on_postgres() {
-    let Some(scratch) = ScratchDb::postgres("darkstore_roll_up").await else {
-        eprintln!("DARKSTORE_TEST_POSTGRES is not set: PostgreSQL roll-ups skipped");
-        return;
-    };
-    roll_ups(&scratch.url).await;
-    scratch.drop_database().await;
-}
+on_both_databases!(roll_ups_on_sqlite, roll_ups_on_postgres, roll_ups, "darkstore_roll_up", "roll-ups");
