@@ -9,6 +9,9 @@
 
 mod common;
 
+#[global_allocator]
+static ALLOC: common::Counting = common::Counting;
+
 use common::Rng;
 use std::hint::black_box;
 use std::sync::Arc;
@@ -57,6 +60,12 @@ fn snapshot(rng: &mut Rng) -> (Snapshot, Vec<(f64, f64)>) {
             low_stock_threshold: 5,
         });
     }
+    (snap, sites)
+}
+
+/// The stock lines of [`snapshot`]'s stores: about nine SKUs in ten in stock, a lot each.
+fn lot_rows(rng: &mut Rng) -> Snapshot {
+    let mut snap = Snapshot::default();
     let mut lot = 0;
     for i in 0..N_STORES {
         for s in 0..N_SKUS {
@@ -76,7 +85,7 @@ fn snapshot(rng: &mut Rng) -> (Snapshot, Vec<(f64, f64)>) {
         }
     }
     snap.max_lot_id = lot;
-    (snap, sites)
+    snap
 }
 
 /// Runs `f`, records how long it took (ns) in `h`, and returns what it made (for `black_box`).
@@ -102,9 +111,17 @@ fn main() {
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let mut rng = Rng(0x9e3779b97f4a7c15);
     let (snap, sites) = snapshot(&mut rng);
-    let n_lines = snap.lots.len();
-    // Measured from here: the state is built while the snapshot it reads still lives.
-    let rss_before = common::rss_bytes();
+    // The rows the lines are loaded from, and what they hold (loading frees them: the figures
+    // below add them back).
+    let (heap_r, rss_r) = (common::live_bytes(), common::trimmed_rss_bytes());
+    let lots = lot_rows(&mut rng);
+    let (rows_heap, rows_rss) = (common::live_bytes() - heap_r, common::trimmed_rss_bytes() as i64 - rss_r as i64);
+    let n_lines = lots.lots.len();
+    // Memory: the state is built from the stores and the catalog first, then the stock lines are
+    // loaded into it as at start-up, each step measured as the heap it keeps (live bytes grown)
+    // and the resident size grown (the allocator's overhead included; after returning free
+    // memory to the system), both plus the rows the load read and freed.
+    let (heap0, rss0) = (common::live_bytes(), common::trimmed_rss_bytes());
     let scratch = ScratchDb::sqlite("ds_bench_avail");
     let state = runtime.block_on(async {
         let db = Db::connect(&scratch.url).await.unwrap();
@@ -125,14 +142,25 @@ fn main() {
         };
         Arc::new(State::from_snapshot(config, db, committer, snap, Arc::new(SystemClock), Arc::new(Changes::new())))
     });
-    // What a stock line costs in memory: the resident size grown by building the whole state
-    // (stores, catalog, every line with its lot, the service-area map) from the snapshot, over
-    // the number of lines.
-    let grown = common::rss_bytes().saturating_sub(rss_before);
+    // The SKU interner's table is allocated once, at its first SKU, whatever the number of lines.
+    let (heap_interner, rss_interner) = (common::live_bytes(), common::trimmed_rss_bytes());
+    black_box(darkstore_geoinv::stock::Sku::new("sku-00000"));
+    let (heap1, rss1) = (common::live_bytes(), common::trimmed_rss_bytes());
+    state.load_region(lots);
+    let (heap2, rss2) = (common::live_bytes(), common::trimmed_rss_bytes());
+    let per_line = |bytes: i64| bytes as f64 / n_lines as f64;
     println!(
-        "memory: {:.0} bytes per stock line, whole state included ({:.1} MiB resident for {n_lines} lines in {N_STORES} stores)",
-        grown as f64 / n_lines as f64,
-        grown as f64 / (1 << 20) as f64
+        "memory: a stock line {:.1} B of heap, {:.1} B resident (its lot and its place in the store: \
+         {n_lines} lines in {N_STORES} stores loaded into the state); the whole state {:.1} B of heap, \
+         {:.1} B resident per line ({:.1} MiB resident, stores, catalog and service-area map included); \
+         the SKU interner, once: {:.1} MiB of heap, {:.1} MiB resident",
+        per_line(heap2 - heap1 + rows_heap),
+        per_line(rss2 as i64 - rss1 as i64 + rows_rss),
+        per_line(heap2 - heap0 + rows_heap),
+        per_line(rss2 as i64 - rss0 as i64 + rows_rss),
+        (rss2 as i64 - rss0 as i64 + rows_rss) as f64 / (1 << 20) as f64,
+        (heap1 - heap_interner) as f64 / (1 << 20) as f64,
+        (rss1 as i64 - rss_interner as i64) as f64 / (1 << 20) as f64,
     );
     // Customer points: within 1.5 km of a random store.
     let points: Vec<(f64, f64)> = (0..N_LOOKUPS)

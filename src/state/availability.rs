@@ -130,7 +130,7 @@ impl State {
         let catalog = self.catalog.read().expect("catalog lock");
         let catalog_version = self.catalog_version.load(Ordering::Relaxed);
         for (sku, available, line) in stock.available_lines_after(after, now) {
-            let Some(product) = catalog.get(sku) else {
+            let Some(product) = catalog.get(&*sku) else {
                 continue;
             };
             if category.is_some_and(|c| c != product.category) {
@@ -239,29 +239,29 @@ impl State {
         let last = items.last().map(|p| &*p.sku);
         let mut patch = PagePatch { stamp: *stamp, moved: Vec::new(), added: Vec::new(), after: Vec::new() };
         let mut valid_until = stamp.valid_until;
-        let mut until = |line: Option<&darkstore_geoinv::stock::StockLine>| {
+        let mut until = |line: Option<darkstore_geoinv::stock::StockLine>| {
             if let Some(t) = line.and_then(|l| l.available_until(now)) {
                 valid_until = valid_until.min(t);
             }
         };
-        let mut seen: Vec<&Arc<str>> = Vec::new();
+        let mut seen: Vec<darkstore_geoinv::stock::Sku> = Vec::new();
         for sku in touched {
             if seen.contains(&sku) {
                 continue;
             }
             seen.push(sku);
-            let line = stock.line(sku);
+            let line = stock.line(&sku);
             let available = line.map_or(0, |l| l.available(now));
-            match items.binary_search_by(|p| (*p.sku).cmp(&**sku)) {
+            match items.binary_search_by(|p| (*p.sku).cmp(&*sku)) {
                 Ok(i) => {
                     patch.moved.push((i, available));
                     until(line);
                 }
                 // Past a full page's last item: only the refill below can see it.
-                Err(_) if full && last.is_some_and(|l| &**sku > l) => {}
+                Err(_) if full && last.is_some_and(|l| &*sku > l) => {}
                 // Within the page's range and not on it: on it now if it is for sale here.
                 Err(_) => {
-                    if let Some(product) = listed(sku).filter(|_| available > 0) {
+                    if let Some(product) = listed(&sku).filter(|_| available > 0) {
                         patch.added.push(AvailableItem { product: product.clone(), available });
                         until(line);
                     }
@@ -283,7 +283,7 @@ impl State {
                 if looked > need + NEXT_LOOKED_AT {
                     return PageNow::Stale;
                 }
-                if let Some(product) = listed(sku) {
+                if let Some(product) = listed(&sku) {
                     patch.after.push(AvailableItem { product: product.clone(), available });
                     until(Some(line));
                 }

@@ -1,6 +1,5 @@
 //! Stores (with their service areas) and the product catalog.
 
-use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
@@ -23,9 +22,9 @@ pub struct Store {
     pub settings: StoreSettings,
     /// The opening hours, read (None: always open).
     pub schedule: Option<Hours>,
+    /// Its stock; each line also keeps whether it was last announced as available (for
+    /// availability changes).
     pub stock: Mutex<StoreStock>,
-    /// Per SKU, whether it was last announced as available (for availability changes).
-    pub(super) shown: Mutex<HashMap<Arc<str>, bool>>,
 }
 
 /// A store's opening hours (in its time zone) and pause.
@@ -84,13 +83,10 @@ impl State {
         let idx = area.upsert_store(id, lat, lng)?;
         let mut stores = self.stores.write().expect("stores lock");
         let created = idx.0 as usize == stores.len();
-        let (stock, shown) = match stores.get(idx.0 as usize) {
+        let stock = match stores.get(idx.0 as usize) {
             // The stock stays with the store when it is renamed or moved.
-            Some(old) => (
-                std::mem::take(&mut *old.stock.lock().expect("stock lock")),
-                std::mem::take(&mut *old.shown.lock().expect("shown lock")),
-            ),
-            None => (StoreStock::new(), HashMap::new()),
+            Some(old) => std::mem::take(&mut *old.stock.lock().expect("stock lock")),
+            None => StoreStock::new(),
         };
         let store = Arc::new(Store {
             idx,
@@ -101,7 +97,6 @@ impl State {
             settings,
             schedule,
             stock: Mutex::new(stock),
-            shown: Mutex::new(shown),
         });
         if created {
             stores.push(store);

@@ -8,7 +8,7 @@ use darkstore_db::{Committer, Db, OrderRow, Snapshot};
 use darkstore_geoinv::Millis;
 use darkstore_geoinv::area::InvalidPoint;
 use darkstore_geoinv::order::{OrderStatus, PaymentStatus};
-use darkstore_geoinv::stock::{LotDelta, LotId};
+use darkstore_geoinv::stock::{Lot, LotDelta, LotId, Sku};
 
 use super::orders::IdemState;
 use super::{OrderRef, State, StateConfig};
@@ -81,32 +81,27 @@ impl State {
     /// the stores of a region this node just took over, after `Snapshot::retain_stores`).
     pub fn load_region(&self, snap: Snapshot) {
         self.next_lot.fetch_max(snap.max_lot_id + 1, Ordering::Relaxed);
+        // Each store's lots at once (a store sorts its lines once, not once a lot).
+        let mut by_store: HashMap<String, Vec<(Sku, Lot)>> = HashMap::new();
         for lot in snap.lots {
-            match self.store(&lot.store_id) {
-                Some(store) => store.stock.lock().expect("stock lock").restore_lot(
-                    &lot.sku,
-                    LotId(lot.lot_id),
-                    lot.expires_at,
-                    lot.on_hand,
-                    lot.reserved,
-                ),
-                None => {
-                    tracing::warn!(store = %lot.store_id, "ledger rows for an unknown store; skipped")
-                }
-            }
+            let l = Lot::new(LotId(lot.lot_id), lot.expires_at, lot.on_hand, lot.reserved);
+            by_store.entry(lot.store_id).or_default().push((Sku::new(&lot.sku), l));
         }
         let now = self.now();
-        for store in self.stores() {
-            let stock = store.stock.lock().expect("stock lock");
-            let mut shown = store.shown.lock().expect("shown lock");
-            for (sku, line) in stock.lines() {
-                shown.insert(sku.clone(), line.available(now) > 0);
+        for (store_id, lots) in by_store {
+            match self.store(&store_id) {
+                Some(store) => {
+                    let mut stock = store.stock.lock().expect("stock lock");
+                    stock.restore(lots);
+                    stock.announce_all(now);
+                }
+                None => tracing::warn!(store = %store_id, "ledger rows for an unknown store; skipped"),
             }
         }
         let mut holds: HashMap<String, Vec<LotDelta>> = HashMap::new();
         for h in snap.holds {
             holds.entry(h.order_id).or_default().push(LotDelta {
-                sku: Arc::from(h.sku.as_str()),
+                sku: Sku::new(&h.sku),
                 lot: LotId(h.lot_id),
                 expires_at: h.expires_at,
                 d_on_hand: 0,
@@ -161,7 +156,6 @@ impl State {
         for store in self.stores() {
             if stores.contains(&store.id) {
                 *store.stock.lock().expect("stock lock") = darkstore_geoinv::stock::StoreStock::new();
-                store.shown.lock().expect("shown lock").clear();
             }
         }
         // Every order is looked at under its own lock: one in the middle of a change finishes it

@@ -1,11 +1,10 @@
 //! Stock lines: adjustments (restock, write-offs, counts), lot expiry, and telling observers what
 //! changed.
 
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use darkstore_geoinv::Millis;
-use darkstore_geoinv::stock::{LineTotals, LotDelta, LotId, StoreStock};
+use darkstore_geoinv::stock::{LineTotals, LotDelta, LotId, Sku, StoreStock};
 
 use super::{State, StockError, Store, ledger_writes};
 use crate::changes::{Change, Crossing};
@@ -28,7 +27,7 @@ impl State {
     pub fn stock_lines(&self, store: &Store) -> Vec<LineView> {
         let now = self.now();
         let stock = store.stock.lock().expect("stock lock");
-        let skus: Vec<Arc<str>> = stock.lines().map(|(sku, _)| sku.clone()).collect();
+        let skus: Vec<Sku> = stock.lines().map(|(sku, _)| sku).collect();
         skus.iter().map(|sku| self.line_view(sku, &stock, now)).collect()
     }
 
@@ -49,7 +48,7 @@ impl State {
         if delta > 0 {
             // Units arrive: durable first, sellable after.
             let lot = LotId(self.next_lot.fetch_add(1, Ordering::Relaxed));
-            let arrival = LotDelta { sku: Arc::from(sku), lot, expires_at, d_on_hand: delta, d_reserved: 0 };
+            let arrival = LotDelta { sku: Sku::new(sku), lot, expires_at, d_on_hand: delta, d_reserved: 0 };
             self.committer
                 .commit(ledger_writes(store_id, reason, std::slice::from_ref(&arrival), None, now))
                 .await
@@ -73,17 +72,13 @@ impl State {
     /// Tells the observers the new state of some stock lines, and which SKUs appeared or
     /// disappeared from what the store can sell. Returns the lines.
     pub(super) fn stock_changed(&self, store: &Store, skus: &[&str], now: Millis) -> Vec<LineView> {
-        let lines: Vec<LineView> = {
-            let stock = store.stock.lock().expect("stock lock");
-            skus.iter().map(|sku| self.line_view(sku, &stock, now)).collect()
-        };
         let mut crossings = Vec::new();
-        {
-            let mut shown = store.shown.lock().expect("shown lock");
+        let lines: Vec<LineView> = {
+            let mut stock = store.stock.lock().expect("stock lock");
+            let lines: Vec<LineView> = skus.iter().map(|sku| self.line_view(sku, &stock, now)).collect();
             for line in &lines {
                 let now_available = line.totals.available > 0;
-                let was = shown.insert(Arc::from(line.sku.as_str()), now_available);
-                if was.unwrap_or(false) != now_available {
+                if stock.announce(&line.sku, now_available) != now_available {
                     crossings.push(Crossing {
                         product: self.product(&line.sku),
                         sku: line.sku.clone(),
@@ -92,7 +87,8 @@ impl State {
                     });
                 }
             }
-        }
+            lines
+        };
         self.changes.emit(&Change::Stock {
             store_id: &store.id,
             store: store.idx,

@@ -18,6 +18,7 @@
 //! - [`forecast`]: expected orders per hour per store, and the riders they need.
 //! - [`hours`]: a store's opening hours in its own time zone.
 //! - [`search`]: product search by name (word prefixes, small typos).
+//! - [`sku`]: SKUs interned once for the process (a stock line holds an 8-byte pointer).
 
 pub mod area;
 pub mod calibrate;
@@ -27,6 +28,7 @@ pub mod ids;
 pub mod order;
 pub mod quote;
 pub mod search;
+pub mod sku;
 pub mod stock;
 pub mod surge;
 pub mod travel;

@@ -5,31 +5,46 @@
 //! reservation or a write-off) takes the first-expiring lot first; lots without expiry come last.
 //!
 //! Every change returns the [`LotDelta`]s it made. The caller writes them to the ledger; summing the
-//! ledger per lot rebuilds the stock exactly ([`StoreStock::restore_lot`]); applying a delta
+//! ledger per lot rebuilds the stock exactly ([`StoreStock::restore`]); applying a delta
 //! ([`StoreStock::apply`]) is how releases and sales, computed from a reservation, take effect.
 //!
 //! Invariants, per lot: `0 <= reserved <= on_hand`. A reservation is all or nothing.
-
-use std::collections::BTreeMap;
-use std::sync::Arc;
+//!
+//! Layout (a city holds about a million lines): a store's lines are one array sorted by SKU, 48
+//! bytes a line: the interned SKU ([`Sku`], 8 bytes), the line's lot when it has one (most do),
+//! where its lots are when it has several (an array of its own, by slot), and whether it was last
+//! announced as available. A line is created by the first lot of its SKU and never removed.
 
 use crate::Millis;
+pub use crate::sku::Sku;
 
 /// A server-assigned lot id, unique across all stores.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct LotId(pub i64);
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// The expiry of a lot that never expires.
+const NEVER: Millis = Millis::MAX;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Lot {
     pub id: LotId,
-    pub expires_at: Option<Millis>,
+    /// When it expires ([`NEVER`]: it does not); read with [`Lot::expires_at`].
+    expires: Millis,
     pub on_hand: i64,
     pub reserved: i64,
 }
 
 impl Lot {
+    pub fn new(id: LotId, expires_at: Option<Millis>, on_hand: i64, reserved: i64) -> Lot {
+        Lot { id, expires: expires_at.unwrap_or(NEVER), on_hand, reserved }
+    }
+
+    pub fn expires_at(&self) -> Option<Millis> {
+        (self.expires != NEVER).then_some(self.expires)
+    }
+
     pub fn is_expired(&self, now: Millis) -> bool {
-        self.expires_at.is_some_and(|t| t <= now)
+        self.expires != NEVER && self.expires <= now
     }
 
     /// Units on hand that no order holds.
@@ -39,14 +54,18 @@ impl Lot {
 
     /// First-expiring first; no expiry last; then oldest lot first.
     fn fefo_key(&self) -> (Millis, LotId) {
-        (self.expires_at.unwrap_or(Millis::MAX), self.id)
+        (self.expires, self.id)
+    }
+
+    fn is_empty(&self) -> bool {
+        self.on_hand == 0 && self.reserved == 0
     }
 }
 
-/// One SKU's lots in one store, kept in first-expiry-first-out order.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct StockLine {
-    lots: Vec<Lot>,
+/// One SKU's lots in one store, in first-expiry-first-out order (a view into [`StoreStock`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StockLine<'a> {
+    lots: &'a [Lot],
 }
 
 /// The totals of a line, as the API reports them.
@@ -58,14 +77,14 @@ pub struct LineTotals {
     pub available: i64,
 }
 
-impl StockLine {
-    pub fn lots(&self) -> &[Lot] {
-        &self.lots
+impl<'a> StockLine<'a> {
+    pub fn lots(&self) -> &'a [Lot] {
+        self.lots
     }
 
     pub fn totals(&self, now: Millis) -> LineTotals {
         let mut t = LineTotals { on_hand: 0, reserved: 0, available: 0 };
-        for lot in &self.lots {
+        for lot in self.lots {
             t.on_hand += lot.on_hand;
             t.reserved += lot.reserved;
             if !lot.is_expired(now) {
@@ -82,32 +101,19 @@ impl StockLine {
     /// When `available(now)` next drops by itself: the earliest expiry among unexpired lots with
     /// free units. None when no such lot expires.
     pub fn available_until(&self, now: Millis) -> Option<Millis> {
-        self.lots.iter().filter(|l| !l.is_expired(now) && l.free() > 0).filter_map(|l| l.expires_at).min()
+        self.lots.iter().filter(|l| !l.is_expired(now) && l.free() > 0).filter_map(Lot::expires_at).min()
     }
 
     /// The earliest expiry among lots that still have units, if any.
     pub fn next_expiry(&self) -> Option<Millis> {
-        self.lots.iter().filter(|l| l.on_hand > 0).filter_map(|l| l.expires_at).min()
-    }
-
-    fn insert_lot(&mut self, lot: Lot) {
-        let at = self.lots.partition_point(|l| l.fefo_key() < lot.fefo_key());
-        self.lots.insert(at, lot);
-    }
-
-    fn lot_mut(&mut self, id: LotId) -> Option<&mut Lot> {
-        self.lots.iter_mut().find(|l| l.id == id)
-    }
-
-    fn drop_empty_lots(&mut self) {
-        self.lots.retain(|l| l.on_hand != 0 || l.reserved != 0);
+        self.lots.iter().filter(|l| l.on_hand > 0).filter_map(Lot::expires_at).min()
     }
 }
 
 /// A change to one lot: what the ledger records.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LotDelta {
-    pub sku: Arc<str>,
+    pub sku: Sku,
     pub lot: LotId,
     pub expires_at: Option<Millis>,
     pub d_on_hand: i64,
@@ -117,17 +123,17 @@ pub struct LotDelta {
 impl LotDelta {
     /// The delta that undoes this one.
     pub fn negated(&self) -> LotDelta {
-        LotDelta { d_on_hand: -self.d_on_hand, d_reserved: -self.d_reserved, ..self.clone() }
+        LotDelta { d_on_hand: -self.d_on_hand, d_reserved: -self.d_reserved, ..*self }
     }
 
     /// For a reservation: the delta that releases it (an order cancelled or expired).
     pub fn release(&self) -> LotDelta {
-        LotDelta { d_on_hand: 0, d_reserved: -self.d_reserved, ..self.clone() }
+        LotDelta { d_on_hand: 0, d_reserved: -self.d_reserved, ..*self }
     }
 
     /// For a reservation: the delta that turns it into a sale (the units leave with the rider).
     pub fn sale(&self) -> LotDelta {
-        LotDelta { d_on_hand: -self.d_reserved, d_reserved: -self.d_reserved, ..self.clone() }
+        LotDelta { d_on_hand: -self.d_reserved, d_reserved: -self.d_reserved, ..*self }
     }
 }
 
@@ -155,10 +161,53 @@ pub enum AdjustError {
     ZeroDelta,
 }
 
+/// Where a line's lots are: none, its one lot in the line itself, or a slot of
+/// [`StoreStock::many`].
+const NO_LOT: u32 = u32::MAX;
+const ONE_LOT: u32 = u32::MAX - 1;
+
+/// One line of a store (48 bytes).
+#[derive(Debug, Clone)]
+struct Entry {
+    sku: Sku,
+    /// The lot, when `lots` is [`ONE_LOT`].
+    one: Lot,
+    /// [`NO_LOT`], [`ONE_LOT`], or the slot in [`StoreStock::many`] holding two lots or more.
+    lots: u32,
+    /// Last announced as available (see [`StoreStock::announce`]).
+    announced: bool,
+}
+
+impl Entry {
+    fn new(sku: Sku) -> Entry {
+        Entry { sku, one: Lot::new(LotId(0), None, 0, 0), lots: NO_LOT, announced: false }
+    }
+}
+
+/// The lots of `e`, in FEFO order.
+fn lots_of<'a>(e: &'a Entry, many: &'a [Vec<Lot>]) -> &'a [Lot] {
+    match e.lots {
+        NO_LOT => &[],
+        ONE_LOT => std::slice::from_ref(&e.one),
+        slot => &many[slot as usize],
+    }
+}
+
+fn lots_of_mut<'a>(e: &'a mut Entry, many: &'a mut [Vec<Lot>]) -> &'a mut [Lot] {
+    match e.lots {
+        NO_LOT => &mut [],
+        ONE_LOT => std::slice::from_mut(&mut e.one),
+        slot => &mut many[slot as usize],
+    }
+}
+
 /// Stock of every SKU in one store, sorted by SKU.
 #[derive(Debug, Clone, Default)]
 pub struct StoreStock {
-    lines: BTreeMap<Arc<str>, StockLine>,
+    lines: Vec<Entry>,
+    /// The lots of lines with two or more, by slot; `free` lists the slots no line uses.
+    many: Vec<Vec<Lot>>,
+    free: Vec<u32>,
     /// Bumped by every change, so a view built from this stock can tell whether it is current.
     version: u64,
     /// Which lines the last changes touched, so a view can tell which of its lines moved.
@@ -172,7 +221,7 @@ pub const TOUCHED_KEPT: usize = 32;
 /// version the change made. Every change with a version above `floor` is in `log`.
 #[derive(Debug, Clone, Default)]
 struct Touched {
-    log: std::collections::VecDeque<(u64, Arc<str>)>,
+    log: std::collections::VecDeque<(u64, Sku)>,
     floor: u64,
 }
 
@@ -190,13 +239,13 @@ impl StoreStock {
 
     /// The SKUs changed since `version` (each change once per SKU it touched, oldest first), or
     /// None when that goes back further than the last [`TOUCHED_KEPT`] it remembers.
-    pub fn touched_since(&self, version: u64) -> Option<impl Iterator<Item = &Arc<str>>> {
+    pub fn touched_since(&self, version: u64) -> Option<impl Iterator<Item = Sku> + '_> {
         (version >= self.touched.floor && version <= self.version)
-            .then(|| self.touched.log.iter().filter(move |(v, _)| *v > version).map(|(_, sku)| sku))
+            .then(|| self.touched.log.iter().filter(move |(v, _)| *v > version).map(|(_, sku)| *sku))
     }
 
     /// Records that the change that made the current version touched `sku`.
-    fn touch(&mut self, sku: Arc<str>) {
+    fn touch(&mut self, sku: Sku) {
         let t = &mut self.touched;
         if t.log.len() == TOUCHED_KEPT
             && let Some((v, _)) = t.log.pop_front()
@@ -206,50 +255,134 @@ impl StoreStock {
         t.log.push_back((self.version, sku));
     }
 
+    /// The index of `sku`'s line, or where it would go.
+    fn find(&self, sku: &str) -> Result<usize, usize> {
+        self.lines.binary_search_by(|e| e.sku.as_str().cmp(sku))
+    }
+
+    fn view(&self, i: usize) -> StockLine<'_> {
+        StockLine { lots: lots_of(&self.lines[i], &self.many) }
+    }
+
+    fn lots_mut(&mut self, i: usize) -> &mut [Lot] {
+        lots_of_mut(&mut self.lines[i], &mut self.many)
+    }
+
     /// SKUs strictly after `after` (all when None) with units available now, in SKU order, each
     /// with its line.
     pub fn available_lines_after<'a>(
         &'a self,
         after: Option<&str>,
         now: Millis,
-    ) -> impl Iterator<Item = (&'a Arc<str>, i64, &'a StockLine)> + 'a {
-        use std::ops::Bound;
-        let lower = match after {
-            Some(a) => Bound::Excluded(a),
-            None => Bound::Unbounded,
-        };
-        self.lines
-            .range::<str, _>((lower, Bound::Unbounded))
-            .map(move |(sku, line)| (sku, line.available(now), line))
+    ) -> impl Iterator<Item = (Sku, i64, StockLine<'a>)> + 'a {
+        let from = after.map_or(0, |a| self.lines.partition_point(|e| e.sku.as_str() <= a));
+        self.lines[from..]
+            .iter()
+            .map(move |e| {
+                let line = StockLine { lots: lots_of(e, &self.many) };
+                (e.sku, line.available(now), line)
+            })
             .filter(|(_, available, _)| *available > 0)
     }
 
-    pub fn line(&self, sku: &str) -> Option<&StockLine> {
-        self.lines.get(sku)
+    pub fn line(&self, sku: &str) -> Option<StockLine<'_>> {
+        self.find(sku).ok().map(|i| self.view(i))
     }
 
-    pub fn lines(&self) -> impl Iterator<Item = (&Arc<str>, &StockLine)> {
-        self.lines.iter()
+    pub fn lines(&self) -> impl Iterator<Item = (Sku, StockLine<'_>)> {
+        self.lines.iter().map(|e| (e.sku, StockLine { lots: lots_of(e, &self.many) }))
     }
 
     /// SKUs strictly after `after` (all when None) with units available now, in SKU order.
-    pub fn available_after<'a>(
-        &'a self,
-        after: Option<&str>,
-        now: Millis,
-    ) -> impl Iterator<Item = (&'a Arc<str>, i64)> + 'a {
+    pub fn available_after<'a>(&'a self, after: Option<&str>, now: Millis) -> impl Iterator<Item = (Sku, i64)> + 'a {
         self.available_lines_after(after, now).map(|(sku, available, _)| (sku, available))
     }
 
-    fn line_entry(&mut self, sku: &str) -> &mut StockLine {
-        self.version += 1;
-        let key = self.sku_key(sku);
-        self.touch(key.clone());
-        self.lines.entry(key).or_default()
+    /// Records whether `sku` is now announced as available; returns what was announced before
+    /// (false for a SKU with no line, which is never available).
+    pub fn announce(&mut self, sku: &str, available: bool) -> bool {
+        match self.find(sku) {
+            Ok(i) => std::mem::replace(&mut self.lines[i].announced, available),
+            Err(_) => false,
+        }
     }
 
-    fn sku_key(&self, sku: &str) -> Arc<str> {
-        self.lines.get_key_value(sku).map(|(k, _)| k.clone()).unwrap_or_else(|| Arc::from(sku))
+    /// Announces every line as it stands at `now` (start-up: what customers see is read then).
+    pub fn announce_all(&mut self, now: Millis) {
+        for e in &mut self.lines {
+            e.announced = StockLine { lots: lots_of(e, &self.many) }.available(now) > 0;
+        }
+    }
+
+    /// Bumps the version for a change to `sku` and returns its line's index, creating the line.
+    fn line_entry(&mut self, sku: Sku) -> usize {
+        self.version += 1;
+        self.touch(sku);
+        match self.find(&sku) {
+            Ok(i) => i,
+            Err(i) => {
+                self.lines.insert(i, Entry::new(sku));
+                i
+            }
+        }
+    }
+
+    /// Adds a lot to line `i`, in FEFO order.
+    fn insert_lot(&mut self, i: usize, lot: Lot) {
+        let e = &mut self.lines[i];
+        match e.lots {
+            NO_LOT => {
+                e.one = lot;
+                e.lots = ONE_LOT;
+            }
+            ONE_LOT => {
+                let pair = if lot.fefo_key() < e.one.fefo_key() { vec![lot, e.one] } else { vec![e.one, lot] };
+                e.lots = match self.free.pop() {
+                    Some(slot) => {
+                        self.many[slot as usize] = pair;
+                        slot
+                    }
+                    None => {
+                        self.many.push(pair);
+                        (self.many.len() - 1) as u32
+                    }
+                };
+            }
+            slot => {
+                let lots = &mut self.many[slot as usize];
+                let at = lots.partition_point(|l| l.fefo_key() < lot.fefo_key());
+                lots.insert(at, lot);
+            }
+        }
+    }
+
+    /// Drops line `i`'s empty lots; a line left with one lot keeps it in itself.
+    fn drop_empty_lots(&mut self, i: usize) {
+        let e = &mut self.lines[i];
+        match e.lots {
+            NO_LOT => {}
+            ONE_LOT => {
+                if e.one.is_empty() {
+                    e.lots = NO_LOT;
+                }
+            }
+            slot => {
+                let lots = &mut self.many[slot as usize];
+                lots.retain(|l| !l.is_empty());
+                if lots.len() <= 1 {
+                    let last = lots.pop();
+                    *lots = Vec::new();
+                    self.free.push(slot);
+                    match last {
+                        Some(l) => {
+                            e.one = l;
+                            e.lots = ONE_LOT;
+                        }
+                        None => e.lots = NO_LOT,
+                    }
+                }
+            }
+        }
     }
 
     /// Reserves every line or none. Each line takes units from the first-expiring unexpired lots.
@@ -261,7 +394,7 @@ impl StoreStock {
                 continue;
             }
             let requested: i64 = wants.iter().filter(|w| w.sku == want.sku).map(|w| w.qty).sum();
-            let available = self.lines.get(want.sku).map_or(0, |l| l.available(now));
+            let available = self.line(want.sku).map_or(0, |l| l.available(now));
             if requested > available {
                 shortfalls.push(Shortfall { sku: want.sku.to_owned(), requested, available });
             }
@@ -272,11 +405,11 @@ impl StoreStock {
         self.version += 1;
         let mut deltas = Vec::new();
         for want in wants {
-            let key = self.sku_key(want.sku);
-            self.touch(key.clone());
-            let line = self.lines.get_mut(want.sku).expect("checked above");
+            let i = self.find(want.sku).expect("checked above");
+            let sku = self.lines[i].sku;
+            self.touch(sku);
             let mut left = want.qty;
-            for lot in line.lots.iter_mut().filter(|l| !l.is_expired(now)) {
+            for lot in self.lots_mut(i).iter_mut().filter(|l| !l.is_expired(now)) {
                 if left == 0 {
                     break;
                 }
@@ -285,9 +418,9 @@ impl StoreStock {
                     lot.reserved += take;
                     left -= take;
                     deltas.push(LotDelta {
-                        sku: key.clone(),
+                        sku,
                         lot: lot.id,
-                        expires_at: lot.expires_at,
+                        expires_at: lot.expires_at(),
                         d_on_hand: 0,
                         d_reserved: take,
                     });
@@ -299,7 +432,9 @@ impl StoreStock {
     }
 
     /// Changes on-hand stock. A positive delta arrives as a new lot `new_lot` (with `expires_at`);
-    /// a negative one is taken from free units, expired lots first, then first-expiring.
+    /// a negative one is taken from free units, expired lots first, then first-expiring. The
+    /// first lot of a SKU in this store interns the SKU (see [`Sku`]): the caller has checked it
+    /// exists.
     pub fn adjust(
         &mut self,
         sku: &str,
@@ -311,75 +446,81 @@ impl StoreStock {
         if delta == 0 {
             return Err(AdjustError::ZeroDelta);
         }
-        let key = self.sku_key(sku);
         if delta > 0 {
-            let line = self.line_entry(sku);
-            line.insert_lot(Lot { id: new_lot, expires_at, on_hand: delta, reserved: 0 });
+            let key = match self.find(sku) {
+                Ok(i) => self.lines[i].sku,
+                Err(_) => Sku::new(sku),
+            };
+            let i = self.line_entry(key);
+            self.insert_lot(i, Lot::new(new_lot, expires_at, delta, 0));
             return Ok(vec![LotDelta { sku: key, lot: new_lot, expires_at, d_on_hand: delta, d_reserved: 0 }]);
         }
-        let totals = match self.lines.get(sku) {
-            Some(line) => line.totals(now),
-            None => {
-                return Err(AdjustError::BelowReserved { on_hand: 0, reserved: 0 });
-            }
+        let Ok(i) = self.find(sku) else {
+            return Err(AdjustError::BelowReserved { on_hand: 0, reserved: 0 });
         };
+        let totals = self.view(i).totals(now);
         let free: i64 = totals.on_hand - totals.reserved;
         if -delta > free {
             return Err(AdjustError::BelowReserved { on_hand: totals.on_hand, reserved: totals.reserved });
         }
+        let key = self.lines[i].sku;
         self.version += 1;
-        self.touch(key.clone());
-        let line = self.lines.get_mut(sku).expect("read above");
+        self.touch(key);
+        let lots = self.lots_mut(i);
         let mut left = -delta;
         let mut deltas = Vec::new();
         // Expired lots first (their units cannot be sold anyway), then FEFO order.
-        let mut order: Vec<usize> = (0..line.lots.len()).collect();
-        order.sort_by_key(|&i| !line.lots[i].is_expired(now));
-        for i in order {
-            if left == 0 {
-                break;
-            }
-            let lot = &mut line.lots[i];
-            let take = lot.free().min(left);
-            if take > 0 {
-                lot.on_hand -= take;
-                left -= take;
-                deltas.push(LotDelta {
-                    sku: key.clone(),
-                    lot: lot.id,
-                    expires_at: lot.expires_at,
-                    d_on_hand: -take,
-                    d_reserved: 0,
-                });
+        for expired in [true, false] {
+            for lot in lots.iter_mut().filter(|l| l.is_expired(now) == expired) {
+                if left == 0 {
+                    break;
+                }
+                let take = lot.free().min(left);
+                if take > 0 {
+                    lot.on_hand -= take;
+                    left -= take;
+                    deltas.push(LotDelta {
+                        sku: key,
+                        lot: lot.id,
+                        expires_at: lot.expires_at(),
+                        d_on_hand: -take,
+                        d_reserved: 0,
+                    });
+                }
             }
         }
-        line.drop_empty_lots();
+        self.drop_empty_lots(i);
         Ok(deltas)
     }
 
     /// Writes off the free units of every lot that has expired at `now`.
     pub fn expire(&mut self, now: Millis) -> Vec<LotDelta> {
         let mut deltas: Vec<LotDelta> = Vec::new();
-        for (sku, line) in self.lines.iter_mut() {
-            for lot in line.lots.iter_mut().filter(|l| l.is_expired(now) && l.free() > 0) {
+        for i in 0..self.lines.len() {
+            let sku = self.lines[i].sku;
+            let before = deltas.len();
+            for lot in self.lots_mut(i).iter_mut().filter(|l| l.is_expired(now) && l.free() > 0) {
                 deltas.push(LotDelta {
-                    sku: sku.clone(),
+                    sku,
                     lot: lot.id,
-                    expires_at: lot.expires_at,
+                    expires_at: lot.expires_at(),
                     d_on_hand: -lot.free(),
                     d_reserved: 0,
                 });
                 lot.on_hand = lot.reserved;
             }
-            line.drop_empty_lots();
+            if deltas.len() > before {
+                self.drop_empty_lots(i);
+            }
         }
         if !deltas.is_empty() {
             self.version += 1;
-            let mut last: Option<&Arc<str>> = None;
+            let mut last: Option<Sku> = None;
             for d in &deltas {
-                if last != Some(&d.sku) {
-                    self.touch(d.sku.clone());
-                    last = Some(&d.sku);
+                let sku = d.sku;
+                if last != Some(sku) {
+                    self.touch(sku);
+                    last = Some(sku);
                 }
             }
         }
@@ -389,28 +530,58 @@ impl StoreStock {
     /// Applies a ledger delta as it stands, creating the lot if needed. With negated deltas this
     /// undoes a change whose commit failed.
     pub fn apply(&mut self, d: &LotDelta) {
-        let line = self.line_entry(&d.sku);
-        match line.lot_mut(d.lot) {
+        let i = self.line_entry(d.sku);
+        match self.lots_mut(i).iter_mut().find(|l| l.id == d.lot) {
             Some(lot) => {
                 lot.on_hand += d.d_on_hand;
                 lot.reserved += d.d_reserved;
             }
-            None => line.insert_lot(Lot {
-                id: d.lot,
-                expires_at: d.expires_at,
-                on_hand: d.d_on_hand,
-                reserved: d.d_reserved,
-            }),
+            None => self.insert_lot(i, Lot::new(d.lot, d.expires_at, d.d_on_hand, d.d_reserved)),
         }
-        line.drop_empty_lots();
+        self.drop_empty_lots(i);
     }
 
-    /// Rebuilds a lot from ledger sums (start-up). Empty lots are skipped.
-    pub fn restore_lot(&mut self, sku: &str, lot: LotId, expires_at: Option<Millis>, on_hand: i64, reserved: i64) {
-        if on_hand == 0 && reserved == 0 {
-            return;
+    /// Rebuilds lots from ledger sums (start-up), beside the lines there are: `(sku, lot)` in any
+    /// order; empty lots are skipped. One sort for all of them (a lot at a time would move the
+    /// store's lines for every one).
+    pub fn restore(&mut self, lots: impl IntoIterator<Item = (Sku, Lot)>) {
+        let mut all: Vec<(Sku, Lot)> = Vec::new();
+        for e in &self.lines {
+            all.extend(lots_of(e, &self.many).iter().map(|l| (e.sku, *l)));
         }
-        self.line_entry(sku).insert_lot(Lot { id: lot, expires_at, on_hand, reserved });
+        let had: Vec<Sku> = self.lines.iter().map(|e| e.sku).collect();
+        all.extend(lots.into_iter().filter(|(_, l)| !l.is_empty()));
+        all.sort_unstable_by(|a, b| a.0.cmp(&b.0).then(a.1.fefo_key().cmp(&b.1.fefo_key())));
+        let mut lines: Vec<Entry> = Vec::with_capacity(all.len());
+        self.many.clear();
+        self.free.clear();
+        let mut i = 0;
+        while i < all.len() {
+            let sku = all[i].0;
+            let n = all[i..].iter().take_while(|(s, _)| *s == sku).count();
+            let mut e = Entry::new(sku);
+            if n == 1 {
+                e.one = all[i].1;
+                e.lots = ONE_LOT;
+            } else {
+                self.many.push(all[i..i + n].iter().map(|(_, l)| *l).collect());
+                e.lots = (self.many.len() - 1) as u32;
+            }
+            lines.push(e);
+            i += n;
+        }
+        // Lines left with no lot stay, empty (a line is never removed).
+        let with_lots = lines.len();
+        for sku in had {
+            if lines[..with_lots].binary_search_by(|e| e.sku.cmp(&sku)).is_err() {
+                lines.push(Entry::new(sku));
+            }
+        }
+        lines.sort_unstable_by_key(|e| e.sku);
+        lines.shrink_to_fit();
+        self.lines = lines;
+        self.version += 1;
+        self.touched = Touched { log: Default::default(), floor: self.version };
     }
 }
 

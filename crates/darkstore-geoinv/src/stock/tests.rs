@@ -1,6 +1,8 @@
 //! Table tests of a store's stock: reservation, allocation, expiry, adjustments, the ledger's
 //! deltas, the version and the change log.
 
+use std::collections::BTreeMap;
+
 use super::*;
 
 const T0: Millis = 1_700_000_000_000;
@@ -143,9 +145,9 @@ fn ledger_sums_rebuild_the_same_stock() {
     for (sku, line) in s.lines() {
         for lot in line.lots() {
             ledger.push(LotDelta {
-                sku: sku.clone(),
+                sku,
                 lot: lot.id,
-                expires_at: lot.expires_at,
+                expires_at: lot.expires_at(),
                 d_on_hand: lot.on_hand,
                 d_reserved: 0,
             });
@@ -157,19 +159,19 @@ fn ledger_sums_rebuild_the_same_stock() {
     s.apply(&sale);
     ledger.push(sale);
     ledger.extend(s.adjust("bread", -1, LotId(0), None, T0).unwrap());
-    type Sums = BTreeMap<(Arc<str>, LotId), (Option<Millis>, i64, i64)>;
+    type Sums = BTreeMap<(Sku, LotId), (Option<Millis>, i64, i64)>;
     let mut sums = Sums::new();
     for d in &ledger {
-        let e = sums.entry((d.sku.clone(), d.lot)).or_insert((d.expires_at, 0, 0));
+        let e = sums.entry((d.sku, d.lot)).or_insert((d.expires_at, 0, 0));
         e.1 += d.d_on_hand;
         e.2 += d.d_reserved;
     }
     let mut rebuilt = StoreStock::new();
-    for ((sku, lot), (exp, on_hand, reserved)) in sums {
-        rebuilt.restore_lot(&sku, lot, exp, on_hand, reserved);
-    }
+    rebuilt.restore(
+        sums.into_iter().map(|((sku, lot), (exp, on_hand, reserved))| (sku, Lot::new(lot, exp, on_hand, reserved))),
+    );
     for (sku, line) in s.lines() {
-        let rebuilt_lots = rebuilt.line(sku).map(|l| l.lots().to_vec()).unwrap_or_default();
+        let rebuilt_lots = rebuilt.line(&sku).map(|l| l.lots().to_vec()).unwrap_or_default();
         assert_eq!(rebuilt_lots, line.lots().to_vec(), "{sku}");
     }
     assert!(rebuilt.line("bread").is_none());
@@ -178,9 +180,9 @@ fn ledger_sums_rebuild_the_same_stock() {
 #[test]
 fn available_after_pages_in_sku_order() {
     let s = store(&[("c", 1, None, 1), ("a", 2, None, 1), ("b", 3, None, 1), ("d", 4, Some(-1), 1)]);
-    let all: Vec<&str> = s.available_after(None, T0).map(|(k, _)| &**k).collect();
+    let all: Vec<&str> = s.available_after(None, T0).map(|(k, _)| k.as_str()).collect();
     assert_eq!(all, ["a", "b", "c"]);
-    let after_a: Vec<&str> = s.available_after(Some("a"), T0).map(|(k, _)| &**k).collect();
+    let after_a: Vec<&str> = s.available_after(Some("a"), T0).map(|(k, _)| k.as_str()).collect();
     assert_eq!(after_a, ["b", "c"]);
 }
 
@@ -233,7 +235,7 @@ fn every_change_moves_the_version_and_a_refusal_does_not() {
     assert!(!changed(&s));
     assert!(!s.expire(T0 + 3 * HOUR).is_empty());
     assert!(changed(&s));
-    s.apply(&LotDelta { sku: Arc::from("milk"), lot: LotId(2), expires_at: None, d_on_hand: 0, d_reserved: 1 });
+    s.apply(&LotDelta { sku: Sku::new("milk"), lot: LotId(2), expires_at: None, d_on_hand: 0, d_reserved: 1 });
     assert!(changed(&s));
 }
 
@@ -249,4 +251,55 @@ fn available_until_is_the_first_expiry_that_lowers_availability() {
     let mut s = store(&[("milk", 1, Some(1), 2), ("milk", 2, Some(5), 2)]);
     s.reserve(&[Want { sku: "milk", qty: 2 }], T0).unwrap();
     assert_eq!(s.line("milk").unwrap().available_until(T0), Some(T0 + 5 * HOUR));
+}
+
+#[test]
+fn a_lines_lots_move_between_the_line_and_a_slot_and_slots_are_reused() {
+    let lots = |s: &StoreStock, sku: &str| s.line(sku).map(|l| l.lots().iter().map(|l| l.id.0).collect::<Vec<_>>());
+    // (sku, lot, expires in hours, on hand): milk gets three lots, tea two.
+    let mut s = store(&[("milk", 1, None, 1), ("milk", 2, Some(2), 1), ("milk", 3, Some(1), 1)]);
+    assert_eq!(lots(&s, "milk"), Some(vec![3, 2, 1]));
+    assert_eq!(s.many.len(), 1);
+    // Write-offs empty lots 3 and 2: one lot left, back in the line; its slot is free.
+    s.adjust("milk", -2, LotId(0), None, T0).unwrap();
+    assert_eq!(lots(&s, "milk"), Some(vec![1]));
+    assert_eq!(s.free, vec![0]);
+    // A second line with two lots takes the free slot instead of a new one.
+    s.adjust("tea", 1, LotId(4), None, T0).unwrap();
+    s.adjust("tea", 1, LotId(5), Some(T0 + HOUR), T0).unwrap();
+    assert_eq!(lots(&s, "tea"), Some(vec![5, 4]));
+    assert_eq!((s.many.len(), s.free.len()), (1, 0));
+    // Sold out: the line stays, with no lot.
+    s.adjust("milk", -1, LotId(0), None, T0).unwrap();
+    assert_eq!(lots(&s, "milk"), Some(vec![]));
+    assert_eq!(std::mem::size_of::<Entry>(), 48);
+}
+
+#[test]
+fn restore_merges_with_the_lines_there_are_in_sku_order() {
+    let mut s = store(&[("milk", 1, None, 2), ("bread", 2, None, 1)]);
+    s.adjust("bread", -1, LotId(0), None, T0).unwrap();
+    let v = s.version();
+    s.restore([
+        (Sku::new("tea"), Lot::new(LotId(7), None, 3, 1)),
+        (Sku::new("milk"), Lot::new(LotId(6), Some(T0 + HOUR), 1, 0)),
+        (Sku::new("apple"), Lot::new(LotId(8), None, 0, 0)),
+    ]);
+    let skus: Vec<&str> = s.lines().map(|(sku, _)| sku.as_str()).collect();
+    assert_eq!(skus, ["bread", "milk", "tea"], "an empty lot makes no line; an empty line stays");
+    assert_eq!(s.line("milk").unwrap().lots().iter().map(|l| l.id.0).collect::<Vec<_>>(), [6, 1]);
+    assert_eq!(s.line("tea").unwrap().totals(T0), LineTotals { on_hand: 3, reserved: 1, available: 2 });
+    assert!(s.version() > v);
+    assert!(s.touched_since(v).is_none(), "views read before a restore are stale");
+}
+
+#[test]
+fn announcements_are_kept_per_line() {
+    let mut s = store(&[("milk", 1, None, 2), ("eggs", 2, Some(-1), 2)]);
+    s.announce_all(T0);
+    assert!(s.announce("milk", false), "milk was available");
+    assert!(!s.announce("eggs", true), "eggs had expired");
+    assert!(s.announce("eggs", false));
+    assert!(!s.announce("tea", true), "no line: never announced, and no line made");
+    assert!(s.line("tea").is_none());
 }
