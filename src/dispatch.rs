@@ -157,6 +157,7 @@ impl Dispatcher {
         }
         let ids = self.state.dispatchable();
         // Every store has a load, so every quote reads what was learned.
+        self.promises.refresh_margin(now);
         let mut loads: FastMap<u32, StoreLoad> = FastMap::default();
         for store in self.state.stores() {
             let load = loads.entry(store.idx.0).or_default();

@@ -145,7 +145,9 @@ struct Learned {
     stores: FastMap<String, StoreLearned>,
     margin: RecentQuantile,
     /// The same, of quotes made before the model was warm: the margin until enough warm quotes
-    /// are delivered.
+    /// are delivered. Over the last [`WARM`] of them only: cold quotes grow less wrong as the
+    /// ratios learn, and the first ones (the worst) would otherwise pad every promise until the
+    /// model is warm.
     margin_cold: RecentQuantile,
     /// The margin as of the last delivery (kept, not sorted again on every read).
     margin_now: f64,
@@ -184,7 +186,7 @@ impl Promises {
                 city_first: LogEwma::default(),
                 stores: FastMap::default(),
                 margin: RecentQuantile::new(MARGIN_WINDOW),
-                margin_cold: RecentQuantile::new(MARGIN_WINDOW),
+                margin_cold: RecentQuantile::new(WARM as usize),
                 margin_now: MARGIN_PRIOR,
             }),
             open: DashMap::new(),
@@ -228,6 +230,25 @@ impl Promises {
             None => (l.city_pick.factor(), city_ride.exp(), city_door.exp(), l.city_first.factor()),
         };
         Calibrated { pick, ride, door, first, margin: l.margin(), bundle: 1.0 }
+    }
+
+    /// Once a tick: the margin counts the orders still open that are already later than it. An
+    /// open order first on its route (or waiting for one), quoted warm, whose time so far is
+    /// further past its estimate than the delivered orders' quantile is certainly in the tail;
+    /// left out, the margin would learn of a peak only from the orders delivered in it, a whole
+    /// promise late.
+    pub fn refresh_margin(&self, now: Millis) {
+        let running: Vec<f64> = self
+            .open
+            .iter()
+            .filter(|o| o.warm && o.in_task.0 <= 1 && o.estimate_ms > 0 && now > o.start)
+            .map(|o| (now - o.start) as f64 / o.estimate_ms as f64 - 1.0)
+            .collect();
+        let mut l = self.learned.lock().expect("learned lock");
+        let Some(base) = l.margin.value(PROMISE_QUANTILE, MARGIN_MIN) else { return };
+        let tail: Vec<f64> = running.into_iter().filter(|&e| e > base).collect();
+        let q = l.margin.value_with(PROMISE_QUANTILE, MARGIN_MIN, &tail).unwrap_or(base);
+        l.margin_now = q.clamp(MARGIN_BOUNDS.0, MARGIN_BOUNDS.1);
     }
 
     /// The city's riding ratio (the optimizer's travel times are scaled by it).

@@ -124,10 +124,18 @@ impl RecentQuantile {
 
     /// The `tau` quantile (nearest rank) of what is kept, or None before `min` observations.
     pub fn value(&self, tau: f64, min: usize) -> Option<f64> {
+        self.value_with(tau, min, &[])
+    }
+
+    /// The `tau` quantile of what is kept together with `tail`: observations known to lie above
+    /// it that are not finished yet (an order already later than the kept quantile says its
+    /// error will be at least that). None before `min` kept observations.
+    pub fn value_with(&self, tau: f64, min: usize, tail: &[f64]) -> Option<f64> {
         if self.ring.is_empty() || self.ring.len() < min {
             return None;
         }
         let mut v = self.ring.clone();
+        v.extend(tail.iter().copied().filter(|x| x.is_finite()));
         v.sort_unstable_by(f64::total_cmp);
         let rank = (tau.clamp(0.0, 1.0) * v.len() as f64).ceil() as usize;
         Some(v[rank.clamp(1, v.len()) - 1])
@@ -205,6 +213,18 @@ mod tests {
         }
         let f = busy.shrunk_toward(&city, &b);
         assert!(f < 1.01, "well observed: its own ({f})");
+    }
+
+    #[test]
+    fn open_observations_in_the_tail_raise_the_quantile() {
+        let mut q = RecentQuantile::new(100);
+        (1..=100).for_each(|i| q.observe(f64::from(i) / 100.0));
+        assert_eq!(q.value(0.97, 10), Some(0.97));
+        // Five orders still open already past 1.2: of 105, the 97% rank (the 102nd) is among them.
+        let late = [1.5, 1.3, 1.4, 1.2, 1.25];
+        assert_eq!(q.value_with(0.97, 10, &late), Some(1.25));
+        assert_eq!(q.value_with(0.97, 10, &[f64::NAN]), Some(0.97));
+        assert_eq!(RecentQuantile::new(100).value_with(0.97, 10, &late), None, "nothing finished: no quantile");
     }
 
     #[test]
