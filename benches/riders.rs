@@ -6,6 +6,9 @@
 
 mod common;
 
+#[global_allocator]
+static ALLOC: common::Counting = common::Counting;
+
 use common::{BenchServer, Rng, metric, token};
 use std::hint::black_box;
 use std::sync::Arc;
@@ -28,7 +31,7 @@ fn in_process() -> Vec<(f64, f64)> {
     let t0 = common::now_ms();
     let names: Vec<String> = (0..N_RIDERS).map(|i| format!("r{i}")).collect();
     let mut pos: Vec<(f64, f64)> = Vec::with_capacity(N_RIDERS);
-    let rss_before = common::rss_bytes();
+    let (heap_before, rss_before) = (common::live_bytes(), common::trimmed_rss_bytes());
     for n in &names {
         fleet.upsert(n, n, None);
         fleet.shift(n, true, t0).unwrap();
@@ -42,11 +45,14 @@ fn in_process() -> Vec<(f64, f64)> {
             .unwrap();
         pos.push(p);
     }
-    // What a rider costs in memory: the process's resident size grown by registering, putting on
-    // shift and placing every rider (the map, the index, the ids; allocator overhead included).
-    let grown = common::rss_bytes().saturating_sub(rss_before);
+    // What a rider costs in memory: the heap kept (live bytes grown) and the process's resident
+    // size grown (allocator overhead included, free memory given back first) by registering,
+    // putting on shift and placing every rider (the map, the index, the ids).
+    let heap = common::live_bytes() - heap_before;
+    let grown = common::trimmed_rss_bytes() as i64 - rss_before as i64;
     println!(
-        "memory: {:.0} bytes per rider ({:.1} MiB resident for {N_RIDERS} riders on shift with a position)",
+        "memory: {:.0} B of heap, {:.0} B resident per rider ({:.1} MiB resident for {N_RIDERS} riders on shift with a position)",
+        heap as f64 / N_RIDERS as f64,
         grown as f64 / N_RIDERS as f64,
         grown as f64 / (1 << 20) as f64
     );

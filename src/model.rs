@@ -167,7 +167,8 @@ pub struct Rider {
     pub seen_at: Millis,
     pub on_shift: bool,
     pub status: RiderStatus,
-    pub task: Option<Task>,
+    /// Boxed: most riders have none, and an inline task would cost every rider its size.
+    pub task: Option<Box<Task>>,
 }
 
 /// A store area's surge level, its smoothed pressure (demand over supply) and the delivery fee it

@@ -181,17 +181,19 @@ impl Riders {
         let r = &mut slot.rider;
         r.on_shift = true;
         r.seen_at = now;
-        let task = r.task.get_or_insert_with(|| Task {
-            id: format!("restored-{rider}"),
-            store_id: order.store_id.clone(),
-            pickup,
-            orders: Vec::new(),
-            picked: Vec::new(),
-            assigned_at: now,
-            pickup_eta: now,
-            free_at: now,
-            end: pickup,
-            sent: true,
+        let task = r.task.get_or_insert_with(|| {
+            Box::new(Task {
+                id: format!("restored-{rider}"),
+                store_id: order.store_id.clone(),
+                pickup,
+                orders: Vec::new(),
+                picked: Vec::new(),
+                assigned_at: now,
+                pickup_eta: now,
+                free_at: now,
+                end: pickup,
+                sent: true,
+            })
         });
         task.orders.push(TaskOrder { id: order.id.clone(), lat: order.lat, lng: order.lng });
         if picked_up {
@@ -295,7 +297,7 @@ impl Riders {
         if !Self::available(&slot.rider, now, self.silence_ms) {
             return false;
         }
-        slot.rider.task = Some(task);
+        slot.rider.task = Some(Box::new(task));
         slot.rider.status = RiderStatus::ToStore;
         self.reindex(&mut slot, now);
         true
@@ -307,7 +309,7 @@ impl Riders {
         let mut slot = self.slots.get_mut(rider)?;
         let task = slot.rider.task.as_mut().filter(|t| t.id == task_id && !t.orders.is_empty())?;
         task.sent = true;
-        let (task, snapshot) = (task.clone(), slot.rider.clone());
+        let (task, snapshot) = (Task::clone(task), slot.rider.clone());
         drop(slot);
         self.changes.emit(&Change::Task { rider, task: &task });
         self.emit_rider(&snapshot);
