@@ -27,6 +27,8 @@ impl Rng {
 }
 
 /// The release server, started with `serve`, rate limits off, on `db_url`, plus `extra` flags.
+/// `BENCH_DARKSTORE_BIN` runs another build of the server instead (a previous version, for a
+/// comparison in the same run).
 pub struct BenchServer {
     pub child: Child,
     /// `http://HOST:PORT`
@@ -37,7 +39,8 @@ pub struct BenchServer {
 
 impl BenchServer {
     pub fn start(db_url: &str, extra: &[&str]) -> BenchServer {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_darkstore"))
+        let bin = std::env::var("BENCH_DARKSTORE_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_darkstore").to_owned());
+        let mut child = Command::new(bin)
             .args(["serve", "--http", "127.0.0.1:0", "--database-url", db_url, "--jwt-secret", SECRET])
             .args(["--rate-limit-per-sec", "0"])
             .args(extra)
