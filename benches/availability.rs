@@ -15,6 +15,7 @@ static ALLOC: common::Counting = common::Counting;
 use common::Rng;
 use std::hint::black_box;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use darkstore::changes::Changes;
@@ -221,13 +222,20 @@ fn main() {
         ("page of 200 read again after each change", false, true),
     ] {
         let mut h = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3).unwrap();
+        // The same lookups by how the page was served.
+        let paths = ["  served as kept", "  patched", "  patched, the changed item sold out", "  read again"];
+        let mut by_path: Vec<Histogram<u64>> =
+            paths.iter().map(|_| Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3).unwrap()).collect();
         for (i, &(lat, lng)) in points.iter().enumerate().take(N_LOOKUPS / 4) {
             let store_id = kept(&state, &pages, lat, lng, 1).0;
             let store = state.store(&store_id).unwrap();
             // A SKU the store has (on the page: the first 150 SKUs are on a page of 200).
+            let mut sold_out = false;
             for j in i.. {
                 let sku = format!("sku-{:05}", if on_page { j % 150 } else { j % N_SKUS });
-                if store.stock.lock().unwrap().reserve(&[Want { sku: &sku, qty: 1 }], now).is_ok() {
+                let mut stock = store.stock.lock().unwrap();
+                if stock.reserve(&[Want { sku: &sku, qty: 1 }], now).is_ok() {
+                    sold_out = stock.line(&sku).map_or(0, |l| l.available(now)) == 0;
                     break;
                 }
             }
@@ -237,10 +245,28 @@ fn main() {
                     serialize(&state.availability_at(&store, quote.eta_minutes(), None, None, 200))
                 }));
             } else {
-                black_box(timed(&mut h, || kept(&state, &pages, lat, lng, 200)));
+                let c = &pages.counters;
+                let counts = || [&c.kept, &c.patched, &c.read].map(|n| n.load(Ordering::Relaxed));
+                let before = counts();
+                let mut one = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3).unwrap();
+                black_box(timed(&mut one, || kept(&state, &pages, lat, lng, 200)));
+                let after = counts();
+                let path = match (after[2] > before[2], after[1] > before[1]) {
+                    (true, _) => 3,
+                    (false, true) if sold_out => 2,
+                    (false, true) => 1,
+                    (false, false) => 0,
+                };
+                h.add(&one).unwrap();
+                by_path[path].add(&one).unwrap();
             }
         }
         report(name, &h);
+        for (path, h) in paths.iter().zip(&by_path) {
+            if !h.is_empty() {
+                report(path, h);
+            }
+        }
     }
 
     // A busy store as it is: 50 lookups for each stock change (an order placed there), all at

@@ -157,7 +157,7 @@ impl Kept {
         // The same items (none sold out, none new, the next page still there or still not).
         let same_items = moved.iter().all(|(_, a)| *a > 0)
             && patch.added.is_empty()
-            && (self.page.next.is_none() || !patch.after.is_empty());
+            && (self.page.next.is_none() || patch.next_holds || !patch.after.is_empty());
         if same_items && moved.is_empty() {
             return Kept {
                 stamp,

@@ -54,6 +54,9 @@ pub struct PagePatch {
     /// For a full page: the items after its last one, in SKU order, as many as it takes to fill
     /// it again and to tell whether a next page follows.
     pub after: Vec<AvailableItem>,
+    /// A full page whose items are the same and after whose last item nothing moved: its next
+    /// page is still there (`after` was not read).
+    pub next_holds: bool,
 }
 
 /// The answer to "what can I get here?".
@@ -237,7 +240,8 @@ impl State {
         let catalog = self.catalog.read().expect("catalog lock");
         let listed = |sku: &str| catalog.get(sku).filter(|p| category.is_none_or(|c| c == p.category));
         let last = items.last().map(|p| &*p.sku);
-        let mut patch = PagePatch { stamp: *stamp, moved: Vec::new(), added: Vec::new(), after: Vec::new() };
+        let mut patch =
+            PagePatch { stamp: *stamp, moved: Vec::new(), added: Vec::new(), after: Vec::new(), next_holds: false };
         let mut valid_until = stamp.valid_until;
         let mut until = |line: Option<darkstore_geoinv::stock::StockLine>| {
             if let Some(t) = line.and_then(|l| l.available_until(now)) {
@@ -245,12 +249,14 @@ impl State {
             }
         };
         let mut seen: Vec<darkstore_geoinv::stock::Sku> = Vec::new();
-        for sku in touched {
+        // Whether a line past a full page's last item moved (only then can its next page have
+        // come or gone without an item on it changing).
+        let mut moved_past = false;
+        for (sku, line) in touched {
             if seen.contains(&sku) {
                 continue;
             }
             seen.push(sku);
-            let line = stock.line(&sku);
             let available = line.map_or(0, |l| l.available(now));
             match items.binary_search_by(|p| (*p.sku).cmp(&*sku)) {
                 Ok(i) => {
@@ -258,7 +264,7 @@ impl State {
                     until(line);
                 }
                 // Past a full page's last item: only the refill below can see it.
-                Err(_) if full && last.is_some_and(|l| &*sku > l) => {}
+                Err(_) if full && last.is_some_and(|l| &*sku > l) => moved_past = true,
                 // Within the page's range and not on it: on it now if it is for sale here.
                 Err(_) => {
                     if let Some(product) = listed(&sku).filter(|_| available > 0) {
@@ -273,7 +279,9 @@ impl State {
         // tell whether a next page follows (looked for among a few lines only).
         let gone = patch.moved.iter().filter(|(_, a)| *a <= 0).count();
         let have = items.len() - gone + patch.added.len();
-        if full && have <= limit {
+        // The same items and nothing past them moved: the next page is still there, no refill.
+        patch.next_holds = full && gone == 0 && patch.added.is_empty() && !moved_past;
+        if full && have <= limit && !patch.next_holds {
             let need = limit + 1 - have;
             let mut after = stock.available_lines_after(last, now);
             let mut looked = 0;

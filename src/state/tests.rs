@@ -267,6 +267,34 @@ async fn a_kept_page_patched_or_read_again_is_always_a_fresh_read() {
 }
 
 #[tokio::test]
+async fn a_kept_page_loses_its_next_page_when_the_items_past_it_sell_out() {
+    use crate::http::pages::{Pages, serialize};
+    use darkstore_geoinv::stock::Want;
+    let w = world("ds_state_page_next").await;
+    let store = w.state.store("s1").unwrap();
+    for sku in ["a", "b", "c"] {
+        w.state.put_product(Product::new(sku, sku.to_uppercase(), "snacks".into(), 100, 5)).await.unwrap();
+        w.state.adjust_stock("s1", sku, 2, "restock", None).await.unwrap();
+    }
+    let pages = Pages::default();
+    // The world's other products are not snacks.
+    let page = |pages: &Pages| pages.page(&w.state, &store, 0, Some("snacks"), None, 2);
+    assert_eq!((page(&pages).n_items, page(&pages).next.as_deref()), (2, Some("b")));
+    // An item on the page moves: kept, patched, the next page still there.
+    _ = store.stock.lock().unwrap().reserve(&[Want { sku: "a", qty: 1 }], w.state.now());
+    assert_eq!((page(&pages).n_items, page(&pages).next.as_deref()), (2, Some("b")));
+    // The only item past it sells out: the same items, and no next page.
+    _ = store.stock.lock().unwrap().reserve(&[Want { sku: "c", qty: 2 }], w.state.now());
+    let served = page(&pages);
+    assert_eq!((served.n_items, served.next.as_deref()), (2, None));
+    let fresh = serialize(&w.state.availability_at(&store, 0, Some("snacks"), None, 2));
+    assert_eq!(served.next, fresh.next);
+    let patched = pages.counters.patched.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(patched >= 1, "served from the kept page, patched ({patched})");
+    w.scratch.drop_database().await;
+}
+
+#[tokio::test]
 async fn a_restart_reads_open_orders_and_recent_ones_not_the_whole_history() {
     let w = world("ds_state_history").await;
     let old = w.place("h1", 1).await;

@@ -221,7 +221,8 @@ pub const TOUCHED_KEPT: usize = 32;
 /// version the change made. Every change with a version above `floor` is in `log`.
 #[derive(Debug, Clone, Default)]
 struct Touched {
-    log: std::collections::VecDeque<(u64, Sku)>,
+    /// (version, SKU, the index its line had then: a hint, checked before use).
+    log: std::collections::VecDeque<(u64, Sku, u32)>,
     floor: u64,
 }
 
@@ -239,20 +240,31 @@ impl StoreStock {
 
     /// The SKUs changed since `version` (each change once per SKU it touched, oldest first), or
     /// None when that goes back further than the last [`TOUCHED_KEPT`] it remembers.
-    pub fn touched_since(&self, version: u64) -> Option<impl Iterator<Item = Sku> + '_> {
-        (version >= self.touched.floor && version <= self.version)
-            .then(|| self.touched.log.iter().filter(move |(v, _)| *v > version).map(|(_, sku)| *sku))
+    /// Each with its line as it is now (None: no line), found from where the change left it
+    /// (one comparison of interned SKUs) rather than by a search of the store's lines.
+    pub fn touched_since(&self, version: u64) -> Option<impl Iterator<Item = (Sku, Option<StockLine<'_>>)> + '_> {
+        (version >= self.touched.floor && version <= self.version).then(|| {
+            self.touched.log.iter().filter(move |(v, ..)| *v > version).map(|&(_, sku, at)| {
+                let at = match self.lines.get(at as usize) {
+                    Some(e) if e.sku == sku => Some(at as usize),
+                    // Lines inserted since moved it.
+                    _ => self.find(&sku).ok(),
+                };
+                (sku, at.map(|i| self.view(i)))
+            })
+        })
     }
 
-    /// Records that the change that made the current version touched `sku`.
-    fn touch(&mut self, sku: Sku) {
+    /// Records that the change that made the current version touched `sku`, whose line is at
+    /// index `at`.
+    fn touch(&mut self, sku: Sku, at: usize) {
         let t = &mut self.touched;
         if t.log.len() == TOUCHED_KEPT
-            && let Some((v, _)) = t.log.pop_front()
+            && let Some((v, ..)) = t.log.pop_front()
         {
             t.floor = t.floor.max(v);
         }
-        t.log.push_back((self.version, sku));
+        t.log.push_back((self.version, sku, at as u32));
     }
 
     /// The index of `sku`'s line, or where it would go.
@@ -317,14 +329,15 @@ impl StoreStock {
     /// Bumps the version for a change to `sku` and returns its line's index, creating the line.
     fn line_entry(&mut self, sku: Sku) -> usize {
         self.version += 1;
-        self.touch(sku);
-        match self.find(&sku) {
+        let i = match self.find(&sku) {
             Ok(i) => i,
             Err(i) => {
                 self.lines.insert(i, Entry::new(sku));
                 i
             }
-        }
+        };
+        self.touch(sku, i);
+        i
     }
 
     /// Adds a lot to line `i`, in FEFO order.
@@ -407,7 +420,7 @@ impl StoreStock {
         for want in wants {
             let i = self.find(want.sku).expect("checked above");
             let sku = self.lines[i].sku;
-            self.touch(sku);
+            self.touch(sku, i);
             let mut left = want.qty;
             for lot in self.lots_mut(i).iter_mut().filter(|l| !l.is_expired(now)) {
                 if left == 0 {
@@ -465,7 +478,7 @@ impl StoreStock {
         }
         let key = self.lines[i].sku;
         self.version += 1;
-        self.touch(key);
+        self.touch(key, i);
         let lots = self.lots_mut(i);
         let mut left = -delta;
         let mut deltas = Vec::new();
@@ -496,6 +509,7 @@ impl StoreStock {
     /// Writes off the free units of every lot that has expired at `now`.
     pub fn expire(&mut self, now: Millis) -> Vec<LotDelta> {
         let mut deltas: Vec<LotDelta> = Vec::new();
+        let mut expired: Vec<usize> = Vec::new();
         for i in 0..self.lines.len() {
             let sku = self.lines[i].sku;
             let before = deltas.len();
@@ -511,17 +525,13 @@ impl StoreStock {
             }
             if deltas.len() > before {
                 self.drop_empty_lots(i);
+                expired.push(i);
             }
         }
         if !deltas.is_empty() {
             self.version += 1;
-            let mut last: Option<Sku> = None;
-            for d in &deltas {
-                let sku = d.sku;
-                if last != Some(sku) {
-                    self.touch(sku);
-                    last = Some(sku);
-                }
+            for i in expired {
+                self.touch(self.lines[i].sku, i);
             }
         }
         deltas

@@ -188,9 +188,21 @@ fn available_after_pages_in_sku_order() {
 
 #[test]
 fn every_change_says_which_lines_it_touched() {
-    let mut s = store(&[("milk", 1, Some(2), 5), ("eggs", 2, None, 5), ("tea", 3, Some(2), 5)]);
+    // Quantities differ, so a line found at the wrong index would show.
+    let mut s = store(&[("milk", 1, Some(2), 5), ("eggs", 2, None, 6), ("tea", 3, Some(2), 7)]);
     let v0 = s.version();
-    let since = |s: &StoreStock, v| s.touched_since(v).map(|t| t.map(|k| k.to_string()).collect::<Vec<_>>());
+    // Each touched SKU comes with its line as it is now, wherever inserted lines moved it.
+    let since = |s: &StoreStock, v| {
+        s.touched_since(v).map(|t| {
+            t.map(|(k, line)| {
+                let found = s.line(&k).map(|l| (l.available(T0), l.totals(T0).on_hand));
+                assert_eq!(line.map(|l| (l.available(T0), l.totals(T0).on_hand)), found, "{k}'s line");
+                assert!(line.is_some(), "{k} has a line");
+                k.to_string()
+            })
+            .collect::<Vec<_>>()
+        })
+    };
     assert_eq!(since(&s, v0), Some(vec![]));
     s.reserve(&[Want { sku: "milk", qty: 1 }, Want { sku: "eggs", qty: 1 }], T0).unwrap();
     let v1 = s.version();
