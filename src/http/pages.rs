@@ -22,7 +22,8 @@ use crate::views;
 /// Most availability pages kept per store; the store's pages are dropped when it is full.
 pub const PAGES_PER_STORE: usize = 16;
 
-/// Items per piece of a serialized page: a patch writes again only the pieces it touches.
+/// Items per piece of a serialized page, at most: a patch writes again only the pieces it
+/// touches (an item that sold out leaves its piece one item shorter, later pieces shared).
 pub const PIECE: usize = 32;
 
 /// (category, limit) of a first page.
@@ -66,12 +67,15 @@ struct Kept {
     /// Per piece, where each of its items starts in it (with the comma before it, which every
     /// item but the page's first has), and the piece's end.
     starts: Arc<[Arc<[u32]>]>,
+    /// Per piece, the index on the page of its first item (pieces hold up to [`PIECE`] items).
+    first: Arc<[u32]>,
 }
 
 /// Writes a page's items into pieces of [`PIECE`].
 struct Writer {
     pieces: Vec<Arc<String>>,
     starts: Vec<Arc<[u32]>>,
+    first: Vec<u32>,
     piece: String,
     piece_starts: Vec<u32>,
     n: usize,
@@ -79,24 +83,34 @@ struct Writer {
 
 impl Writer {
     fn new() -> Writer {
-        Writer::after(&[], &[])
-    }
-
-    /// A writer that goes on after these whole pieces.
-    fn after(pieces: &[Arc<String>], starts: &[Arc<[u32]>]) -> Writer {
         Writer {
-            pieces: pieces.to_vec(),
-            starts: starts.to_vec(),
+            pieces: Vec::new(),
+            starts: Vec::new(),
+            first: Vec::new(),
             piece: String::new(),
             piece_starts: Vec::new(),
-            n: pieces.len() * PIECE,
+            n: 0,
         }
+    }
+
+    /// Appends a whole piece of `len` items as it is (ending the piece being written).
+    fn share(&mut self, piece: &Arc<String>, starts: &Arc<[u32]>, len: usize) {
+        if !self.piece_starts.is_empty() {
+            self.cut();
+        }
+        self.first.push(self.n as u32);
+        self.pieces.push(piece.clone());
+        self.starts.push(starts.clone());
+        self.n += len;
     }
 
     /// Starts the next item (its comma written): write it into what this returns.
     fn item(&mut self) -> &mut String {
-        if self.n.is_multiple_of(PIECE) && !self.piece_starts.is_empty() {
+        if self.piece_starts.len() == PIECE {
             self.cut();
+        }
+        if self.piece_starts.is_empty() {
+            self.first.push(self.n as u32);
         }
         if self.piece.capacity() == 0 {
             self.piece.reserve(PIECE * 128);
@@ -115,11 +129,15 @@ impl Writer {
         self.starts.push(Arc::from(std::mem::take(&mut self.piece_starts)));
     }
 
-    fn finish(mut self, next: Option<String>) -> (PageJson, Arc<[Arc<[u32]>]>) {
+    fn finish(mut self, next: Option<String>) -> (PageJson, Arc<[Arc<[u32]>]>, Arc<[u32]>) {
         if !self.piece_starts.is_empty() {
             self.cut();
         }
-        (PageJson { pieces: Arc::from(self.pieces), n_items: self.n, next }, Arc::from(self.starts))
+        (
+            PageJson { pieces: Arc::from(self.pieces), n_items: self.n, next },
+            Arc::from(self.starts),
+            Arc::from(self.first),
+        )
     }
 }
 
@@ -139,9 +157,20 @@ impl Entry<'_> {
 }
 
 impl Kept {
+    /// The piece item `i` is in, and its place there.
+    fn place(&self, i: usize) -> (usize, usize) {
+        let k = self.first.partition_point(|&f| f as usize <= i) - 1;
+        (k, i - self.first[k] as usize)
+    }
+
+    /// Items in piece `k`.
+    fn piece_len(&self, k: usize) -> usize {
+        self.starts[k].len() - 1
+    }
+
     /// Item `i`'s bytes, without its comma.
     fn item(&self, i: usize) -> &str {
-        let (k, j) = (i / PIECE, i % PIECE);
+        let (k, j) = self.place(i);
         let starts = &self.starts[k];
         let bytes = &self.page.pieces[k][starts[j] as usize..starts[j + 1] as usize];
         if i > 0 { &bytes[1..] } else { bytes }
@@ -164,6 +193,7 @@ impl Kept {
                 page: self.page.clone(),
                 products: self.products.clone(),
                 starts: self.starts.clone(),
+                first: self.first.clone(),
             };
         }
         if same_items {
@@ -189,14 +219,28 @@ impl Kept {
         entries.extend(patch.after.iter().map(|a| Entry::Written(&a.product, a.available)));
         let next = (entries.len() > limit).then(|| entries[limit - 1].sku(self).to_owned());
         entries.truncate(limit);
-        // Whole pieces before the first entry that differs are shared.
-        let same = entries.iter().enumerate().position(|(at, e)| !matches!(*e, Entry::Kept(i) if i == at));
-        let shared = same.unwrap_or(entries.len()).min(self.products.len()) / PIECE;
-        let mut w = Writer::after(&self.page.pieces[..shared], &self.starts[..shared]);
+        // A kept piece whose items all follow one another unchanged is shared whole (where its
+        // first item's comma still fits: only the page's first item has none); every other item
+        // is written again, its bytes copied when it is kept.
+        let mut w = Writer::new();
         let mut products = Vec::with_capacity(entries.len());
-        products.extend_from_slice(&self.products[..shared * PIECE]);
-        for e in &entries[shared * PIECE..] {
-            match *e {
+        let mut at = 0;
+        while at < entries.len() {
+            if let Entry::Kept(i) = entries[at] {
+                let (k, j) = self.place(i);
+                let len = self.piece_len(k);
+                let whole = j == 0
+                    && (i == 0) == (w.n == 0)
+                    && entries.len() - at >= len
+                    && (1..len).all(|d| matches!(entries[at + d], Entry::Kept(x) if x == i + d));
+                if whole {
+                    w.share(&self.page.pieces[k], &self.starts[k], len);
+                    products.extend_from_slice(&self.products[i..i + len]);
+                    at += len;
+                    continue;
+                }
+            }
+            match entries[at] {
                 Entry::Kept(i) => {
                     products.push(self.products[i].clone());
                     w.item().push_str(self.item(i));
@@ -206,9 +250,12 @@ impl Kept {
                     views::write_item(w.item(), p, available);
                 }
             }
+            at += 1;
         }
-        let (page, starts) = w.finish(next);
-        Kept { stamp, page, products: Arc::from(products), starts }
+        let (page, starts, first) = w.finish(next);
+        let kept = Kept { stamp, page, products: Arc::from(products), starts, first };
+        // Sold-out items leave short pieces behind: written again whole once they are many.
+        if kept.page.pieces.len() > 2 * kept.products.len().div_ceil(PIECE) + 2 { kept.compacted() } else { kept }
     }
 
     /// The same items with those in `moved` (index, available; ascending) written again: only
@@ -218,12 +265,12 @@ impl Kept {
         let mut starts: Vec<Arc<[u32]>> = self.starts.to_vec();
         let mut m = moved.iter().peekable();
         while let Some(&&(first, _)) = m.peek() {
-            let k = first / PIECE;
+            let k = self.place(first).0;
             let (old, old_starts) = (&self.page.pieces[k], &self.starts[k]);
             let mut piece = String::with_capacity(old.len() + 16);
             let mut piece_starts = Vec::with_capacity(old_starts.len());
             for j in 0..old_starts.len() - 1 {
-                let i = k * PIECE + j;
+                let i = self.first[k] as usize + j;
                 piece_starts.push(piece.len() as u32);
                 match m.next_if(|(at, _)| *at == i) {
                     Some(&(_, available)) => {
@@ -237,7 +284,7 @@ impl Kept {
             }
             piece_starts.push(piece.len() as u32);
             // Every index of this piece was met above (unique, ascending); never loop on one.
-            while m.next_if(|(at, _)| at / PIECE == k).is_some() {}
+            while m.next_if(|(at, _)| self.place(*at).0 == k).is_some() {}
             pieces[k] = Arc::new(piece);
             starts[k] = Arc::from(piece_starts);
         }
@@ -246,7 +293,18 @@ impl Kept {
             page: PageJson { pieces: Arc::from(pieces), ..self.page.clone() },
             products: self.products.clone(),
             starts: Arc::from(starts),
+            first: self.first.clone(),
         }
+    }
+
+    /// The same page written again in full pieces.
+    fn compacted(&self) -> Kept {
+        let mut w = Writer::new();
+        for i in 0..self.products.len() {
+            w.item().push_str(self.item(i));
+        }
+        let (page, starts, first) = w.finish(self.page.next.clone());
+        Kept { stamp: self.stamp, page, products: self.products.clone(), starts, first }
     }
 }
 
@@ -277,15 +335,15 @@ pub fn serialize_items<'a>(items: impl IntoIterator<Item = &'a AvailableItem>) -
     write_items(items, None).0
 }
 
-/// Serializes a page, with where each item starts in its piece.
-fn serialize_at(found: &Availability) -> (PageJson, Arc<[Arc<[u32]>]>) {
+/// Serializes a page, with where each item starts in its piece and each piece's first item.
+fn serialize_at(found: &Availability) -> (PageJson, Arc<[Arc<[u32]>]>, Arc<[u32]>) {
     write_items(&found.items, found.next.clone())
 }
 
 fn write_items<'a>(
     items: impl IntoIterator<Item = &'a AvailableItem>,
     next: Option<String>,
-) -> (PageJson, Arc<[Arc<[u32]>]>) {
+) -> (PageJson, Arc<[Arc<[u32]>]>, Arc<[u32]>) {
     let mut w = Writer::new();
     for item in items {
         views::write_item(w.item(), &item.product, item.available);
@@ -329,14 +387,14 @@ impl Pages {
             }
         }
         let found = state.availability_at(store, eta_minutes, category, after, limit);
-        let (page, starts) = serialize_at(&found);
+        let (page, starts, first) = serialize_at(&found);
         if after.is_none()
             && limit > 0
             && let Some(stamp) = found.stamp
         {
             self.counters.read.fetch_add(1, Ordering::Relaxed);
             let products = found.items.iter().map(|i| i.product.clone()).collect();
-            self.keep(store, key, Kept { stamp, page: page.clone(), products, starts });
+            self.keep(store, key, Kept { stamp, page: page.clone(), products, starts, first });
         }
         page
     }

@@ -295,6 +295,51 @@ async fn a_kept_page_loses_its_next_page_when_the_items_past_it_sell_out() {
 }
 
 #[tokio::test]
+async fn an_item_that_sells_out_leaves_the_pieces_after_it_shared() {
+    use crate::http::pages::{PIECE, PageJson, Pages, serialize};
+    use darkstore_geoinv::stock::Want;
+    let w = world("ds_state_page_pieces").await;
+    let store = w.state.store("s1").unwrap();
+    for i in 0..100 {
+        let sku = format!("q{i:03}");
+        w.state.put_product(Product::new(&sku, format!("Q{i}"), "snacks".into(), 100, 5)).await.unwrap();
+        w.state.adjust_stock("s1", &sku, 1, "restock", None).await.unwrap();
+    }
+    let pages = Pages::default();
+    let page = || pages.page(&w.state, &store, 0, Some("snacks"), None, 200);
+    let text = |p: &PageJson| {
+        let mut s = String::new();
+        p.write_to(&mut s);
+        s
+    };
+    let sell_out = |sku: &str| store.stock.lock().unwrap().reserve(&[Want { sku, qty: 1 }], w.state.now()).unwrap();
+    let before = page();
+    assert_eq!((before.n_items, before.pieces.len()), (100, 100usize.div_ceil(PIECE)));
+    sell_out("q005");
+    let after = page();
+    assert_eq!(after.n_items, 99);
+    assert!(!Arc::ptr_eq(&before.pieces[0], &after.pieces[0]), "the sold-out item's piece is written again");
+    for k in 1..before.pieces.len() {
+        assert!(Arc::ptr_eq(&before.pieces[k], &after.pieces[k]), "piece {k} is shared");
+    }
+    // Items selling out one by one, the first ones included: always the fresh page, and the
+    // pieces never more than about twice as many as full pieces would be.
+    let mut sold = 1;
+    for i in (0..100).step_by(3).filter(|i| *i != 5) {
+        sell_out(&format!("q{i:03}"));
+        sold += 1;
+        let served = page();
+        let fresh = serialize(&w.state.availability_at(&store, 0, Some("snacks"), None, 200));
+        assert_eq!((text(&served), served.n_items), (text(&fresh), fresh.n_items), "after q{i:03}");
+        assert!(served.pieces.len() <= 2 * served.n_items.div_ceil(PIECE) + 2, "{} pieces", served.pieces.len());
+    }
+    let c = &pages.counters;
+    let [patched, read] = [&c.patched, &c.read].map(|n| n.load(std::sync::atomic::Ordering::Relaxed));
+    assert_eq!((patched, read), (sold, 1), "patched every time, read once");
+    w.scratch.drop_database().await;
+}
+
+#[tokio::test]
 async fn a_restart_reads_open_orders_and_recent_ones_not_the_whole_history() {
     let w = world("ds_state_history").await;
     let old = w.place("h1", 1).await;
