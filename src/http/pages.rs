@@ -71,6 +71,13 @@ struct Kept {
     first: Arc<[u32]>,
 }
 
+/// Where a written page's items are: per piece, where each item starts (and the piece's end),
+/// and each piece's first item (see [`Kept`]).
+struct Layout {
+    starts: Arc<[Arc<[u32]>]>,
+    first: Arc<[u32]>,
+}
+
 /// Writes a page's items into pieces of [`PIECE`].
 struct Writer {
     pieces: Vec<Arc<String>>,
@@ -129,15 +136,12 @@ impl Writer {
         self.starts.push(Arc::from(std::mem::take(&mut self.piece_starts)));
     }
 
-    fn finish(mut self, next: Option<String>) -> (PageJson, Arc<[Arc<[u32]>]>, Arc<[u32]>) {
+    fn finish(mut self, next: Option<String>) -> (PageJson, Layout) {
         if !self.piece_starts.is_empty() {
             self.cut();
         }
-        (
-            PageJson { pieces: Arc::from(self.pieces), n_items: self.n, next },
-            Arc::from(self.starts),
-            Arc::from(self.first),
-        )
+        let layout = Layout { starts: Arc::from(self.starts), first: Arc::from(self.first) };
+        (PageJson { pieces: Arc::from(self.pieces), n_items: self.n, next }, layout)
     }
 }
 
@@ -252,7 +256,7 @@ impl Kept {
             }
             at += 1;
         }
-        let (page, starts, first) = w.finish(next);
+        let (page, Layout { starts, first }) = w.finish(next);
         let kept = Kept { stamp, page, products: Arc::from(products), starts, first };
         // Sold-out items leave short pieces behind: written again whole once they are many.
         if kept.page.pieces.len() > 2 * kept.products.len().div_ceil(PIECE) + 2 { kept.compacted() } else { kept }
@@ -303,7 +307,7 @@ impl Kept {
         for i in 0..self.products.len() {
             w.item().push_str(self.item(i));
         }
-        let (page, starts, first) = w.finish(self.page.next.clone());
+        let (page, Layout { starts, first }) = w.finish(self.page.next.clone());
         Kept { stamp: self.stamp, page, products: self.products.clone(), starts, first }
     }
 }
@@ -336,14 +340,11 @@ pub fn serialize_items<'a>(items: impl IntoIterator<Item = &'a AvailableItem>) -
 }
 
 /// Serializes a page, with where each item starts in its piece and each piece's first item.
-fn serialize_at(found: &Availability) -> (PageJson, Arc<[Arc<[u32]>]>, Arc<[u32]>) {
+fn serialize_at(found: &Availability) -> (PageJson, Layout) {
     write_items(&found.items, found.next.clone())
 }
 
-fn write_items<'a>(
-    items: impl IntoIterator<Item = &'a AvailableItem>,
-    next: Option<String>,
-) -> (PageJson, Arc<[Arc<[u32]>]>, Arc<[u32]>) {
+fn write_items<'a>(items: impl IntoIterator<Item = &'a AvailableItem>, next: Option<String>) -> (PageJson, Layout) {
     let mut w = Writer::new();
     for item in items {
         views::write_item(w.item(), &item.product, item.available);
@@ -387,7 +388,7 @@ impl Pages {
             }
         }
         let found = state.availability_at(store, eta_minutes, category, after, limit);
-        let (page, starts, first) = serialize_at(&found);
+        let (page, Layout { starts, first }) = serialize_at(&found);
         if after.is_none()
             && limit > 0
             && let Some(stamp) = found.stamp
