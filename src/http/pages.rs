@@ -4,10 +4,13 @@
 //! A page is kept with the [`PageStamp`] of the state it was read from and served again while
 //! [`State::page_now`] says nothing on it moved. When lines moved since (an order took units of
 //! an item, an item sold out or came back, a full page needs refilling), the kept page is
-//! patched from those lines alone: a page is kept in pieces of [`PIECE`] items, and a patch
-//! writes again only the items that moved and the pieces they are in, copying every other item's
-//! bytes. A change the stock no longer remembers, the catalog or a lot expiring reads the page
-//! again. Only first pages (no `after`) are kept, at most [`PAGES_PER_STORE`] per store.
+//! patched from those lines alone: a page is kept in pieces of up to [`PIECE`] items, and a patch
+//! shares every piece whose items all stay, in order and unchanged, and writes the others again
+//! (the items that moved written, the rest copied as bytes): an item that sells out rewrites its
+//! own piece only. Short pieces left behind are merged by writing the page again in full pieces
+//! once there are about twice as many as it needs. A change the stock no longer remembers, the
+//! catalog or a lot expiring reads the page again. Only first pages (no `after`) are kept, at
+//! most [`PAGES_PER_STORE`] per store.
 
 use std::collections::HashMap;
 use std::sync::Arc;
