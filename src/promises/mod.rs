@@ -108,6 +108,8 @@ struct Open {
     packed_at: Option<Millis>,
     assigned_at: Option<Millis>,
     picked_at: Option<Millis>,
+    /// When the optimizer expected its rider at the store, by the first task it was on.
+    planned_pickup_at: Option<Millis>,
     /// The estimate at placement (no margin), from `start`.
     estimate_ms: Millis,
     promised_by: Millis,
@@ -308,6 +310,7 @@ impl Promises {
                 in_task: (0, 0),
                 packed_at: None,
                 assigned_at: None,
+                planned_pickup_at: None,
                 picked_at: None,
                 estimate_ms: q.estimate_ms,
                 promised_by: o.promised_by,
@@ -456,6 +459,7 @@ impl Promises {
             packed_ms = ?since(open.packed_at),
             assigned_ms = ?since(open.assigned_at),
             picked_ms = ?since(open.picked_at),
+            planned_pickup_ms = ?since(open.planned_pickup_at),
             "delivered"
         );
         let counter =
@@ -524,6 +528,7 @@ impl Promises {
             }
             if open.in_task.1 == 0 {
                 open.in_task = (i + 1, task.orders.len());
+                open.planned_pickup_at.get_or_insert(task.pickup_eta);
             }
             open.eta_at = t;
             let reason = match (open.pending.take(), open.told) {

@@ -17,6 +17,7 @@ fn open(start: Millis, warm: bool, in_task: (usize, usize)) -> Open {
         packed_at: None,
         assigned_at: None,
         picked_at: None,
+        planned_pickup_at: None,
         estimate_ms: 600_000,
         promised_by: start + 1_200_000,
         ready_by: start,
