@@ -135,6 +135,11 @@ impl Writer {
 
     fn cut(&mut self) {
         self.piece_starts.push(self.piece.len() as u32);
+        // A short piece (cut before a shared one, or the last) keeps little more than it holds;
+        // full pieces keep their capacity (shrinking them would copy every page read).
+        if self.piece.len() < self.piece.capacity() / 4 {
+            self.piece.shrink_to_fit();
+        }
         self.pieces.push(Arc::new(std::mem::take(&mut self.piece)));
         self.starts.push(Arc::from(std::mem::take(&mut self.piece_starts)));
     }
