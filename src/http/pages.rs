@@ -81,7 +81,7 @@ struct Layout {
     first: Arc<[u32]>,
 }
 
-/// Writes a page's items into pieces of [`PIECE`].
+/// Writes a page's items into pieces of up to [`PIECE`] items.
 struct Writer {
     pieces: Vec<Arc<String>>,
     starts: Vec<Arc<[u32]>>,
