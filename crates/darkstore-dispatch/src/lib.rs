@@ -134,11 +134,14 @@ pub struct Params {
     /// Weight of the time an order has already waited, when it is left unassigned: older orders
     /// go first when riders are scarce.
     pub age_weight: f64,
-    /// How much more than an order it costs to leave one unassigned once more than half of the
-    /// time from its placement to its promise has passed: `urgency_weight × (share − ½)`, in
-    /// orders, capped at half the weight. With riders scarce, leaving a bundle of `n` costs `n`
-    /// orders, so a lone order near its promise outranks a pair (at 6: from three quarters of
-    /// its time on) and ties a triple at its promise. 0 turns it off (the replay's default).
+    /// How much more than an order it costs to leave one unassigned once the earliest any
+    /// candidate rider could pick it up is past half of its time from placement to its latest
+    /// pickup (its promise less the ride to its door alone and the service times there):
+    /// `urgency_weight × (share − ½)`, in orders, capped at half the weight. With riders scarce,
+    /// leaving a bundle of `n` costs `n` orders, so a lone order running out of time outranks a
+    /// pair (at 6: from two thirds of its time on) and a triple (from five sixths). Counted to the
+    /// pickup, not the promise, so an order with a long ride to its door is urgent sooner than
+    /// one next door promised alike. 0 turns it off (the replay's default).
     pub urgency_weight: f64,
 }
 
@@ -229,13 +232,16 @@ pub fn cost(params: &Params, plan: &Plan, orders: &[&OrderIn]) -> i64 {
 /// assignment serves as many orders as riders allow.
 const UNASSIGNED_COST: i64 = 1_000_000_000;
 
-/// How many orders' worth more it costs to leave `o` unassigned now ([`Params::urgency_weight`]).
-fn urgency(params: &Params, o: &OrderIn, now: Millis) -> f64 {
-    let span = o.promise - o.placed_at;
-    if params.urgency_weight <= 0.0 || span <= 0 {
+/// How many orders' worth more it costs to leave `o` unassigned when a rider could pick it up at
+/// `pickup` at the earliest ([`Params::urgency_weight`]). An order whose promise cannot be kept
+/// even by a pickup at its placement is as urgent as any.
+fn urgency(travel: &impl Travel, params: &Params, o: &OrderIn, pickup: Millis) -> f64 {
+    if params.urgency_weight <= 0.0 {
         return 0.0;
     }
-    let share = (now - o.placed_at) as f64 / span as f64;
+    let door = travel.ms(o.pickup, o.drop) + params.pickup_service_ms / 2 + params.dropoff_service_ms / 2;
+    let span = o.promise.saturating_sub(door).saturating_sub(o.placed_at);
+    let share = if span <= 0 { 1.0 } else { pickup.saturating_sub(o.placed_at) as f64 / span as f64 };
     params.urgency_weight * (share - 0.5).clamp(0.0, 0.5)
 }
 
@@ -403,18 +409,22 @@ pub fn plan_tick(
     for bundle in &rows {
         let store_pt = bundle[0].pickup;
         let mut row = Vec::with_capacity(params.candidates);
+        // The earliest any candidate could pick the bundle up, were its orders ready.
+        let mut earliest = Millis::MAX;
         for p in tree.nearest_neighbor_iter(&[store_pt.x, store_pt.y]) {
             if row.len() >= params.candidates {
                 break;
             }
-            if let Some((_, _, c)) = best_sequence(travel, params, &riders[p.idx], bundle, now) {
+            if let Some((_, plan, c)) = best_sequence(travel, params, &riders[p.idx], bundle, now) {
+                earliest = earliest.min(plan.arrive_store_at + params.pickup_service_ms / 2);
                 row.push((p.idx, c));
             }
         }
         // Staying unassigned costs more than any route (so as many orders as possible leave), and
-        // more the longer the orders have waited (so the oldest are not starved by newer ones).
+        // more the longer the orders have waited (so the oldest are not starved by newer ones) or
+        // the nearer the earliest pickup is to the latest that keeps their promises.
         let waited: f64 = bundle.iter().map(|o| (now - o.placed_at).max(0) as f64).sum();
-        let urgent: f64 = bundle.iter().map(|o| urgency(params, o, now)).sum();
+        let urgent: f64 = bundle.iter().map(|o| urgency(travel, params, o, earliest.max(now))).sum();
         unassigned.push(
             UNASSIGNED_COST * bundle.len() as i64
                 + (UNASSIGNED_COST as f64 * urgent) as i64

@@ -198,6 +198,32 @@ fn a_lone_order_near_its_promise_outranks_a_pair_with_slack() {
 }
 
 #[test]
+fn urgency_counts_to_the_latest_pickup_not_the_promise() {
+    // The same pair at store 0 and a lone order at store 1 promised at 30 minutes, now 3 km from
+    // its store: a 10-minute ride and 2 of service, so a pickup after 18 minutes breaks its
+    // promise. At 13 minutes the rider (free then, a minute from store 1) could pick it up at 15:
+    // five sixths of its time to its latest pickup, though under half of its time to its promise.
+    let orders = vec![
+        promised(order(1, 1000.0, 0.0, 0), 60),
+        promised(order(2, 1300.0, 0.0, 0), 60),
+        at_store(promised(order(3, 600.0, 3000.0, 0), 30), 1, 600.0),
+    ];
+    let urgent = Params { urgency_weight: 6.0, ..params() };
+    let plans = plan_tick(13 * MIN, &orders, &[rider(10, 300.0, 0.0, 13)], &urgent, &travel());
+    assert_eq!(keys(&plans), vec![(10, vec![3])], "the far order goes before its time runs out");
+    // The same order next door to its store still has time: the pair goes first.
+    let mut near = orders.clone();
+    near[2].drop = Pt::new(600.0, 300.0);
+    let plans = plan_tick(13 * MIN, &near, &[rider(10, 300.0, 0.0, 13)], &urgent, &travel());
+    assert_eq!(keys(&plans), vec![(10, vec![1, 2])]);
+    // Counted from the earliest pickup: with the only rider free now but 10 minutes from the
+    // store, the far order is urgent already at 6 minutes (a pickup at 17 of its 18).
+    let far_rider = rider(10, 600.0, -3200.0, 6);
+    let plans = plan_tick(6 * MIN, &orders, std::slice::from_ref(&far_rider), &urgent, &travel());
+    assert_eq!(keys(&plans), vec![(10, vec![3])]);
+}
+
+#[test]
 fn bundling_and_holding_back_can_be_turned_off() {
     let orders = vec![order(1, 1000.0, 0.0, 20), order(2, 1300.0, 0.0, 20)];
     let riders = vec![rider(10, 0.0, 0.0, 0), rider(11, 0.0, 0.0, 0)];
