@@ -1,8 +1,10 @@
 //! One dispatch tick with 1,000 open orders and 1,000 riders in one city, and, on the same
 //! instance, the assignment alone: darkstore's sparse solver on the dense graph against a dense
-//! Hungarian solve (`pathfinding::kuhn_munkres`).
+//! Hungarian solve (`pathfinding::kuhn_munkres`). Then the tick as the city grows: 1k, 3k and
+//! 10k open orders and riders over 60, 180 and 600 stores (the city's area growing with its
+//! stores, so each store keeps the same orders and riders around it), with the server's knobs.
 //!
-//! `cargo bench --bench dispatch`
+//! `cargo bench --bench dispatch` (`BENCH_SCALES=1,3` runs only the growing city, at those thousands).
 
 mod common;
 
@@ -16,18 +18,19 @@ use pathfinding::prelude::{Matrix, kuhn_munkres_min};
 const N: usize = 1_000;
 const N_STORES: usize = 60;
 const MIN: i64 = 60_000;
+const NOW: i64 = 1_000 * MIN;
 
-fn main() {
-    let mut rng = Rng(0x853c49e6748fea9b);
-    let travel = GeoTravel { speed_mps: 5.0, detour: 1.4 };
-    let now = 1_000 * MIN;
-    // A 30 km city around Bengaluru: stores, and orders within 2 km of theirs.
+/// `n` open orders at `n_stores` stores and `n` idle riders in a city of `n_stores ÷ 60` times the
+/// area of a 30 km one around Bengaluru; orders within 2 km of their store.
+fn city(rng: &mut Rng, n: usize, n_stores: usize) -> (Vec<OrderIn>, Vec<RiderIn>) {
+    let side = (n_stores as f64 / 60.0).sqrt();
+    let (w, h) = (0.28 * side, 0.27 * side);
     let stores: Vec<Pt> =
-        (0..N_STORES).map(|_| Pt::new(77.59 + (rng.unit() - 0.5) * 0.28, 12.97 + (rng.unit() - 0.5) * 0.27)).collect();
-    let orders: Vec<OrderIn> = (0..N)
+        (0..n_stores).map(|_| Pt::new(77.59 + (rng.unit() - 0.5) * w, 12.97 + (rng.unit() - 0.5) * h)).collect();
+    let orders: Vec<OrderIn> = (0..n)
         .map(|i| {
-            let s = (rng.unit() * N_STORES as f64) as usize % N_STORES;
-            let placed = now - (rng.unit() * 8.0 * MIN as f64) as i64;
+            let s = (rng.unit() * n_stores as f64) as usize % n_stores;
+            let placed = NOW - (rng.unit() * 8.0 * MIN as f64) as i64;
             OrderIn {
                 key: i,
                 store: s as u32,
@@ -40,29 +43,62 @@ fn main() {
             }
         })
         .collect();
-    let riders: Vec<RiderIn> = (0..N)
+    let riders: Vec<RiderIn> = (0..n)
         .map(|i| RiderIn {
             key: i,
-            pos: Pt::new(77.59 + (rng.unit() - 0.5) * 0.28, 12.97 + (rng.unit() - 0.5) * 0.27),
-            free_at: now - MIN,
+            pos: Pt::new(77.59 + (rng.unit() - 0.5) * w, 12.97 + (rng.unit() - 0.5) * h),
+            free_at: NOW - MIN,
             off_at: i64::MAX,
         })
         .collect();
-    let params = Params::default();
+    (orders, riders)
+}
 
+/// Median and max of `ticks` ticks, in ms, the orders committed by the last, and a digest of its
+/// plans (which riders take which orders, when: equal digests, equal plans).
+fn ticks(
+    orders: &[OrderIn],
+    riders: &[RiderIn],
+    params: &Params,
+    travel: &GeoTravel,
+    ticks: usize,
+) -> (f64, f64, usize, u64) {
     let mut times = Vec::new();
-    let mut committed = 0;
-    for _ in 0..20 {
+    let (mut committed, mut digest) = (0, 0);
+    for _ in 0..ticks {
         let t = Instant::now();
-        let plans = plan_tick(now, &orders, &riders, &params, &travel);
+        let plans = plan_tick(NOW, orders, riders, params, travel);
         times.push(t.elapsed().as_secs_f64() * 1000.0);
         committed = plans.iter().map(|p| p.orders.len()).sum();
+        digest = plans.iter().fold(0xcbf29ce484222325u64, |h, p| {
+            let words = [p.rider as u64, p.pickup_at as u64].into_iter().chain(p.orders.iter().map(|&o| o as u64));
+            words.fold(h, |h, w| (h ^ w).wrapping_mul(0x100000001b3))
+        });
         black_box(plans);
     }
     times.sort_by(f64::total_cmp);
+    (times[ticks / 2], times[ticks - 1], committed, digest)
+}
+
+fn main() {
+    let scales: Option<Vec<usize>> =
+        std::env::var("BENCH_SCALES").ok().map(|s| s.split(',').filter_map(|k| k.trim().parse().ok()).collect());
+    if scales.is_none() {
+        one_city();
+    }
+    growing_city(scales.unwrap_or_else(|| vec![1, 3, 10]));
+}
+
+fn one_city() {
+    let mut rng = Rng(0x853c49e6748fea9b);
+    let travel = GeoTravel { speed_mps: 5.0, detour: 1.4 };
+    let now = NOW;
+    let (orders, riders) = city(&mut rng, N, N_STORES);
+    let params = Params::default();
+
+    let (median, max, committed, digest) = ticks(&orders, &riders, &params, &travel, 20);
     println!(
-        "plan_tick, {N} orders × {N} riders, {N_STORES} stores: median {:.2} ms, max {:.2} ms over 20 ticks ({committed} orders committed)",
-        times[10], times[19]
+        "plan_tick, {N} orders × {N} riders, {N_STORES} stores: median {median:.2} ms, max {max:.2} ms over 20 ticks ({committed} orders committed, plans {digest:016x})"
     );
 
     // The assignment alone on the dense graph: every order alone with every rider.
@@ -94,4 +130,22 @@ fn main() {
         "pathfinding::kuhn_munkres_min (dense Hungarian):                  {hungarian_ms:.1} ms, total cost {hungarian_total}"
     );
     assert_eq!(ours_total, hungarian_total, "both are optimal");
+}
+
+/// The city grows: the server's knobs (promise and urgency weights on), 60 stores a thousand.
+fn growing_city(scales: Vec<usize>) {
+    let travel = GeoTravel { speed_mps: 5.0, detour: 1.4 };
+    let server = Params { promise_weight: 8.0, urgency_weight: 6.0, ..Params::default() };
+    println!("| open orders × riders | stores | median ms | max ms | ms per 1,000 orders | committed | plans |");
+    println!("| --- | --- | --- | --- | --- | --- | --- |");
+    for k in scales {
+        let mut rng = Rng(0x853c49e6748fea9b ^ k as u64);
+        let (n, n_stores) = (k * 1_000, k * 60);
+        let (orders, riders) = city(&mut rng, n, n_stores);
+        let (median, max, committed, digest) = ticks(&orders, &riders, &server, &travel, if k >= 10 { 7 } else { 11 });
+        println!(
+            "| {n} × {n} | {n_stores} | {median:.1} | {max:.1} | {:.2} | {committed} | `{digest:016x}` |",
+            median / k as f64
+        );
+    }
 }

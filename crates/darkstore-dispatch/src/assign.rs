@@ -15,88 +15,108 @@ use std::collections::BinaryHeap;
 pub fn solve(n_cols: usize, edges: &[Vec<(usize, i64)>], unassigned: &[i64]) -> Vec<Option<usize>> {
     let n_rows = edges.len();
     assert_eq!(unassigned.len(), n_rows);
-    // Columns: the real ones, then one dummy per row.
-    let n_total = n_cols + n_rows;
-    let mut v = vec![0i64; n_total];
-    let mut row_of_col = vec![usize::MAX; n_total];
+    // Row r's edges, its dummy column (`n_cols + r`) last, laid out flat: `adj[at[r]..at[r + 1]]`.
+    let mut at = Vec::with_capacity(n_rows + 1);
+    let mut adj: Vec<(usize, i64)> = Vec::with_capacity(edges.iter().map(Vec::len).sum::<usize>() + n_rows);
+    for (r, row) in edges.iter().enumerate() {
+        at.push(adj.len());
+        adj.extend_from_slice(row);
+        adj.push((n_cols + r, unassigned[r]));
+    }
+    at.push(adj.len());
+    let adjacency = |r: usize| &adj[at[r]..at[r + 1]];
+    // Columns: the real ones, then one dummy per row; what a search reads of a column together.
+    let mut cols = vec![Col { v: 0, dist: i64::MAX, pred: usize::MAX, row: usize::MAX, done: false }; n_cols + n_rows];
     let mut col_of_row = vec![usize::MAX; n_rows];
-    let adjacency = |r: usize| edges[r].iter().copied().chain(std::iter::once((n_cols + r, unassigned[r])));
-
-    let mut dist = vec![i64::MAX; n_total];
-    let mut pred = vec![usize::MAX; n_total];
-    let mut done = vec![false; n_total];
+    // The cost of each row's matched edge.
+    let mut matched_cost = vec![0i64; n_rows];
     let mut touched: Vec<usize> = Vec::new();
     let mut heap = BinaryHeap::new();
 
-    for start in 0..n_rows {
-        // u[start] = min reduced cost, so every reduced cost from it is ≥ 0.
-        let u_start = adjacency(start).map(|(c, cost)| cost - v[c]).min().expect("a dummy edge exists");
-        for (c, cost) in adjacency(start) {
-            let d = cost - v[c] - u_start;
-            if d < dist[c] {
-                if dist[c] == i64::MAX {
+    for first in 0..n_rows {
+        // u[first] = min reduced cost, so every reduced cost from it is ≥ 0.
+        let u_first = adjacency(first).iter().map(|&(c, cost)| cost - cols[c].v).min().expect("a dummy edge exists");
+        for &(c, cost) in adjacency(first) {
+            let col = &mut cols[c];
+            let d = cost - col.v - u_first;
+            if d < col.dist {
+                if col.dist == i64::MAX {
                     touched.push(c);
                 }
-                dist[c] = d;
-                pred[c] = start;
+                col.dist = d;
+                col.pred = first;
                 heap.push(Reverse((d, c)));
             }
         }
         let (free_col, final_dist) = loop {
             let Reverse((d, c)) = heap.pop().expect("a free column is always reachable");
-            if done[c] || d > dist[c] {
+            let col = &mut cols[c];
+            if col.done || d > col.dist {
                 continue;
             }
-            done[c] = true;
-            let r = row_of_col[c];
+            col.done = true;
+            let r = col.row;
             if r == usize::MAX {
                 break (c, d);
             }
             // Row r is matched to c with reduced cost zero: u[r] = cost(r, c) - v[c].
-            let matched_cost = adjacency(r).find(|(cc, _)| *cc == c).map(|(_, cost)| cost).expect("matched edge");
-            let u_r = matched_cost - v[c];
-            for (c2, cost) in adjacency(r) {
-                if done[c2] {
+            let u_r = matched_cost[r] - col.v;
+            for &(c2, cost) in adjacency(r) {
+                let col2 = &mut cols[c2];
+                if col2.done {
                     continue;
                 }
-                let nd = d + cost - v[c2] - u_r;
-                if nd < dist[c2] {
-                    if dist[c2] == i64::MAX {
+                let nd = d + cost - col2.v - u_r;
+                if nd < col2.dist {
+                    if col2.dist == i64::MAX {
                         touched.push(c2);
                     }
-                    dist[c2] = nd;
-                    pred[c2] = r;
+                    col2.dist = nd;
+                    col2.pred = r;
                     heap.push(Reverse((nd, c2)));
                 }
             }
         };
         // Potentials: scanned columns move by how much shorter their path was.
         for &c in &touched {
-            if done[c] && dist[c] < final_dist {
-                v[c] += dist[c] - final_dist;
+            let col = &mut cols[c];
+            if col.done && col.dist < final_dist {
+                col.v += col.dist - final_dist;
             }
         }
         // Augment along the path.
         let mut c = free_col;
         loop {
-            let r = pred[c];
+            let r = cols[c].pred;
             let previous = col_of_row[r];
             col_of_row[r] = c;
-            row_of_col[c] = r;
-            if r == start {
+            cols[c].row = r;
+            matched_cost[r] = adjacency(r).iter().find(|(cc, _)| *cc == c).map(|&(_, cost)| cost).expect("an edge");
+            if r == first {
                 break;
             }
             c = previous;
         }
         for &c in &touched {
-            dist[c] = i64::MAX;
-            pred[c] = usize::MAX;
-            done[c] = false;
+            let col = &mut cols[c];
+            col.dist = i64::MAX;
+            col.pred = usize::MAX;
+            col.done = false;
         }
         touched.clear();
         heap.clear();
     }
     col_of_row.into_iter().map(|c| (c < n_cols).then_some(c)).collect()
+}
+
+/// A column's potential, its search state and the row matched to it.
+#[derive(Clone, Copy)]
+struct Col {
+    v: i64,
+    dist: i64,
+    pred: usize,
+    row: usize,
+    done: bool,
 }
 
 #[cfg(test)]

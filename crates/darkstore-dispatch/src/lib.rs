@@ -218,14 +218,107 @@ pub fn route(travel: &impl Travel, params: &Params, rider: &RiderIn, orders: &[&
 
 /// The cost of a plan, in weighted milliseconds.
 pub fn cost(params: &Params, plan: &Plan, orders: &[&OrderIn]) -> i64 {
+    cost_of(params, orders.iter().copied().zip(plan.drop_at.iter().copied()), plan.free_at - plan.start_at)
+}
+
+/// [`cost`] from each order's drop time and the rider's time on the route.
+fn cost_of<'a>(params: &Params, drops: impl Iterator<Item = (&'a OrderIn, Millis)>, rider_ms: Millis) -> i64 {
     let mut total = 0.0;
-    for (o, &dropped) in orders.iter().zip(&plan.drop_at) {
+    for (o, dropped) in drops {
         total += (dropped - o.placed_at) as f64;
         total += params.late_weight * (dropped - o.deadline).max(0) as f64;
         total += params.promise_weight * (dropped - o.promise).max(0) as f64;
     }
-    total += params.rider_time_weight * (plan.free_at - plan.start_at) as f64;
+    total += params.rider_time_weight * rider_ms as f64;
     total as i64
+}
+
+/// The delivery sequences [`best_sequence`] tries for a bundle, each with its drops' times after
+/// the pickup: from any rider the route is then one ride to the store and a sum, the same plan
+/// and cost `best_sequence` finds (checked against it in the tests).
+struct Sequences<'a> {
+    /// Each sequence: the bundle's orders in delivery order.
+    seqs: Vec<Vec<&'a OrderIn>>,
+    /// Per sequence, each drop's time after the pickup.
+    drops: Vec<Vec<Millis>>,
+    /// Per sequence, the time from the pickup to the last drop-off's end.
+    free: Vec<Millis>,
+    /// When the last of the bundle's orders is ready.
+    ready: Option<Millis>,
+}
+
+impl<'a> Sequences<'a> {
+    fn new(travel: &impl Travel, params: &Params, orders: &[&'a OrderIn]) -> Sequences<'a> {
+        let seqs: Vec<Vec<&OrderIn>> = match orders.len() {
+            0 => Vec::new(),
+            1 => vec![orders.to_vec()],
+            2 => vec![vec![orders[0], orders[1]], vec![orders[1], orders[0]]],
+            _ => (0..orders.len())
+                .map(|k| {
+                    let mut seq = orders.to_vec();
+                    seq.rotate_left(k);
+                    seq
+                })
+                .collect(),
+        };
+        let (mut drops, mut free) = (Vec::with_capacity(seqs.len()), Vec::with_capacity(seqs.len()));
+        for seq in &seqs {
+            // As `route`, with the pickup at 0.
+            let mut t = params.pickup_service_ms / 2;
+            let mut at = seq[0].pickup;
+            let mut d = Vec::with_capacity(seq.len());
+            for o in seq {
+                t += travel.ms(at, o.drop);
+                let dropped = t + params.dropoff_service_ms / 2;
+                d.push(dropped);
+                t = dropped + params.dropoff_service_ms / 2;
+                at = o.drop;
+            }
+            drops.push(d);
+            free.push(t);
+        }
+        Sequences { seqs, drops, free, ready: orders.iter().map(|o| o.ready_at).max() }
+    }
+
+    /// The best sequence's index, when the rider reaches the store and its cost, or None when
+    /// the pickup would fall after the rider's shift.
+    #[cfg(test)]
+    fn best(
+        &self,
+        travel: &impl Travel,
+        params: &Params,
+        rider: &RiderIn,
+        now: Millis,
+    ) -> Option<(usize, Millis, i64)> {
+        let ride_ms = travel.ms(rider.pos, self.seqs.first()?[0].pickup);
+        self.best_from(params, rider, ride_ms, now)
+    }
+
+    /// As `best`, the rider's ride to the store being `ride_ms`.
+    fn best_from(
+        &self,
+        params: &Params,
+        rider: &RiderIn,
+        ride_ms: Millis,
+        now: Millis,
+    ) -> Option<(usize, Millis, i64)> {
+        self.seqs.first()?;
+        let start_at = rider.free_at.max(now);
+        let arrive_store_at = start_at + ride_ms;
+        let pickup_at = self.ready.unwrap_or(now).max(arrive_store_at + params.pickup_service_ms / 2);
+        if pickup_at > rider.off_at {
+            return None;
+        }
+        let mut best: Option<(usize, i64)> = None;
+        for (i, seq) in self.seqs.iter().enumerate() {
+            let drops = seq.iter().copied().zip(self.drops[i].iter().map(|d| pickup_at + d));
+            let c = cost_of(params, drops, pickup_at + self.free[i] - start_at);
+            if best.is_none_or(|(_, b)| c < b) {
+                best = Some((i, c));
+            }
+        }
+        best.map(|(i, c)| (i, arrive_store_at, c))
+    }
 }
 
 /// The cost of leaving an order without a rider this tick: more than any route costs, so the
@@ -298,6 +391,37 @@ fn best_sequence<'a>(
     best
 }
 
+/// Travel times among a few points (a store and its drops), each computed once when first
+/// asked; any other point is passed to `inner`.
+struct Legs<'t, T> {
+    inner: &'t T,
+    pts: Vec<Pt>,
+    /// `pts.len()²` times, row by origin; -1 until computed.
+    ms: Vec<std::cell::Cell<Millis>>,
+}
+
+impl<'t, T: Travel> Legs<'t, T> {
+    fn new(inner: &'t T, pts: Vec<Pt>) -> Legs<'t, T> {
+        let ms = (0..pts.len() * pts.len()).map(|_| std::cell::Cell::new(-1)).collect();
+        Legs { inner, pts, ms }
+    }
+}
+
+impl<T: Travel> Travel for Legs<'_, T> {
+    fn ms(&self, from: Pt, to: Pt) -> Millis {
+        let n = self.pts.len();
+        let (Some(i), Some(j)) = (self.pts.iter().position(|p| *p == from), self.pts.iter().position(|p| *p == to))
+        else {
+            return self.inner.ms(from, to);
+        };
+        let cell = &self.ms[i * n + j];
+        if cell.get() < 0 {
+            cell.set(self.inner.ms(from, to));
+        }
+        cell.get()
+    }
+}
+
 /// Groups orders of one store into bundles (each a list of indices into `group`). `rider_at` is
 /// the earliest a rider can be at the store: a bundle is judged on the route from there.
 fn bundle_store(
@@ -313,6 +437,8 @@ fn bundle_store(
     if params.max_bundle <= 1 || group.len() == 1 {
         return order.into_iter().map(|i| vec![i]).collect();
     }
+    // Bundling asks for the same legs among the store and its drops many times over.
+    let travel = &Legs::new(travel, std::iter::once(group[0].pickup).chain(group.iter().map(|o| o.drop)).collect());
     // A courier at the store as early as any rider can be: bundling is judged on the store-side
     // route from then.
     let at_store = RiderIn { key: usize::MAX, pos: group[0].pickup, free_at: rider_at.max(now), off_at: Millis::MAX };
@@ -378,13 +504,11 @@ pub fn plan_tick(
     let tree = RTree::bulk_load(
         riders.iter().enumerate().map(|(idx, r)| RiderPoint { idx, at: [r.pos.x, r.pos.y] }).collect(),
     );
-    // Orders by store.
-    let mut stores: Vec<u32> = orders.iter().map(|o| o.store).collect();
-    stores.sort_unstable();
-    stores.dedup();
+    // Orders by store (in the order given within each).
+    let mut by_store: Vec<&OrderIn> = orders.iter().collect();
+    by_store.sort_by_key(|o| o.store);
     let mut rows: Vec<Vec<&OrderIn>> = Vec::new();
-    for &s in &stores {
-        let group: Vec<&OrderIn> = orders.iter().filter(|o| o.store == s).collect();
+    for group in by_store.chunk_by(|a, b| a.store == b.store) {
         let latest_ready = group.iter().map(|o| o.ready_at).max().unwrap_or(now).max(now);
         // Riders who can be at the store by the time its orders are ready, and the earliest any
         // rider can be there.
@@ -399,25 +523,40 @@ pub fn plan_tick(
             }
         }
         let rider_at = if rider_at == Millis::MAX { now } else { rider_at };
-        for b in bundle_store(travel, params, &group, in_time, rider_at, now) {
+        for b in bundle_store(travel, params, group, in_time, rider_at, now) {
             rows.push(b.into_iter().map(|i| group[i]).collect());
         }
     }
     // Candidate edges.
     let mut edges: Vec<Vec<(usize, i64)>> = Vec::with_capacity(rows.len());
     let mut unassigned = Vec::with_capacity(rows.len());
+    // The riders nearest the store and their rides to it, shared by its bundles (which follow
+    // one another in `rows`), nearest first: (rider, ride ms).
+    let mut nearest: (Option<Pt>, Vec<(usize, Millis)>) = (None, Vec::new());
     for bundle in &rows {
         let store_pt = bundle[0].pickup;
+        if nearest.0 != Some(store_pt) {
+            nearest = (Some(store_pt), Vec::with_capacity(params.candidates * 2));
+        }
         let mut row = Vec::with_capacity(params.candidates);
         // The earliest any candidate could pick the bundle up, were its orders ready.
         let mut earliest = Millis::MAX;
-        for p in tree.nearest_neighbor_iter(&[store_pt.x, store_pt.y]) {
-            if row.len() >= params.candidates {
-                break;
+        let sequences = Sequences::new(travel, params, bundle);
+        let mut next = 0;
+        while row.len() < params.candidates {
+            if next == nearest.1.len() {
+                // More of them, in the same order (the search is deterministic).
+                let more = tree.nearest_neighbor_iter(&[store_pt.x, store_pt.y]).skip(next).take(params.candidates);
+                nearest.1.extend(more.map(|p| (p.idx, travel.ms(riders[p.idx].pos, store_pt))));
+                if next == nearest.1.len() {
+                    break;
+                }
             }
-            if let Some((_, plan, c)) = best_sequence(travel, params, &riders[p.idx], bundle, now) {
-                earliest = earliest.min(plan.arrive_store_at + params.pickup_service_ms / 2);
-                row.push((p.idx, c));
+            let (idx, ride_ms) = nearest.1[next];
+            next += 1;
+            if let Some((_, arrive_store_at, c)) = sequences.best_from(params, &riders[idx], ride_ms, now) {
+                earliest = earliest.min(arrive_store_at + params.pickup_service_ms / 2);
+                row.push((idx, c));
             }
         }
         // Staying unassigned costs more than any route (so as many orders as possible leave), and

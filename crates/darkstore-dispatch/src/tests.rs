@@ -258,3 +258,49 @@ fn greedy_serves_first_come_first_served() {
     let plans = greedy_tick(0, &orders[..1], &riders[1..], &params(), &travel());
     assert_eq!(keys(&plans), vec![(11, vec![1])]);
 }
+
+#[test]
+fn sequences_price_every_rider_as_best_sequence_does() {
+    // Random bundles of 1 to 3 orders and riders near and far, busy and free, some off shift
+    // soon: the precomputed sequences pick the same sequence at the same cost, and arrive when
+    // `route` does.
+    let mut seed: u64 = 0x9E3779B97F4A7C15;
+    let mut rand = move |n: u64| {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed % n
+    };
+    let p = Params { promise_weight: 8.0, ..params() };
+    for case in 0..2_000 {
+        let n = 1 + rand(3) as usize;
+        let orders: Vec<OrderIn> = (0..n)
+            .map(|k| {
+                let o = order(k, rand(4000) as f64 - 2000.0, rand(4000) as f64 - 2000.0, rand(15) as i64);
+                promised(o, 10 + rand(40) as i64)
+            })
+            .collect();
+        let bundle: Vec<&OrderIn> = orders.iter().collect();
+        let sequences = Sequences::new(&travel(), &p, &bundle);
+        for _ in 0..8 {
+            let mut r = rider(0, rand(8000) as f64 - 4000.0, rand(8000) as f64 - 4000.0, rand(20) as i64);
+            if rand(4) == 0 {
+                r.off_at = rand(30) as i64 * MIN;
+            }
+            let now = rand(10) as i64 * MIN;
+            let slow = best_sequence(&travel(), &p, &r, &bundle, now);
+            let fast = sequences.best(&travel(), &p, &r, now);
+            match (slow, fast) {
+                (None, None) => {}
+                (Some((seq, plan, c)), Some((i, arrive, fc))) => {
+                    let keys: Vec<usize> = sequences.seqs[i].iter().map(|o| o.key).collect();
+                    assert_eq!(keys, plan.orders, "case {case}: the same sequence");
+                    assert_eq!(seq.len(), keys.len());
+                    assert_eq!(fc, c, "case {case}: the same cost");
+                    assert_eq!(arrive, plan.arrive_store_at, "case {case}");
+                }
+                (slow, fast) => panic!("case {case}: {slow:?} against {fast:?}"),
+            }
+        }
+    }
+}
