@@ -507,16 +507,24 @@ pub fn plan_tick(
     // Orders by store (in the order given within each).
     let mut by_store: Vec<&OrderIn> = orders.iter().collect();
     by_store.sort_by_key(|o| o.store);
-    let mut rows: Vec<Vec<&OrderIn>> = Vec::new();
+    // Per store, the riders nearest it and their rides to it, nearest first: (rider, ride ms),
+    // shared by the count below and by its bundles' candidates.
+    let mut nearest: Vec<Vec<(usize, Millis)>> = Vec::new();
+    // Each bundle, and its store's place in `nearest`.
+    let mut rows: Vec<(usize, Vec<&OrderIn>)> = Vec::new();
     for group in by_store.chunk_by(|a, b| a.store == b.store) {
         let latest_ready = group.iter().map(|o| o.ready_at).max().unwrap_or(now).max(now);
         // Riders who can be at the store by the time its orders are ready, and the earliest any
         // rider can be there.
         let store_pt = group[0].pickup;
+        let near: Vec<(usize, Millis)> = tree
+            .nearest_neighbor_iter(&[store_pt.x, store_pt.y])
+            .take(params.candidates * 2)
+            .map(|p| (p.idx, travel.ms(riders[p.idx].pos, store_pt)))
+            .collect();
         let (mut in_time, mut rider_at) = (0, Millis::MAX);
-        for p in tree.nearest_neighbor_iter(&[store_pt.x, store_pt.y]).take(params.candidates * 2) {
-            let r = &riders[p.idx];
-            let at = r.free_at.max(now) + travel.ms(r.pos, store_pt);
+        for &(idx, ride_ms) in &near {
+            let at = riders[idx].free_at.max(now) + ride_ms;
             rider_at = rider_at.min(at);
             if at <= latest_ready + params.tick_ms {
                 in_time += 1;
@@ -524,35 +532,30 @@ pub fn plan_tick(
         }
         let rider_at = if rider_at == Millis::MAX { now } else { rider_at };
         for b in bundle_store(travel, params, group, in_time, rider_at, now) {
-            rows.push(b.into_iter().map(|i| group[i]).collect());
+            rows.push((nearest.len(), b.into_iter().map(|i| group[i]).collect()));
         }
+        nearest.push(near);
     }
     // Candidate edges.
     let mut edges: Vec<Vec<(usize, i64)>> = Vec::with_capacity(rows.len());
     let mut unassigned = Vec::with_capacity(rows.len());
-    // The riders nearest the store and their rides to it, shared by its bundles (which follow
-    // one another in `rows`), nearest first: (rider, ride ms).
-    let mut nearest: (Option<Pt>, Vec<(usize, Millis)>) = (None, Vec::new());
-    for bundle in &rows {
-        let store_pt = bundle[0].pickup;
-        if nearest.0 != Some(store_pt) {
-            nearest = (Some(store_pt), Vec::with_capacity(params.candidates * 2));
-        }
+    for (store, bundle) in &rows {
+        let (store_pt, nearest) = (bundle[0].pickup, &mut nearest[*store]);
         let mut row = Vec::with_capacity(params.candidates);
         // The earliest any candidate could pick the bundle up, were its orders ready.
         let mut earliest = Millis::MAX;
         let sequences = Sequences::new(travel, params, bundle);
         let mut next = 0;
         while row.len() < params.candidates {
-            if next == nearest.1.len() {
+            if next == nearest.len() {
                 // More of them, in the same order (the search is deterministic).
                 let more = tree.nearest_neighbor_iter(&[store_pt.x, store_pt.y]).skip(next).take(params.candidates);
-                nearest.1.extend(more.map(|p| (p.idx, travel.ms(riders[p.idx].pos, store_pt))));
-                if next == nearest.1.len() {
+                nearest.extend(more.map(|p| (p.idx, travel.ms(riders[p.idx].pos, store_pt))));
+                if next == nearest.len() {
                     break;
                 }
             }
-            let (idx, ride_ms) = nearest.1[next];
+            let (idx, ride_ms) = nearest[next];
             next += 1;
             if let Some((_, arrive_store_at, c)) = sequences.best_from(params, &riders[idx], ride_ms, now) {
                 earliest = earliest.min(arrive_store_at + params.pickup_service_ms / 2);
@@ -573,7 +576,7 @@ pub fn plan_tick(
     }
     let solution = assign::solve(riders.len(), &edges, &unassigned);
     let mut plans = Vec::new();
-    for (bundle, col) in rows.iter().zip(solution) {
+    for ((_, bundle), col) in rows.iter().zip(solution) {
         let Some(r) = col else { continue };
         let rider = &riders[r];
         let Some((_, plan, _)) = best_sequence(travel, params, rider, bundle, now) else { continue };
