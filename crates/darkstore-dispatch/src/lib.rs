@@ -193,16 +193,7 @@ pub fn route(travel: &impl Travel, params: &Params, rider: &RiderIn, orders: &[&
     if pickup_at > rider.off_at {
         return None;
     }
-    let mut t = pickup_at + params.pickup_service_ms / 2;
-    let mut at = first.pickup;
-    let mut drop_at = Vec::with_capacity(orders.len());
-    for o in orders {
-        t += travel.ms(at, o.drop);
-        let dropped = t + params.dropoff_service_ms / 2;
-        drop_at.push(dropped);
-        t = dropped + params.dropoff_service_ms / 2;
-        at = o.drop;
-    }
+    let (drop_at, free_at) = drops_after(travel, params, orders, pickup_at);
     Some(Plan {
         rider: rider.key,
         orders: orders.iter().map(|o| o.key).collect(),
@@ -211,9 +202,42 @@ pub fn route(travel: &impl Travel, params: &Params, rider: &RiderIn, orders: &[&
         arrive_store_at,
         pickup_at,
         drop_at,
-        free_at: t,
-        end: at,
+        free_at,
+        end: orders.last().map_or(first.pickup, |o| o.drop),
     })
+}
+
+/// Each drop's time, and when the rider is free after the last, for `orders` delivered in
+/// sequence from a pickup at `pickup_at` (MDRP timing: half of each service before, half after).
+fn drops_after(travel: &impl Travel, params: &Params, orders: &[&OrderIn], pickup_at: Millis) -> (Vec<Millis>, Millis) {
+    let mut t = pickup_at + params.pickup_service_ms / 2;
+    let mut at = orders.first().map(|o| o.pickup);
+    let mut drop_at = Vec::with_capacity(orders.len());
+    for o in orders {
+        t += at.map_or(0, |at| travel.ms(at, o.drop));
+        let dropped = t + params.dropoff_service_ms / 2;
+        drop_at.push(dropped);
+        t = dropped + params.dropoff_service_ms / 2;
+        at = Some(o.drop);
+    }
+    (drop_at, t)
+}
+
+/// The delivery sequences tried for a bundle: both orders of two; for more, insertion order is
+/// the sequence, and each rotation of it is tried.
+fn sequences<'a>(orders: &[&'a OrderIn]) -> Vec<Vec<&'a OrderIn>> {
+    match orders.len() {
+        0 => Vec::new(),
+        1 => vec![orders.to_vec()],
+        2 => vec![vec![orders[0], orders[1]], vec![orders[1], orders[0]]],
+        _ => (0..orders.len())
+            .map(|k| {
+                let mut seq = orders.to_vec();
+                seq.rotate_left(k);
+                seq
+            })
+            .collect(),
+    }
 }
 
 /// The cost of a plan, in weighted milliseconds.
@@ -249,34 +273,8 @@ struct Sequences<'a> {
 
 impl<'a> Sequences<'a> {
     fn new(travel: &impl Travel, params: &Params, orders: &[&'a OrderIn]) -> Sequences<'a> {
-        let seqs: Vec<Vec<&OrderIn>> = match orders.len() {
-            0 => Vec::new(),
-            1 => vec![orders.to_vec()],
-            2 => vec![vec![orders[0], orders[1]], vec![orders[1], orders[0]]],
-            _ => (0..orders.len())
-                .map(|k| {
-                    let mut seq = orders.to_vec();
-                    seq.rotate_left(k);
-                    seq
-                })
-                .collect(),
-        };
-        let (mut drops, mut free) = (Vec::with_capacity(seqs.len()), Vec::with_capacity(seqs.len()));
-        for seq in &seqs {
-            // As `route`, with the pickup at 0.
-            let mut t = params.pickup_service_ms / 2;
-            let mut at = seq[0].pickup;
-            let mut d = Vec::with_capacity(seq.len());
-            for o in seq {
-                t += travel.ms(at, o.drop);
-                let dropped = t + params.dropoff_service_ms / 2;
-                d.push(dropped);
-                t = dropped + params.dropoff_service_ms / 2;
-                at = o.drop;
-            }
-            drops.push(d);
-            free.push(t);
-        }
+        let seqs = sequences(orders);
+        let (drops, free) = seqs.iter().map(|seq| drops_after(travel, params, seq, 0)).unzip();
         Sequences { seqs, drops, free, ready: orders.iter().map(|o| o.ready_at).max() }
     }
 
@@ -356,7 +354,7 @@ impl PointDistance for RiderPoint {
     }
 }
 
-/// The best delivery sequence of `orders` from their store (at most 3 orders: all permutations).
+/// The best of the delivery [`sequences`] of `orders` from their store.
 fn best_sequence<'a>(
     travel: &impl Travel,
     params: &Params,
@@ -373,20 +371,8 @@ fn best_sequence<'a>(
             }
         }
     };
-    match orders.len() {
-        1 => consider(orders.to_vec()),
-        2 => {
-            consider(vec![orders[0], orders[1]]);
-            consider(vec![orders[1], orders[0]]);
-        }
-        _ => {
-            // Insertion order is the sequence for longer bundles; try each rotation of the tail.
-            for k in 0..orders.len() {
-                let mut seq = orders.to_vec();
-                seq.rotate_left(k);
-                consider(seq);
-            }
-        }
+    for seq in sequences(orders) {
+        consider(seq);
     }
     best
 }
