@@ -93,8 +93,11 @@ struct Open {
     /// The picking time by the priors alone, and as estimated.
     pick_prior_ms: Millis,
     pick_ms: Millis,
-    /// The quote's wait for a rider.
+    /// The quote's wait for a rider, which rider to come free it counted on and how many
+    /// riders served the store.
     rider_ms: Millis,
+    rider_rank: u32,
+    riders: u32,
     /// The first mile as quoted before its own ratio.
     first_base_ms: Millis,
     /// The door leg as quoted.
@@ -304,6 +307,8 @@ impl Promises {
                 pick_prior_ms: q.pick_prior_ms,
                 pick_ms: q.pick_ms,
                 rider_ms: q.rider_ms,
+                rider_rank: q.rider_rank,
+                riders: q.riders,
                 first_base_ms: q.first_base_ms,
                 door_ms: q.door_ms,
                 warm: self.learned.lock().expect("learned lock").warm(),
@@ -452,6 +457,8 @@ impl Promises {
             estimate_ms = open.estimate_ms,
             quoted_pick_ms = open.pick_ms,
             quoted_rider_ms = open.rider_ms,
+            quoted_rider_rank = open.rider_rank,
+            quoted_riders = open.riders,
             quoted_door_ms = open.door_ms,
             task_pos = open.in_task.0,
             task_size = open.in_task.1,

@@ -105,6 +105,10 @@ pub struct Quote {
     pub door_ms: Millis,
     /// No rider serves the store: `rider_ms` is a guess of one trip cycle.
     pub no_rider: bool,
+    /// Which rider to come free the order was given (1-based, `k + 1` above; past the last of
+    /// `riders`, `rider_rank div riders` more trip cycles), and how many riders serve the store.
+    pub rider_rank: u32,
+    pub riders: u32,
 }
 
 impl Quote {
@@ -125,6 +129,7 @@ pub fn quote(load: &StoreLoad, ride_ms: Millis, p: &QuoteParams, now: Millis) ->
     let cycle_ms = scale(p.cycle_ms, ride_f);
     let riders = &load.riders_at_store;
     let no_rider = riders.is_empty();
+    let mut rider_rank = 1;
     let rider_ms = if no_rider {
         cycle_ms
     } else {
@@ -133,6 +138,7 @@ pub fn quote(load: &StoreLoad, ride_ms: Millis, p: &QuoteParams, now: Millis) ->
         let k = ((f64::from(load.awaiting_rider) + 1.0) / bundle).ceil().max(1.0) as usize - 1;
         // Past the last rider, rider `k mod n` takes it after `k div n` more trips.
         let n = riders.len();
+        rider_rank = u32::try_from(k + 1).unwrap_or(u32::MAX);
         let (slot, rounds) = (k % n, (k / n) as i64);
         (riders[slot] - now).max(0).saturating_add(rounds.saturating_mul(cycle_ms))
     };
@@ -141,7 +147,19 @@ pub fn quote(load: &StoreLoad, ride_ms: Millis, p: &QuoteParams, now: Millis) ->
     let estimate_ms = scale(first_base_ms, positive(c.first, 1.0)).saturating_add(door);
     let margin = if c.margin.is_finite() { c.margin.clamp(-0.9, 10.0) } else { 0.0 };
     let eta_ms = scale(estimate_ms, 1.0 + margin).max(door);
-    Quote { pick_ms, rider_ms, estimate_ms, eta_ms, pick_prior_ms, first_base_ms, door_ms: door, no_rider }
+    let riders = u32::try_from(riders.len()).unwrap_or(u32::MAX);
+    Quote {
+        pick_ms,
+        rider_ms,
+        estimate_ms,
+        eta_ms,
+        pick_prior_ms,
+        first_base_ms,
+        door_ms: door,
+        no_rider,
+        rider_rank,
+        riders,
+    }
 }
 
 #[cfg(test)]
