@@ -333,6 +333,30 @@ mod tests {
     }
 
     #[test]
+    fn the_quote_says_which_rider_it_counted_on() {
+        let at = |mins: &[i64]| mins.iter().map(|m| NOW + m * MIN).collect::<Vec<_>>();
+        // (waiting orders, bundle, riders' times, expected rank, riders)
+        let cases: Vec<(u32, f64, Vec<Millis>, u32, u32)> = vec![
+            (0, 1.0, at(&[0, 4]), 1, 2),
+            (2, 1.0, at(&[0, 4, 9]), 3, 3),
+            (2, 2.0, at(&[0, 4, 9]), 2, 3),
+            // Past the last rider: the rank says how many more trips (rank 3 of 2: one round).
+            (2, 1.0, at(&[1, 3]), 3, 2),
+            (0, 1.0, vec![], 1, 0),
+        ];
+        for (awaiting, bundle, riders, rank, n) in cases {
+            let load = StoreLoad {
+                awaiting_rider: awaiting,
+                riders_at_store: riders,
+                calibrated: Calibrated { bundle, ..Calibrated::default() },
+                ..Default::default()
+            };
+            let q = quote(&load, 5 * MIN, &params(), NOW);
+            assert_eq!((q.rider_rank, q.riders), (rank, n), "{awaiting} waiting, bundles of {bundle}");
+        }
+    }
+
+    #[test]
     fn never_the_past_and_never_less_with_more_work() {
         let p = params();
         for to_pick in 0..5u32 {
