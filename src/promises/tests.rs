@@ -10,6 +10,8 @@ fn open(start: Millis, warm: bool, in_task: (usize, usize)) -> Open {
         pick_prior_ms: 0,
         pick_ms: 0,
         rider_ms: 0,
+        rider_rank: 1,
+        riders: 1,
         first_base_ms: 0,
         door_ms: 0,
         warm,
