@@ -105,8 +105,9 @@ pub struct Quote {
     pub door_ms: Millis,
     /// No rider serves the store: `rider_ms` is a guess of one trip cycle.
     pub no_rider: bool,
-    /// Which rider to come free the order was given (1-based, `k + 1` above; past the last of
-    /// `riders`, `rider_rank div riders` more trip cycles), and how many riders serve the store.
+    /// Which rider to come free the order was given (1-based: `k + 1` above, so past the last of
+    /// `riders` it waits `(rider_rank − 1) div riders` more trip cycles), and how many riders
+    /// serve the store.
     pub rider_rank: u32,
     pub riders: u32,
 }
