@@ -7,8 +7,10 @@
 //! (`darkstore_geoinv::surge`). The optimizer's travel and service times are scaled by the city's
 //! observed riding ratio; an order is ready when packed or when its quote said it would be. Its
 //! deadline stays the service goal (`--promise-minutes` after placement), not its padded promise
-//! (a long promise must not make dispatch lazier); its promise, less half the quote's margin, is
-//! what a bundle must keep and what lateness is weighed against on top (`promise_weight`).
+//! (a long promise must not make dispatch lazier); its promise, less what bundles' plans have been
+//! seen to slip (`Promises::bundle_slack_ms`; half the quote's margin until enough bundles are
+//! delivered), is what a bundle must keep and what lateness is weighed against on top
+//! (`promise_weight`).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -158,6 +160,7 @@ impl Dispatcher {
         let ids = self.state.dispatchable();
         // Every store has a load, so every quote reads what was learned.
         self.promises.refresh_margin(now);
+        let slack = self.promises.bundle_slack_ms();
         let mut loads: FastMap<u32, StoreLoad> = FastMap::default();
         for store in self.state.stores() {
             let load = loads.entry(store.idx.0).or_default();
@@ -200,9 +203,11 @@ impl Dispatcher {
                 // The service goal, not the (padded) promise: a promise quoted long must not make
                 // the optimizer lazier, or promises would feed on themselves.
                 deadline: o.created_at + self.promise_ms,
-                // What the customer was told, less half the quote's margin: a bundle keeps every
-                // order within that (the optimizer's own estimate of a bundled drop errs too).
-                promise: o.promised_by - o.quoted.map_or(0, |q| (q.eta_ms - q.estimate_ms).max(0) / 2),
+                // What the customer was told, less what a bundle's plan has been seen to slip
+                // (half the quote's margin until enough bundles are delivered): a bundle keeps
+                // every order within that.
+                promise: o.promised_by
+                    - slack.unwrap_or_else(|| o.quoted.map_or(0, |q| (q.eta_ms - q.estimate_ms).max(0) / 2)),
             });
             meta.push(Candidate {
                 order: TaskOrder { id: o.id.clone(), lat: o.lat, lng: o.lng },

@@ -93,6 +93,14 @@ impl State {
                 dispatchable.remove(&o.id);
             }
         }
+        // A payment confirmed: the order joins its store's queues.
+        if moves
+            && o.status == OrderStatus::PendingPayment
+            && to == OrderStatus::Confirmed
+            && let Some(store) = self.store(&o.store_id)
+        {
+            self.confirmed_at(store.idx.0);
+        }
         let before = OrderBefore { status: o.status, payment_status: o.payment_status, rider_id: o.rider_id.take() };
         o.status = to;
         o.payment_status = payment_status;

@@ -146,7 +146,7 @@ pub struct State {
     /// Whether any store has opening hours or a pause (else serving skips asking).
     any_restricted: std::sync::atomic::AtomicBool,
     /// Each store's load, by store index, as the last dispatch tick saw it.
-    loads: RwLock<FastMap<u32, Arc<darkstore_geoinv::quote::StoreLoad>>>,
+    loads: RwLock<FastMap<u32, Arc<quote::LiveLoad>>>,
     /// Called after a catalog change commits (cluster mode: tells the other nodes).
     catalog_hook: std::sync::OnceLock<Box<dyn Fn() + Send + Sync>>,
 }

@@ -188,6 +188,7 @@ impl State {
         self.insert_order(order.clone());
         if status == OrderStatus::Confirmed {
             self.dispatchable.lock().expect("dispatchable lock").insert(id.clone());
+            self.confirmed_at(store.idx.0);
         }
         claim.finish(req.request_hash.clone(), id, now);
         self.order_changed(&order, None);

@@ -387,3 +387,29 @@ async fn a_restart_reads_open_orders_and_recent_ones_not_the_whole_history() {
     assert!(matches!(restarted.place_order(retry("h3", "other")).await, Err(PlaceError::KeyReused)));
     w.scratch.drop_database().await;
 }
+
+#[tokio::test]
+async fn orders_confirmed_between_two_ticks_each_join_the_queue_they_are_quoted() {
+    let w = world("ds_state_live_load").await;
+    let store = w.state.store("s1").unwrap();
+    let eta = || w.state.quote(&store, 12.9729, 77.6412).eta_ms;
+    // The tick saw an idle store with five riders there.
+    let tick = |w: &World| {
+        let load = darkstore_geoinv::quote::StoreLoad { riders_at_store: vec![T0; 5], ..Default::default() };
+        w.state.set_loads([(store.idx.0, load)].into_iter().collect());
+    };
+    tick(&w);
+    let idle = eta();
+    let a = w.place("a", 1).await;
+    assert_eq!(eta(), idle, "an order waiting for its payment is not in the queue yet");
+    w.pay(&a.id, E::Succeeded).await;
+    let one = eta();
+    // The quote's picking time is 2 minutes with one picker (no margin in this load).
+    assert_eq!(one - idle, 2 * 60_000, "the confirmed order is picked first");
+    let b = w.place("b", 1).await;
+    w.pay(&b.id, E::Succeeded).await;
+    assert_eq!(eta() - one, 2 * 60_000, "and the next after it");
+    tick(&w);
+    assert_eq!(eta(), idle, "a new tick's load counts them itself");
+    w.scratch.drop_database().await;
+}
