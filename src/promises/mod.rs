@@ -247,10 +247,10 @@ impl Promises {
         Calibrated { pick, ride, door, first, margin: l.margin(), bundle: 1.0 }
     }
 
-    /// What a bundle must leave of each of its orders' promises, ms: the 97th percentile of how
-    /// much later than planned at assignment its orders arrived (orders delivered on routes of two
-    /// or more), once [`MARGIN_MIN`] are observed; never negative. None before: the dispatcher
-    /// then keeps half the quote's margin.
+    /// What a bundle must leave of each of its orders' promises, ms: the [`PROMISE_QUANTILE`] of
+    /// how much later than planned at their last assignment the last [`MARGIN_WINDOW`] orders
+    /// delivered on routes of two or more arrived, once [`MARGIN_MIN`] are observed; never
+    /// negative. None before: the dispatcher then keeps half the quote's margin.
     pub fn bundle_slack_ms(&self) -> Option<Millis> {
         let l = self.learned.lock().expect("learned lock");
         l.plan.value(PROMISE_QUANTILE, MARGIN_MIN).map(|q| q.max(0.0) as Millis)
