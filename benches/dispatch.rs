@@ -2,7 +2,8 @@
 //! instance, the assignment alone: darkstore's sparse solver on the dense graph against a dense
 //! Hungarian solve (`pathfinding::kuhn_munkres`). Then the tick as the city grows: 1k, 3k and
 //! 10k open orders and riders over 60, 180 and 600 stores (the city's area growing with its
-//! stores, so each store keeps the same orders and riders around it), with the server's knobs.
+//! stores, so each store keeps the same orders and riders around it), with the server's knobs;
+//! then the same city with riders scarce (a third as many, most still busy).
 //!
 //! `cargo bench --bench dispatch` (`BENCH_SCALES=1,3` runs only the growing city, at those thousands).
 
@@ -23,6 +24,11 @@ const NOW: i64 = 1_000 * MIN;
 /// `n` open orders at `n_stores` stores and `n` idle riders in a city of `n_stores ÷ 60` times the
 /// area of a 30 km one around Bengaluru; orders within 2 km of their store.
 fn city(rng: &mut Rng, n: usize, n_stores: usize) -> (Vec<OrderIn>, Vec<RiderIn>) {
+    city_with(rng, n, n_stores, false)
+}
+
+/// The same city; with `scarce`, a third as many riders, each busy for up to 10 more minutes.
+fn city_with(rng: &mut Rng, n: usize, n_stores: usize, scarce: bool) -> (Vec<OrderIn>, Vec<RiderIn>) {
     let side = (n_stores as f64 / 60.0).sqrt();
     let (w, h) = (0.28 * side, 0.27 * side);
     let stores: Vec<Pt> =
@@ -43,12 +49,12 @@ fn city(rng: &mut Rng, n: usize, n_stores: usize) -> (Vec<OrderIn>, Vec<RiderIn>
             }
         })
         .collect();
-    let riders: Vec<RiderIn> = (0..n)
-        .map(|i| RiderIn {
-            key: i,
-            pos: Pt::new(77.59 + (rng.unit() - 0.5) * w, 12.97 + (rng.unit() - 0.5) * h),
-            free_at: NOW - MIN,
-            off_at: i64::MAX,
+    let n_riders = if scarce { n / 3 } else { n };
+    let riders: Vec<RiderIn> = (0..n_riders)
+        .map(|i| {
+            let pos = Pt::new(77.59 + (rng.unit() - 0.5) * w, 12.97 + (rng.unit() - 0.5) * h);
+            let free_at = if scarce { NOW + ((rng.unit() * 11.0 - 1.0) * MIN as f64) as i64 } else { NOW - MIN };
+            RiderIn { key: i, pos, free_at, off_at: i64::MAX }
         })
         .collect();
     (orders, riders)
@@ -133,19 +139,28 @@ fn one_city() {
 }
 
 /// The city grows: the server's knobs (promise and urgency weights on), 60 stores a thousand.
+/// Then the same with riders scarce (a third as many, most still busy): bundling and the cost of
+/// leaving orders unassigned carry the tick, as in the server's peaks.
 fn growing_city(scales: Vec<usize>) {
     let travel = GeoTravel { speed_mps: 5.0, detour: 1.4 };
     let server = Params { promise_weight: 8.0, urgency_weight: 6.0, ..Params::default() };
-    println!("| open orders × riders | stores | median ms | max ms | ms per 1,000 orders | committed | plans |");
-    println!("| --- | --- | --- | --- | --- | --- | --- |");
-    for k in scales {
-        let mut rng = Rng(0x853c49e6748fea9b ^ k as u64);
-        let (n, n_stores) = (k * 1_000, k * 60);
-        let (orders, riders) = city(&mut rng, n, n_stores);
-        let (median, max, committed, digest) = ticks(&orders, &riders, &server, &travel, if k >= 10 { 7 } else { 11 });
-        println!(
-            "| {n} × {n} | {n_stores} | {median:.1} | {max:.1} | {:.2} | {committed} | `{digest:016x}` |",
-            median / k as f64
-        );
+    for scarce in [false, true] {
+        if scarce {
+            println!("\nriders scarce: a third as many, each busy for up to 10 more minutes");
+        }
+        println!("| open orders × riders | stores | median ms | max ms | ms per 1,000 orders | committed | plans |");
+        println!("| --- | --- | --- | --- | --- | --- | --- |");
+        for &k in &scales {
+            let mut rng = Rng(0x853c49e6748fea9b ^ k as u64);
+            let (n, n_stores) = (k * 1_000, k * 60);
+            let (orders, riders) = city_with(&mut rng, n, n_stores, scarce);
+            let (median, max, committed, digest) =
+                ticks(&orders, &riders, &server, &travel, if k >= 10 { 7 } else { 11 });
+            println!(
+                "| {n} × {} | {n_stores} | {median:.1} | {max:.1} | {:.2} | {committed} | `{digest:016x}` |",
+                riders.len(),
+                median / k as f64
+            );
+        }
     }
 }
