@@ -345,7 +345,12 @@ impl Dispatcher {
                 continue;
             }
             let (from, free_at) = match (&r.task, r.pos) {
-                (Some(t), _) => (t.end, t.free_at.max(now)),
+                // The task's end as planned, or later if its last order's live estimate says so
+                // (a rider running late in a peak comes back late).
+                (Some(t), _) => {
+                    let live = t.orders.last().and_then(|o| self.promises.eta_at(&o.id)).unwrap_or(0);
+                    (t.end, t.free_at.max(live).max(now))
+                }
                 (None, Some(pos)) => (pos, now),
                 (None, None) => continue,
             };

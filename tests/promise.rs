@@ -376,3 +376,55 @@ async fn the_forecast_reads_the_history() {
     drop(server);
     scratch.drop_database().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rider_running_late_comes_back_late_in_the_quote() {
+    let scratch = ScratchDb::sqlite("ds_promise_late_rider");
+    let server = Server::start(&scratch.url, &["--dispatch-tick-ms", "200"]);
+    server.seed("s1", "milk", 100).await;
+    server.call("PUT", "/v1/riders/r1", Some(&admin()), Some(json!({"name": "R", "store_id": "s1"}))).await;
+    let me = token(Role::Rider, "r1", None);
+    server.call("POST", "/v1/riders/r1/shift", Some(&me), Some(json!({"on_shift": true}))).await;
+    // Its device clock ten minutes behind until the jump below, so that a 10 km move is one a
+    // rider could have made.
+    let at = |lat: f64, behind_ms: i64| json!({"lat": lat, "lng": STORE_LNG, "ts": now_ms() - behind_ms});
+    server.call("POST", "/v1/riders/r1/location", Some(&me), Some(at(STORE_LAT, 600_000))).await;
+    common::eventually("the rider in the quote", 5, || async {
+        (availability(&server).await["within_promise"] == true).then_some(())
+    })
+    .await;
+    // One order about 1.1 km north, packed, assigned to the one rider and picked up.
+    let alice = token(Role::Customer, "alice", None);
+    let body = json!({"lat": STORE_LAT + 0.01, "lng": STORE_LNG, "lines": [{"sku": "milk", "qty": 1}]});
+    let (s, order) = server.order(&alice, "a", body).await;
+    assert_eq!(s, 201, "{order}");
+    let id = order["id"].as_str().unwrap().to_owned();
+    let staff = token(Role::Staff, "sam", Some("s1"));
+    server.call("POST", &format!("/v1/orders/{id}/packed"), Some(&staff), None).await;
+    let status = || async {
+        let (_, o) = server.call("GET", &format!("/v1/orders/{id}"), Some(&alice), None).await;
+        o["status"].as_str().unwrap_or_default().to_owned()
+    };
+    common::eventually("assigned", 10, || async { (status().await == "assigned").then_some(()) }).await;
+    let picked = json!({"type": "picked_up", "order_id": id, "ts": now_ms()});
+    server.call("POST", "/v1/riders/r1/events", Some(&me), Some(picked)).await;
+    common::eventually("picked up", 10, || async { (status().await == "picked_up").then_some(()) }).await;
+    // Still at the store (a position that moved would teach the server a speed from this test's
+    // clock).
+    server.call("POST", "/v1/riders/r1/location", Some(&me), Some(at(STORE_LAT, 599_000))).await;
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let on_plan = availability(&server).await["eta_minutes"].as_i64().unwrap();
+    // The rider turns up 10 km south of the store: its task ends an hour later than planned, and
+    // the next order at the store (which waits for it) is quoted that much later.
+    let (s, b) = server.call("POST", "/v1/riders/r1/location", Some(&me), Some(at(STORE_LAT - 0.09, 0))).await;
+    assert!(s < 300, "{s} {b}");
+
+    let late = common::eventually("the late rider in the quote", 5, || async {
+        let v = availability(&server).await;
+        (v["eta_minutes"].as_i64().unwrap() >= on_plan + 30).then_some(v)
+    })
+    .await;
+    assert_eq!(late["within_promise"], false, "{late}");
+    drop(server);
+    scratch.drop_database().await;
+}
