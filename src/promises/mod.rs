@@ -64,6 +64,10 @@ const MARGIN_BOUNDS: (f64, f64) = (0.0, 3.0);
 /// toward the margin: a quote made from the priors says nothing about the model's error, and a
 /// city that is ten times faster than configured would otherwise make the margin negative.
 const WARM: u32 = 20;
+/// Speed observations whose median starts the city's speed ratio: the estimator follows its first
+/// observations closely (a city twice as slow is learned from its first legs), so a single one
+/// from a device whose clock jumped would otherwise set every estimate in the city.
+const GPS_START: usize = 5;
 
 /// The city's ratios (observed ÷ modelled) and margin, and the observations behind each
 /// (picking, riding, door, speed, first mile).
@@ -145,6 +149,8 @@ struct Learned {
     /// Riders' moving speed from consecutive positions, as a ratio of time to the priors' (the
     /// first thing learned: the city's riding ratio leans on it until legs are finished).
     city_gps: LogEwma,
+    /// The first [`GPS_START`] speed observations, held until their median starts `city_gps`.
+    gps_start: Vec<f64>,
     /// Pickup to door against the direct ride and hand-over (the quote's door leg).
     city_door: LogEwma,
     /// Placement to pickup against the quote's first mile.
@@ -192,6 +198,7 @@ impl Promises {
                 city_pick: LogEwma::default(),
                 city_ride: LogEwma::default(),
                 city_gps: LogEwma::default(),
+                gps_start: Vec::with_capacity(GPS_START),
                 city_door: LogEwma::default(),
                 city_first: LogEwma::default(),
                 stores: FastMap::default(),
@@ -510,7 +517,17 @@ impl Promises {
         let prior = self.travel.ride_minutes(metres) * 60_000.0;
         if prior > 0.0 {
             let mut l = self.learned.lock().expect("learned lock");
-            l.city_gps.observe(dt as f64 / prior, &self.bounds);
+            let ratio = dt as f64 / prior;
+            if l.city_gps.count() > 0 {
+                l.city_gps.observe(ratio, &self.bounds);
+            } else {
+                l.gps_start.push(ratio);
+                if l.gps_start.len() >= GPS_START {
+                    let mut start = std::mem::take(&mut l.gps_start);
+                    start.sort_unstable_by(f64::total_cmp);
+                    l.city_gps.observe(start[start.len() / 2], &self.bounds);
+                }
+            }
         }
     }
 

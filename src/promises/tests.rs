@@ -148,3 +148,34 @@ fn the_first_mile_never_shortens_an_estimate_and_the_margin_never_cuts_one() {
     }
     assert_eq!(p.calibrated("s1").margin, 0.0);
 }
+
+#[test]
+fn the_city_speed_starts_from_a_median_not_from_one_device() {
+    let p = Promises::new(TravelModel::default(), 60_000);
+    let fix = |ts: Millis, lat: f64| Rider {
+        id: "r".into(),
+        name: "R".into(),
+        store_id: None,
+        pos: Some((lat, 77.64)),
+        ts,
+        seen_at: ts,
+        on_shift: true,
+        status: crate::model::RiderStatus::Idle,
+        task: None,
+    };
+    // 111 m a step: first 1.4 s apart by a clock that jumped (twenty times the priors' speed),
+    // then four at the priors' pace (31 s for 111 m at 5 m/s and a detour of 1.4 — just over
+    // the 30 s a pair may span, so 25 s: a ratio of about 0.8).
+    let mut ts = T0;
+    p.observe_speed(&fix(ts, 12.970));
+    ts += 1_400;
+    p.observe_speed(&fix(ts, 12.971));
+    assert_eq!(p.summary().observed[3], 0, "one observation starts nothing");
+    for i in 2..=5 {
+        ts += 25_000;
+        p.observe_speed(&fix(ts, 12.970 + 0.001 * f64::from(i)));
+    }
+    let s = p.summary();
+    assert_eq!(s.observed[3], 1, "five observations start the ratio with their median");
+    assert!((0.7..0.9).contains(&s.speed), "the median, not the jump: {}", s.speed);
+}
