@@ -409,8 +409,8 @@ async fn a_rider_running_late_comes_back_late_in_the_quote() {
     let picked = json!({"type": "picked_up", "order_id": id, "ts": now_ms()});
     server.call("POST", "/v1/riders/r1/events", Some(&me), Some(picked)).await;
     common::eventually("picked up", 10, || async { (status().await == "picked_up").then_some(()) }).await;
-    // Still at the store (a position that moved would teach the server a speed from this test's
-    // clock).
+    // Still at the store (a position that moved would give the server a riding speed measured by
+    // this test's shifted clock).
     server.call("POST", "/v1/riders/r1/location", Some(&me), Some(at(STORE_LAT, 599_000))).await;
     tokio::time::sleep(Duration::from_millis(600)).await;
     let on_plan = availability(&server).await["eta_minutes"].as_i64().unwrap();
