@@ -204,6 +204,11 @@ pub struct ServeConfig {
     #[arg(long, env = "DARKSTORE_WS_QUEUE", default_value_t = 256)]
     pub ws_queue: usize,
 
+    /// How often a WebSocket subscription that asked for batched positions (`"batch": true`)
+    /// gets one `riders` frame of the riders that moved, milliseconds (50–10,000).
+    #[arg(long, env = "DARKSTORE_WS_BATCH_MS", default_value_t = 250, value_parser = clap::value_parser!(u64).range(50..=10_000))]
+    pub ws_batch_ms: u64,
+
     /// Serve `/metrics` without a token on this address as well (for Prometheus on a private
     /// network); on the main address it needs an admin token.
     #[arg(long, env = "DARKSTORE_METRICS_LISTEN")]

@@ -418,6 +418,13 @@ pub async fn start(config: &ServeConfig, listener: TcpListener, clock: Arc<dyn C
             }
         }));
     }
+    background.push(every(Duration::from_millis(config.ws_batch_ms), stopped.clone(), {
+        let feeds = app.feeds.clone();
+        move || {
+            let feeds = feeds.clone();
+            async move { feeds.flush_batches() }
+        }
+    }));
     background.push(every(Duration::from_secs(60), stopped, {
         let app = app.clone();
         move || {

@@ -166,6 +166,89 @@ async fn snapshots_then_deltas_with_consecutive_seq() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batched_store_feed_gets_the_riders_that_moved_in_one_frame() {
+    let scratch = ScratchDb::sqlite("ds_ws_batch");
+    let server = Server::start(&scratch.url, &["--ws-batch-ms", "2000"]);
+    server.seed("s1", "milk", 10).await;
+    let staff = token(Role::Staff, "sam", Some("s1"));
+    for r in ["r-b1", "r-b2"] {
+        let (s, b) = server
+            .call("PUT", &format!("/v1/riders/{r}"), Some(&admin()), Some(json!({"name": r, "store_id": "s1"})))
+            .await;
+        assert!(s == 200 || s == 201, "{s} {b}");
+    }
+    let mut batched = connect(&server, Some(&staff)).await;
+    send(&mut batched, json!({"op": "subscribe", "topic": "store/s1", "batch": true})).await;
+    assert_eq!(next(&mut batched).await["type"], "snapshot");
+    let mut each = connect(&server, Some(&staff)).await;
+    assert_eq!(subscribe(&mut each, "store/s1").await["type"], "snapshot");
+    // An order's feed follows one rider: no batching there.
+    send(&mut batched, json!({"op": "subscribe", "topic": "order/nope", "batch": true})).await;
+    let refused = next_of(&mut batched, "order/nope", "error").await;
+    assert_eq!(refused["data"]["error"], "invalid_request", "{refused}");
+
+    // Four positions of r-b1 and one of r-b2, as fast as HTTP takes them.
+    let t0 = common::now_ms();
+    let last_lat = STORE_LAT + 0.0004;
+    for (i, (r, lat)) in [
+        ("r-b1", STORE_LAT + 0.0001),
+        ("r-b1", STORE_LAT + 0.0002),
+        ("r-b2", STORE_LAT),
+        ("r-b1", STORE_LAT + 0.0003),
+        ("r-b1", last_lat),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let (s, b) = server
+            .call(
+                "POST",
+                &format!("/v1/riders/{r}/location"),
+                Some(&token(Role::Rider, r, None)),
+                Some(json!({"lat": lat, "lng": STORE_LNG, "ts": t0 + i as i64 * 1000})),
+            )
+            .await;
+        assert_eq!(s, 204, "{b}");
+    }
+    // The batched client: `riders` frames only, each rider at most once a frame, the latest
+    // position last, seq consecutive; never a `rider` frame.
+    let (mut seen_b2, mut b1_lat, mut frames, mut seq) = (false, None, 0, 0);
+    while !(seen_b2 && b1_lat == Some(last_lat)) {
+        let v = next(&mut batched).await;
+        assert_eq!(v["topic"], "store/s1", "{v}");
+        assert_ne!(v["type"], "rider", "a batched subscription never gets single positions: {v}");
+        assert_eq!(v["seq"].as_u64(), Some(seq + 1), "{v}");
+        seq += 1;
+        if v["type"] != "riders" {
+            continue;
+        }
+        frames += 1;
+        let riders = v["data"].as_array().expect("an array of riders");
+        let mut ids: Vec<&str> = riders.iter().map(|r| r["id"].as_str().unwrap()).collect();
+        ids.sort();
+        let n = ids.len();
+        ids.dedup();
+        assert_eq!(ids.len(), n, "a rider at most once a frame: {v}");
+        for r in riders {
+            match r["id"].as_str() {
+                Some("r-b1") => b1_lat = r["lat"].as_f64(),
+                Some("r-b2") => seen_b2 = true,
+                other => panic!("a rider of another store? {other:?}"),
+            }
+        }
+    }
+    // Five quick positions fall within one period of two seconds, or straddle one boundary.
+    assert!(frames <= 2, "five positions in at most two frames, got {frames}");
+    // The other client got them one by one, as before.
+    let r = next_of(&mut each, "store/s1", "rider").await;
+    assert!(r["data"]["id"] == "r-b1" || r["data"]["id"] == "r-b2", "{r}");
+    let batches = common::metric(&server, "darkstore_feed_batches_total").await;
+    assert!(batches >= frames as f64, "{batches}");
+    drop(server);
+    scratch.drop_database().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn topics_are_checked_against_the_token() {
     let scratch = ScratchDb::sqlite("ds_ws_roles");
     let server = Server::start(&scratch.url, &[]);

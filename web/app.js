@@ -157,7 +157,9 @@ function connect() {
   const ws = new WebSocket(`${proto}://${location.host}/v1/ws?token=${encodeURIComponent(state.token)}`);
   state.ws = ws;
   const topic = `store/${state.storeId}`;
-  ws.onopen = () => ws.send(JSON.stringify({ op: "subscribe", topic }));
+  // Positions arrive batched: one "riders" frame of the riders that moved, a few times a second.
+  const subscribe = JSON.stringify({ op: "subscribe", topic, batch: true });
+  ws.onopen = () => ws.send(subscribe);
   ws.onmessage = (ev) => {
     const msg = JSON.parse(ev.data);
     if (msg.topic !== topic) return;
@@ -165,7 +167,7 @@ function connect() {
     if (msg.type !== "snapshot" && msg.seq !== state.seq + 1) {
       // A gap: something was missed, start over from a fresh snapshot.
       ws.send(JSON.stringify({ op: "unsubscribe", topic }));
-      ws.send(JSON.stringify({ op: "subscribe", topic }));
+      ws.send(subscribe);
       return;
     }
     state.seq = msg.seq;
@@ -209,9 +211,11 @@ function apply(type, data) {
   } else if (type === "stock") {
     state.stock.set(data.sku, data);
     renderStockRow(data);
-  } else if (type === "rider") {
-    state.riders.set(data.id, data);
-    drawRider(data);
+  } else if (type === "rider" || type === "riders") {
+    for (const r of type === "riders" ? data : [data]) {
+      state.riders.set(r.id, r);
+      drawRider(r);
+    }
     renderNumbers();
   }
 }

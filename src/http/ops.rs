@@ -128,6 +128,7 @@ pub fn metrics_response(app: &AppRef) -> Response {
     let f = &app.feeds.counters;
     extra.push(("darkstore_feed_published_total".into(), "counter", load(&f.published)));
     extra.push(("darkstore_feed_coalesced_total".into(), "counter", load(&f.coalesced)));
+    extra.push(("darkstore_feed_batches_total".into(), "counter", load(&f.batches)));
     extra.push(("darkstore_feed_mqtt_published_total".into(), "counter", load(&app.publisher.mqtt_published)));
     let d = &app.dispatcher.counters;
     extra.push(("darkstore_dispatch_ticks_total".into(), "counter", load(&d.ticks)));
