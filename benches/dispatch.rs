@@ -141,26 +141,33 @@ fn one_city() {
 /// The city grows: the server's knobs (promise and urgency weights on), 60 stores a thousand.
 /// Then the same with riders scarce (a third as many, most still busy): bundling and the cost of
 /// leaving orders unassigned carry the tick, as in the server's peaks.
+/// Each on one thread and on every core (`threads`, as the server runs it): the plans must be
+/// the same (equal digests).
 fn growing_city(scales: Vec<usize>) {
     let travel = GeoTravel { speed_mps: 5.0, detour: 1.4 };
-    let server = Params { promise_weight: 8.0, urgency_weight: 6.0, ..Params::default() };
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     for scarce in [false, true] {
         if scarce {
             println!("\nriders scarce: a third as many, each busy for up to 10 more minutes");
         }
-        println!("| open orders × riders | stores | median ms | max ms | ms per 1,000 orders | committed | plans |");
-        println!("| --- | --- | --- | --- | --- | --- | --- |");
+        println!(
+            "| open orders × riders | stores | threads | median ms | max ms | ms per 1,000 orders | committed | plans |"
+        );
+        println!("| --- | --- | --- | --- | --- | --- | --- | --- |");
         for &k in &scales {
             let mut rng = Rng(0x853c49e6748fea9b ^ k as u64);
             let (n, n_stores) = (k * 1_000, k * 60);
             let (orders, riders) = city_with(&mut rng, n, n_stores, scarce);
-            let (median, max, committed, digest) =
-                ticks(&orders, &riders, &server, &travel, if k >= 10 { 7 } else { 11 });
-            println!(
-                "| {n} × {} | {n_stores} | {median:.1} | {max:.1} | {:.2} | {committed} | `{digest:016x}` |",
-                riders.len(),
-                median / k as f64
-            );
+            for threads in [1, cores] {
+                let server = Params { promise_weight: 8.0, urgency_weight: 6.0, threads, ..Params::default() };
+                let (median, max, committed, digest) =
+                    ticks(&orders, &riders, &server, &travel, if k >= 10 { 7 } else { 11 });
+                println!(
+                    "| {n} × {} | {n_stores} | {threads} | {median:.1} | {max:.1} | {:.2} | {committed} | `{digest:016x}` |",
+                    riders.len(),
+                    median / k as f64
+                );
+            }
         }
     }
 }

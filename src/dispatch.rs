@@ -116,7 +116,14 @@ impl Dispatcher {
         let state = ingest.state.clone();
         let travel_model = state.config.travel;
         Dispatcher {
-            params: Params { tick_ms, promise_weight: 8.0, urgency_weight: 6.0, ..Params::default() },
+            params: Params {
+                tick_ms,
+                promise_weight: 8.0,
+                urgency_weight: 6.0,
+                // A city-scale tick's stores and plans on every core (the same plans as on one).
+                threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
+                ..Params::default()
+            },
             travel: GeoTravel { speed_mps: travel_model.rider_speed_mps, detour: travel_model.detour_factor },
             horizon_ms: 10 * 60_000,
             picking_ms: (travel_model.picking_minutes * 60_000.0) as Millis,

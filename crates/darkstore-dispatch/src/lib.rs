@@ -147,6 +147,10 @@ pub struct Params {
     /// pickup, not the promise, so an order with a long ride to its door is urgent sooner than
     /// one next door promised alike. 0 turns it off (the replay's default).
     pub urgency_weight: f64,
+    /// Threads a tick may use (1: the caller's alone). The plans are the same whatever it is:
+    /// each store's bundles and prices, and each plan, are computed apart and put back in order;
+    /// the assignment between them runs on the caller's thread.
+    pub threads: usize,
 }
 
 impl Default for Params {
@@ -164,6 +168,7 @@ impl Default for Params {
             hold_back: true,
             age_weight: 5.0,
             urgency_weight: 0.0,
+            threads: 1,
         }
     }
 }
@@ -295,7 +300,7 @@ pub fn plan_tick(
     orders: &[OrderIn],
     riders: &[RiderIn],
     params: &Params,
-    travel: &impl Travel,
+    travel: &(impl Travel + Sync),
 ) -> Vec<Plan> {
     if orders.is_empty() || riders.is_empty() {
         return Vec::new();
@@ -306,44 +311,82 @@ pub fn plan_tick(
     // Orders by store (in the order given within each).
     let mut by_store: Vec<&OrderIn> = orders.iter().collect();
     by_store.sort_by_key(|o| o.store);
-    // Per store, the riders nearest it and their rides to it, nearest first: (rider, ride ms),
-    // shared by the count below and by its bundles' candidates.
-    let mut nearest: Vec<Vec<(usize, Millis)>> = Vec::new();
-    // Each bundle, and its store's place in `nearest`.
-    let mut rows: Vec<(usize, Vec<&OrderIn>)> = Vec::new();
-    for group in by_store.chunk_by(|a, b| a.store == b.store) {
-        let latest_ready = group.iter().map(|o| o.ready_at).max().unwrap_or(now).max(now);
-        // Riders who can be at the store by the time its orders are ready, and the earliest any
-        // rider can be there.
-        let store_pt = group[0].pickup;
-        let near: Vec<(usize, Millis)> = tree
-            .nearest_neighbor_iter(&[store_pt.x, store_pt.y])
-            .take(params.candidates * 2)
-            .map(|p| (p.idx, travel.ms(riders[p.idx].pos, store_pt)))
-            .collect();
-        let (mut in_time, mut rider_at) = (0, Millis::MAX);
-        for &(idx, ride_ms) in &near {
-            let at = riders[idx].free_at.max(now) + ride_ms;
-            rider_at = rider_at.min(at);
-            if at <= latest_ready + params.tick_ms {
-                in_time += 1;
+    let groups: Vec<&[&OrderIn]> = by_store.chunk_by(|a, b| a.store == b.store).collect();
+    // Each store's bundles, their candidate edges and their costs of staying unassigned.
+    let per_store = par_map(&groups, params.threads, |group| store_rows(now, group, riders, &tree, params, travel));
+    let mut rows: Vec<Vec<&OrderIn>> = Vec::with_capacity(orders.len());
+    let mut edges: Vec<Vec<(usize, i64)>> = Vec::with_capacity(orders.len());
+    let mut unassigned = Vec::with_capacity(orders.len());
+    for (group, store) in groups.iter().zip(per_store) {
+        for (bundle, row, cost) in store {
+            rows.push(bundle.into_iter().map(|i| group[i]).collect());
+            edges.push(row);
+            unassigned.push(cost);
+        }
+    }
+    let solution = assign::solve(riders.len(), &edges, &unassigned);
+    let chosen: Vec<(&Vec<&OrderIn>, usize)> =
+        rows.iter().zip(solution).filter_map(|(bundle, col)| col.map(|r| (bundle, r))).collect();
+    let plans = par_map(&chosen, params.threads, |&(bundle, r)| {
+        let rider = &riders[r];
+        let (_, plan, _) = best_sequence(travel, params, rider, bundle, now)?;
+        if rider.free_at > now {
+            // The best rider is still busy: wait for it (the plan holds until it is free).
+            return None;
+        }
+        if params.hold_back {
+            let ready = bundle.iter().map(|o| o.ready_at).max().unwrap_or(now);
+            let to_store = travel.ms(rider.pos, bundle[0].pickup) + params.pickup_service_ms / 2;
+            // Leaving a tick later still reaches the store before the orders are ready.
+            if now + params.tick_ms + to_store <= ready {
+                return None;
             }
         }
-        let rider_at = if rider_at == Millis::MAX { now } else { rider_at };
-        for b in bundle_store(travel, params, group, in_time, rider_at, now) {
-            rows.push((nearest.len(), b.into_iter().map(|i| group[i]).collect()));
+        Some(plan)
+    });
+    plans.into_iter().flatten().collect()
+}
+
+/// A bundle (indices into its store's orders), its candidate edges `(rider, cost)` and its cost
+/// of staying unassigned.
+type Row = (Vec<usize>, Vec<(usize, i64)>, i64);
+
+/// One store's part of a tick: its bundles (as indices into `group`), each with its candidate
+/// riders' costs and its cost of staying unassigned.
+fn store_rows(
+    now: Millis,
+    group: &[&OrderIn],
+    riders: &[RiderIn],
+    tree: &RTree<RiderPoint>,
+    params: &Params,
+    travel: &impl Travel,
+) -> Vec<Row> {
+    let latest_ready = group.iter().map(|o| o.ready_at).max().unwrap_or(now).max(now);
+    // Riders who can be at the store by the time its orders are ready, and the earliest any
+    // rider can be there. The riders nearest the store and their rides to it, nearest first, are
+    // shared by that count and by its bundles' candidates.
+    let store_pt = group[0].pickup;
+    let mut nearest: Vec<(usize, Millis)> = tree
+        .nearest_neighbor_iter(&[store_pt.x, store_pt.y])
+        .take(params.candidates * 2)
+        .map(|p| (p.idx, travel.ms(riders[p.idx].pos, store_pt)))
+        .collect();
+    let (mut in_time, mut rider_at) = (0, Millis::MAX);
+    for &(idx, ride_ms) in &nearest {
+        let at = riders[idx].free_at.max(now) + ride_ms;
+        rider_at = rider_at.min(at);
+        if at <= latest_ready + params.tick_ms {
+            in_time += 1;
         }
-        nearest.push(near);
     }
-    // Candidate edges.
-    let mut edges: Vec<Vec<(usize, i64)>> = Vec::with_capacity(rows.len());
-    let mut unassigned = Vec::with_capacity(rows.len());
-    for (store, bundle) in &rows {
-        let (store_pt, nearest) = (bundle[0].pickup, &mut nearest[*store]);
+    let rider_at = if rider_at == Millis::MAX { now } else { rider_at };
+    let mut out = Vec::new();
+    for b in bundle_store(travel, params, group, in_time, rider_at, now) {
+        let bundle: Vec<&OrderIn> = b.iter().map(|&i| group[i]).collect();
         let mut row = Vec::with_capacity(params.candidates);
         // The earliest any candidate could pick the bundle up, were its orders ready.
         let mut earliest = Millis::MAX;
-        let sequences = Sequences::new(travel, params, bundle);
+        let sequences = Sequences::new(travel, params, &bundle);
         let mut next = 0;
         while row.len() < params.candidates {
             if next == nearest.len() {
@@ -366,34 +409,46 @@ pub fn plan_tick(
         // the nearer the earliest pickup is to the latest that keeps their promises.
         let waited: f64 = bundle.iter().map(|o| (now - o.placed_at).max(0) as f64).sum();
         let urgent: f64 = bundle.iter().map(|o| urgency(travel, params, o, earliest.max(now))).sum();
-        unassigned.push(
-            UNASSIGNED_COST * bundle.len() as i64
-                + (UNASSIGNED_COST as f64 * urgent) as i64
-                + (params.age_weight * waited) as i64,
-        );
-        edges.push(row);
+        let cost = UNASSIGNED_COST * bundle.len() as i64
+            + (UNASSIGNED_COST as f64 * urgent) as i64
+            + (params.age_weight * waited) as i64;
+        out.push((b, row, cost));
     }
-    let solution = assign::solve(riders.len(), &edges, &unassigned);
-    let mut plans = Vec::new();
-    for ((_, bundle), col) in rows.iter().zip(solution) {
-        let Some(r) = col else { continue };
-        let rider = &riders[r];
-        let Some((_, plan, _)) = best_sequence(travel, params, rider, bundle, now) else { continue };
-        if rider.free_at > now {
-            // The best rider is still busy: wait for it (the plan holds until it is free).
-            continue;
-        }
-        if params.hold_back {
-            let ready = bundle.iter().map(|o| o.ready_at).max().unwrap_or(now);
-            let to_store = travel.ms(rider.pos, bundle[0].pickup) + params.pickup_service_ms / 2;
-            // Leaving a tick later still reaches the store before the orders are ready.
-            if now + params.tick_ms + to_store <= ready {
-                continue;
+    out
+}
+
+/// `f` over `items`, in order, on up to `threads` threads (the caller's among them): items are
+/// taken a few at a time from a shared counter, so uneven items (a busy store and a quiet one)
+/// balance, and the results are put back in the items' order.
+fn par_map<T: Sync, R: Send>(items: &[T], threads: usize, f: impl Fn(&T) -> R + Sync) -> Vec<R> {
+    /// Items below which threads cost more than they save.
+    const MIN_ITEMS: usize = 64;
+    const GRAIN: usize = 8;
+    if threads <= 1 || items.len() < MIN_ITEMS {
+        return items.iter().map(f).collect();
+    }
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let work = || {
+        let mut out = Vec::new();
+        loop {
+            let start = next.fetch_add(GRAIN, std::sync::atomic::Ordering::Relaxed);
+            if start >= items.len() {
+                return out;
             }
+            let end = (start + GRAIN).min(items.len());
+            out.push((start, items[start..end].iter().map(&f).collect::<Vec<R>>()));
         }
-        plans.push(plan);
-    }
-    plans
+    };
+    let mut parts: Vec<(usize, Vec<R>)> = std::thread::scope(|s| {
+        let others: Vec<_> = (1..threads).map(|_| s.spawn(work)).collect();
+        let mut parts = work();
+        for h in others {
+            parts.extend(h.join().expect("a planning thread panicked"));
+        }
+        parts
+    });
+    parts.sort_unstable_by_key(|(start, _)| *start);
+    parts.into_iter().flat_map(|(_, r)| r).collect()
 }
 
 /// The baseline: orders first come, first served, each alone to the free rider who can pick it up

@@ -304,3 +304,35 @@ fn sequences_price_every_rider_as_best_sequence_does() {
         }
     }
 }
+
+#[test]
+fn a_tick_on_several_threads_makes_the_plans_of_one() {
+    // 120 stores on a line 3 km apart (enough to split across threads), 4–9 orders each, riders
+    // scarce and some still busy: bundles, contention and waiting all occur.
+    let mut seed = 0x2545f4914f6cdd1du64;
+    let mut next = move |n: u64| {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed % n
+    };
+    let mut orders = Vec::new();
+    let mut riders = Vec::new();
+    for s in 0..120u32 {
+        let x = s as f64 * 3000.0;
+        for _ in 0..4 + next(6) {
+            let o = order(orders.len(), x + next(2000) as f64 - 1000.0, next(2000) as f64 - 1000.0, next(12) as i64);
+            orders.push(promised(at_store(o, s, x), 20 + next(20) as i64));
+        }
+        for _ in 0..2 + next(4) {
+            riders.push(rider(riders.len(), x + next(1500) as f64, next(1500) as f64, next(8) as i64));
+        }
+    }
+    let one = plan_tick(4 * MIN, &orders, &riders, &Params { urgency_weight: 6.0, ..params() }, &travel());
+    assert!(one.len() > 100 && one.iter().any(|p| p.orders.len() > 1), "a busy city: {} plans", one.len());
+    for threads in [2, 3, 8] {
+        let many =
+            plan_tick(4 * MIN, &orders, &riders, &Params { urgency_weight: 6.0, threads, ..params() }, &travel());
+        assert_eq!(many, one, "{threads} threads");
+    }
+}
