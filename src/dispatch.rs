@@ -250,7 +250,14 @@ impl Dispatcher {
                 off_at: Millis::MAX,
             })
             .collect();
-        let plans = plan_tick(now, &orders_in, &riders_in, &params, &travel);
+        // A city-scale tick is tens of milliseconds of CPU (on every core): off the async
+        // workers, so the requests and feeds they carry do not wait behind it.
+        let plans = tokio::task::spawn_blocking(move || plan_tick(now, &orders_in, &riders_in, &params, &travel))
+            .await
+            .unwrap_or_else(|e| {
+                tracing::error!(error = %e, "planning the tick failed; nothing assigned this tick");
+                Vec::new()
+            });
         if !plans.is_empty() {
             let per_trip = plans.iter().map(|p| p.orders.len()).sum::<usize>() as f64 / plans.len() as f64;
             let mut b = self.between.lock().expect("between lock");
