@@ -47,6 +47,10 @@ pub struct Knobs {
     /// Weight of time already waited, for orders left unassigned.
     #[arg(long)]
     pub age_weight: Option<f64>,
+    /// Weight of urgency (how much of an order's time to its latest pickup has passed by the
+    /// earliest any candidate could pick it up), as the server sets it (0 by default here).
+    #[arg(long)]
+    pub urgency_weight: Option<f64>,
     /// Turn holding back off.
     #[arg(long)]
     pub no_hold_back: bool,
@@ -71,6 +75,9 @@ impl Knobs {
         }
         if let Some(v) = self.age_weight {
             p.age_weight = v;
+        }
+        if let Some(v) = self.urgency_weight {
+            p.urgency_weight = v;
         }
         if self.no_hold_back {
             p.hold_back = false;
