@@ -307,18 +307,48 @@ async fn measure(server: &BenchServer, seen: &mut Seen, secs: u64) -> (f64, f64,
     (elapsed, cpu, frames)
 }
 
+/// A step's server with its city of riders on shift, publishing positions until finished.
+struct Step {
+    scratch: ScratchDb,
+    server: BenchServer,
+    stop: Arc<AtomicBool>,
+    publisher: tokio::task::JoinHandle<f64>,
+}
+
+impl Step {
+    /// A fresh server with `stores` stores of `per_store` riders each, positions flowing.
+    async fn start(stores: usize, per_store: usize) -> Step {
+        let scratch = ScratchDb::sqlite("ds_bench_fanout");
+        let server = BenchServer::start(
+            &scratch.url,
+            &["--mqtt-url", "mqtt://127.0.0.1:1883", "--ws-max-connections", "30000", "--rider-silence-secs", "600"],
+        );
+        let riders = Arc::new(city(&server.base, stores, per_store).await);
+        on_shift(&riders).await;
+        let stop = Arc::new(AtomicBool::new(false));
+        let publisher = publish_positions(riders, stop.clone());
+        Step { scratch, server, stop, publisher }
+    }
+
+    /// With the clients connected (since `connect`): measures for `secs`, stops, reports.
+    async fn finish(self, name: String, mut seen: Seen, connect: Instant, secs: u64) -> Report {
+        let connect_s = connect.elapsed().as_secs_f64();
+        let clients = seen.tasks.len();
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let (elapsed, cpu, frames) = measure(&self.server, &mut seen, secs).await;
+        self.stop.store(true, Ordering::Relaxed);
+        let sent_per_s = self.publisher.await.unwrap_or(0.0);
+        let rss_mib = rss_bytes_of(&self.server.child.id().to_string()) as f64 / (1 << 20) as f64;
+        drop(self.server);
+        self.scratch.drop_database().await;
+        Report { name, clients, sent_per_s, seen, cpu, frames_sent: frames, secs: elapsed, rss_mib, connect_s }
+    }
+}
+
 async fn customers(n: usize, secs: u64) -> Report {
     let stores = n.div_ceil(RIDERS_PER_STORE);
-    let scratch = ScratchDb::sqlite("ds_bench_fanout");
-    let server = BenchServer::start(
-        &scratch.url,
-        &["--mqtt-url", "mqtt://127.0.0.1:1883", "--ws-max-connections", "30000", "--rider-silence-secs", "600"],
-    );
-    let base = server.base.clone();
-    let riders = Arc::new(city(&base, stores, RIDERS_PER_STORE).await);
-    on_shift(&riders).await;
-    let stop = Arc::new(AtomicBool::new(false));
-    let publisher = publish_positions(riders.clone(), stop.clone());
+    let step = Step::start(stores, RIDERS_PER_STORE).await;
+    let base = step.server.base.clone();
     // One order per rider, each by its own customer, 300 m from its store.
     let http = reqwest::Client::new();
     let ids: Vec<(String, String)> = stream::iter(0..n)
@@ -383,39 +413,12 @@ async fn customers(n: usize, secs: u64) -> Report {
         let op = format!(r#"{{"op":"subscribe","topic":"store/s{s}"}}"#);
         seen.client(&base, &t, op, &["\"type\":\"rider\""]).await;
     }
-    let connect_s = connect.elapsed().as_secs_f64();
-    let clients = seen.tasks.len();
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let (elapsed, cpu, frames) = measure(&server, &mut seen, secs).await;
-    stop.store(true, Ordering::Relaxed);
-    let sent_per_s = publisher.await.unwrap_or(0.0);
-    let rss_mib = rss_bytes_of(&server.child.id().to_string()) as f64 / (1 << 20) as f64;
-    drop(server);
-    scratch.drop_database().await;
-    Report {
-        name: format!("customers ({n} orders, {stores} dashboards)"),
-        clients,
-        sent_per_s,
-        seen,
-        cpu,
-        frames_sent: frames,
-        secs: elapsed,
-        rss_mib,
-        connect_s,
-    }
+    step.finish(format!("customers ({n} orders, {stores} dashboards)"), seen, connect, secs).await
 }
 
 async fn hot(n: usize, batch: bool, secs: u64) -> Report {
-    let scratch = ScratchDb::sqlite("ds_bench_fanout");
-    let server = BenchServer::start(
-        &scratch.url,
-        &["--mqtt-url", "mqtt://127.0.0.1:1883", "--ws-max-connections", "30000", "--rider-silence-secs", "600"],
-    );
-    let base = server.base.clone();
-    let riders = Arc::new(city(&base, 1, HOT_RIDERS).await);
-    on_shift(&riders).await;
-    let stop = Arc::new(AtomicBool::new(false));
-    let publisher = publish_positions(riders.clone(), stop.clone());
+    let step = Step::start(1, HOT_RIDERS).await;
+    let base = step.server.base.clone();
     let mut seen = Seen::new();
     let connect = Instant::now();
     let kinds: &'static [&'static str] = if batch { &["\"type\":\"riders\""] } else { &["\"type\":\"rider\""] };
@@ -431,26 +434,8 @@ async fn hot(n: usize, batch: bool, secs: u64) -> Report {
             break;
         }
     }
-    let connect_s = connect.elapsed().as_secs_f64();
-    let clients = seen.tasks.len();
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let (elapsed, cpu, frames) = measure(&server, &mut seen, secs).await;
-    stop.store(true, Ordering::Relaxed);
-    let sent_per_s = publisher.await.unwrap_or(0.0);
-    let rss_mib = rss_bytes_of(&server.child.id().to_string()) as f64 / (1 << 20) as f64;
-    drop(server);
-    scratch.drop_database().await;
-    Report {
-        name: format!("hot store, {}", if batch { "batched (250 ms)" } else { "a frame per position" }),
-        clients,
-        sent_per_s,
-        seen,
-        cpu,
-        frames_sent: frames,
-        secs: elapsed,
-        rss_mib,
-        connect_s,
-    }
+    let name = format!("hot store, {}", if batch { "batched (250 ms)" } else { "a frame per position" });
+    step.finish(name, seen, connect, secs).await
 }
 
 fn main() {
